@@ -1,0 +1,434 @@
+"""The local SQL store: SQLAlchemy 2.0 models, engine and session factory.
+
+Every CRM-side table is keyed by ``(source, external_id)`` (stages by
+``(source, pipeline_id, external_id)``, since CSV exports reuse stage names across
+pipelines). Deals are never deleted: a deal gone from the CRM gets
+``status='deleted'`` and ``deleted_at``.
+
+Two column types keep the store exact and time-zone safe on every backend:
+
+* ``Money``: ``NUMERIC(20, 4)`` where the database has a decimal type, and a
+  scaled integer (units of 1/10,000) on SQLite, whose ``NUMERIC`` is a float.
+  Sums stay exact in SQL on both; Python always sees ``Decimal``.
+* ``UTCDateTime``: aware UTC in, aware UTC out (SQLite stores naive UTC text).
+
+The schema is created by Alembic (``sync/migrations``); ``upgrade`` runs it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKeyConstraint,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from connectors.base import StoreError
+
+__all__ = [
+    "Base",
+    "DealRow",
+    "DealStageEvent",
+    "Money",
+    "OutboxMessage",
+    "OwnerRow",
+    "PipelineRow",
+    "ReminderState",
+    "SourceRow",
+    "StageRow",
+    "SyncLease",
+    "SyncReject",
+    "SyncRun",
+    "SyncState",
+    "UTCDateTime",
+    "VelocitySnapshot",
+    "check_schema",
+    "make_engine",
+    "make_session_factory",
+    "upgrade",
+]
+
+MONEY_SCALE = Decimal("10000")
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+class Money(TypeDecorator[Decimal]):
+    """Exact money: ``NUMERIC(20,4)``, or integer 1/10,000 units on SQLite."""
+
+    impl = Numeric(20, 4)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        """Use a scaled integer on SQLite, a real decimal elsewhere."""
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(20, 4, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | None, dialect: Dialect) -> Any:
+        """Decimal to the stored form."""
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return int((Decimal(value) * MONEY_SCALE).to_integral_value())
+        return Decimal(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        """Stored form back to Decimal (sums included)."""
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return Decimal(int(value)).scaleb(-4)  # exact; SUM() stays an integer
+        return Decimal(value)
+
+
+class UTCDateTime(TypeDecorator[dt.datetime]):
+    """A timestamp that is aware UTC on the way in and on the way out."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: Dialect) -> Any:
+        """Reject naive datetimes; store UTC (naive on SQLite)."""
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r} cannot be stored; use aware UTC")
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> dt.datetime | None:
+        """Return aware UTC."""
+        if value is None:
+            return None
+        if isinstance(value, str):  # raw SQLite text from an expression
+            value = dt.datetime.fromisoformat(value)
+        if value.tzinfo is None:
+            return value.replace(tzinfo=dt.UTC)
+        return value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class SourceRow(Base):
+    """A configured source (a CRM account or a CSV feed)."""
+
+    __tablename__ = "sources"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(50))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class PipelineRow(Base):
+    """A pipeline of a source."""
+
+    __tablename__ = "pipelines"
+
+    source: Mapped[str] = mapped_column(String(100), primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    display_order: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class StageRow(Base):
+    """A stage of a pipeline, with won/lost flags and the CRM's rotting days."""
+
+    __tablename__ = "stages"
+
+    source: Mapped[str] = mapped_column(String(100), primary_key=True)
+    pipeline_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(300))
+    display_order: Mapped[int] = mapped_column(Integer, default=0)
+    probability: Mapped[Decimal | None] = mapped_column(Numeric(6, 4))
+    is_won: Mapped[bool] = mapped_column(Boolean, default=False)
+    is_lost: Mapped[bool] = mapped_column(Boolean, default=False)
+    rotting_days: Mapped[int | None] = mapped_column(Integer)
+
+
+class OwnerRow(Base):
+    """A deal owner; ``email`` is where reminders go."""
+
+    __tablename__ = "owners"
+
+    source: Mapped[str] = mapped_column(String(100), primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(300))
+    email: Mapped[str | None] = mapped_column(String(320))
+
+
+class DealRow(Base):
+    """A deal as last seen in its CRM. ``content_hash`` detects real changes."""
+
+    __tablename__ = "deals"
+    __table_args__ = (
+        Index("ix_deals_status", "source", "status"),
+        Index("ix_deals_closed_at", "closed_at"),
+        Index("ix_deals_owner", "source", "owner_id"),
+    )
+
+    source: Mapped[str] = mapped_column(String(100), primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    title: Mapped[str | None] = mapped_column(Text)
+    amount: Mapped[Decimal | None] = mapped_column(Money())
+    currency: Mapped[str | None] = mapped_column(String(3))
+    pipeline_id: Mapped[str | None] = mapped_column(String(200))
+    stage_id: Mapped[str | None] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(10))
+    archived: Mapped[bool] = mapped_column(Boolean, default=False)
+    owner_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    closed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    expected_close_date: Mapped[dt.date | None] = mapped_column(Date)
+    stage_entered_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    next_step: Mapped[str | None] = mapped_column(Text)
+    next_activity_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    last_activity_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    link: Mapped[str | None] = mapped_column(Text)
+    whole_days: Mapped[bool] = mapped_column(Boolean, default=False)
+    raw: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    content_hash: Mapped[str] = mapped_column(String(32))
+    first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    synced_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class DealStageEvent(Base):
+    """A deal entered a stage at ``entered_at`` (from the CRM, or as observed)."""
+
+    __tablename__ = "deal_stage_events"
+    __table_args__ = (
+        Index(
+            "ux_stage_events",
+            "source", "external_id", "stage_id", "entered_at",
+            unique=True,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(100))
+    external_id: Mapped[str] = mapped_column(String(200))
+    pipeline_id: Mapped[str | None] = mapped_column(String(200))
+    stage_id: Mapped[str] = mapped_column(String(200))
+    entered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    observed: Mapped[bool] = mapped_column(Boolean, default=False)
+    """True when the time is when we saw the change, not a CRM-provided date."""
+
+
+class SyncState(Base):
+    """The durable cursor of a source, committed with the deals it covers."""
+
+    __tablename__ = "sync_state"
+
+    source: Mapped[str] = mapped_column(String(100), primary_key=True)
+    cursor: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class SyncRun(Base):
+    """One sync of one source: when, how it ended, what it counted."""
+
+    __tablename__ = "sync_runs"
+    __table_args__ = (Index("ix_sync_runs_source", "source", "started_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(40))
+    source: Mapped[str] = mapped_column(String(100))
+    full: Mapped[bool] = mapped_column(Boolean, default=False)
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    status: Mapped[str] = mapped_column(String(10))  # running | ok | failed | skipped
+    seen: Mapped[int] = mapped_column(Integer, default=0)
+    inserted: Mapped[int] = mapped_column(Integer, default=0)
+    updated: Mapped[int] = mapped_column(Integer, default=0)
+    unchanged: Mapped[int] = mapped_column(Integer, default=0)
+    deleted: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class SyncReject(Base):
+    """A record a sync could not read: where and why (e.g. a CSV line)."""
+
+    __tablename__ = "sync_rejects"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sync_run_id: Mapped[int] = mapped_column(Integer, index=True)
+    source: Mapped[str] = mapped_column(String(100))
+    location: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    external_id: Mapped[str | None] = mapped_column(String(200))
+
+
+class SyncLease(Base):
+    """A named lease (``sync:<source>``, ``daily``) with an expiry, for SQLite locking."""
+
+    __tablename__ = "sync_leases"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class VelocitySnapshot(Base):
+    """Velocity and its levers for one scope on one as-of date.
+
+    ``scope`` is ``all``, ``pipeline`` or ``owner``; ``key`` is the stable id
+    (``<source>/<external id>``, empty for ``all``) and ``label`` what people read.
+    ``velocity`` is ``NULL`` exactly when it is undefined, ``undefined_reason`` says why.
+    """
+
+    __tablename__ = "velocity_snapshots"
+
+    as_of: Mapped[dt.date] = mapped_column(Date, primary_key=True)
+    window_days: Mapped[int] = mapped_column(Integer, primary_key=True)
+    scope: Mapped[str] = mapped_column(String(10), primary_key=True)
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    label: Mapped[str] = mapped_column(String(400))
+    currency: Mapped[str] = mapped_column(String(3))
+    opportunities: Mapped[int] = mapped_column(Integer)
+    won: Mapped[int] = mapped_column(Integer)
+    lost: Mapped[int] = mapped_column(Integer)
+    win_rate: Mapped[Decimal | None] = mapped_column(Numeric(12, 10))
+    avg_deal_value: Mapped[Decimal | None] = mapped_column(Money())
+    cycle_days: Mapped[Decimal | None] = mapped_column(Numeric(14, 6))
+    velocity: Mapped[Decimal | None] = mapped_column(Money())
+    undefined_reason: Mapped[str | None] = mapped_column(Text)
+    excluded_no_amount: Mapped[int] = mapped_column(Integer, default=0)
+    excluded_currency: Mapped[int] = mapped_column(Integer, default=0)
+    computed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class OutboxMessage(Base):
+    """A message to deliver through one channel; delivered at most once.
+
+    ``dedupe_key`` (e.g. ``digest:2026-11-26``) is unique per channel, so a rerun
+    never queues the same message twice; ``status`` moves
+    ``pending -> sending -> sent`` (or ``failed`` and back to ``pending``).
+    """
+
+    __tablename__ = "outbox"
+    __table_args__ = (Index("ux_outbox_dedupe", "channel", "dedupe_key", unique=True),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    channel: Mapped[str] = mapped_column(String(100))
+    kind: Mapped[str] = mapped_column(String(20))  # digest | reminders
+    dedupe_key: Mapped[str] = mapped_column(String(400))
+    recipient: Mapped[str | None] = mapped_column(String(400))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(10))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+class ReminderState(Base):
+    """When a ``(deal, rule)`` reminder was last sent, and whether it still holds."""
+
+    __tablename__ = "reminder_state"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["source", "external_id"], ["deals.source", "deals.external_id"],
+            name="fk_reminder_deal",
+        ),
+    )
+
+    source: Mapped[str] = mapped_column(String(100), primary_key=True)
+    external_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(40), primary_key=True)
+    first_seen_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    last_sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+
+
+# --------------------------------------------------------------------------- engine
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """Create an engine; SQLite gets WAL, a busy timeout and foreign keys.
+
+    ``postgresql://`` URLs are routed to psycopg 3.
+    """
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if url.startswith("sqlite"):
+        kwargs.setdefault("connect_args", {}).setdefault("timeout", 30)
+    engine = create_engine(url, **kwargs)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_on_connect)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
+
+
+def make_session_factory(engine: Engine) -> sessionmaker[Any]:
+    """A session factory that keeps loaded objects usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+def _alembic_config(engine: Engine) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.attributes["engine"] = engine
+    return config
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` with Alembic (creates it on an empty database)."""
+    from alembic import command
+
+    command.upgrade(_alembic_config(engine), revision)
+
+
+def check_schema(engine: Engine) -> None:
+    """Raise ``StoreError`` unless the database is reachable and at the latest revision."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+    from sqlalchemy.exc import SQLAlchemyError
+
+    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+    try:
+        with engine.connect() as conn:
+            current = MigrationContext.configure(conn).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise StoreError(f"cannot open the store: {type(exc).__name__}: {exc.args[0]}") from None
+    if current != head:
+        raise StoreError(
+            f"the store's schema is at {current or 'nothing'}, expected {head}; "
+            "run `velocity init` to create or upgrade it"
+        )
