@@ -73,20 +73,32 @@ def validation_problems(error: ValidationError, prefix: str = "") -> list[Config
     return problems
 
 
-def validate_settings(model: type[M], raw: Mapping[str, Any], path: str) -> M:
-    """Validate ``raw`` against ``model``, raising one ``ConfigError`` with every problem."""
+def validate_settings(
+    model: type[M],
+    raw: Mapping[str, Any],
+    path: str,
+    context: Mapping[str, Any] | None = None,
+) -> M:
+    """Validate ``raw`` against ``model``, raising one ``ConfigError`` with every problem.
+
+    ``context`` reaches validators as ``info.context`` (e.g. ``config_dir``, to
+    resolve relative paths against the config file's folder).
+    """
     try:
-        return model.model_validate(dict(raw))
+        return model.model_validate(dict(raw), context=dict(context or {}))
     except ValidationError as exc:
         raise ConfigError(validation_problems(exc, path)) from None
 
 
-def build_connector(raw: Mapping[str, Any], path: str) -> Connector:
+def build_connector(
+    raw: Mapping[str, Any], path: str, context: Mapping[str, Any] | None = None
+) -> Connector:
     """Validate one ``[[sources]]`` table and build its connector.
 
     Args:
         raw: the table as read from TOML, environment variables already expanded.
         path: its key path for error messages, e.g. ``sources[1]``.
+        context: validation context (``config_dir``: the config file's folder).
 
     Raises:
         ConfigError: unknown kind (listing the installed ones) or invalid settings.
@@ -99,5 +111,5 @@ def build_connector(raw: Mapping[str, Any], path: str) -> Connector:
         factory = load_connector_factory(kind)
     except LookupError as exc:
         raise ConfigError.single(f"{path}.kind", str(exc)) from None
-    settings = validate_settings(factory.settings_model, raw, path)
+    settings = validate_settings(factory.settings_model, raw, path, context)
     return factory(settings)
