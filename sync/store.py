@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -35,6 +35,7 @@ from sqlalchemy import (
     Integer,
     Numeric,
     String,
+    Table,
     Text,
     create_engine,
     event,
@@ -64,8 +65,21 @@ __all__ = [
     "UTCDateTime",
     "VelocitySnapshot",
     "check_schema",
+    "deals_table",
+    "leases_table",
     "make_engine",
     "make_session_factory",
+    "outbox_table",
+    "owners_table",
+    "pipelines_table",
+    "reminder_state_table",
+    "snapshots_table",
+    "sources_table",
+    "stage_events_table",
+    "stages_table",
+    "sync_rejects_table",
+    "sync_runs_table",
+    "sync_state_table",
     "upgrade",
 ]
 
@@ -123,9 +137,10 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
             return None
         if isinstance(value, str):  # raw SQLite text from an expression
             value = dt.datetime.fromisoformat(value)
-        if value.tzinfo is None:
-            return value.replace(tzinfo=dt.UTC)
-        return value.astimezone(dt.UTC)
+        moment: dt.datetime = value
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=dt.UTC)
+        return moment.astimezone(dt.UTC)
 
 
 class Base(DeclarativeBase):
@@ -432,3 +447,25 @@ def check_schema(engine: Engine) -> None:
             f"the store's schema is at {current or 'nothing'}, expected {head}; "
             "run `velocity init` to create or upgrade it"
         )
+
+
+# --------------------------------------------------------------------------- Core tables
+# Typed handles on the tables, for Core statements (bulk upserts and SQL aggregates).
+
+def _table(model: type[Base]) -> Table:
+    return cast(Table, model.__table__)
+
+
+sources_table = _table(SourceRow)
+pipelines_table = _table(PipelineRow)
+stages_table = _table(StageRow)
+owners_table = _table(OwnerRow)
+deals_table = _table(DealRow)
+stage_events_table = _table(DealStageEvent)
+sync_state_table = _table(SyncState)
+sync_runs_table = _table(SyncRun)
+sync_rejects_table = _table(SyncReject)
+leases_table = _table(SyncLease)
+snapshots_table = _table(VelocitySnapshot)
+outbox_table = _table(OutboxMessage)
+reminder_state_table = _table(ReminderState)

@@ -30,10 +30,10 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run when PostgreSQL was required but no PostgreSQL test ran."""
-    if os.environ.get("VELOCITY_REQUIRE_POSTGRES") == "1" and _postgres_tests_run == 0:
-        if session.testscollected:
-            print("\nERROR: VELOCITY_REQUIRE_POSTGRES=1 but no PostgreSQL test ran")
-            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    required = os.environ.get("VELOCITY_REQUIRE_POSTGRES") == "1"
+    if required and _postgres_tests_run == 0 and session.testscollected:
+        print("\nERROR: VELOCITY_REQUIRE_POSTGRES=1 but no PostgreSQL test ran")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def _pg_schema_url(base: str, schema: str) -> str:

@@ -22,7 +22,9 @@ DATETIME_FIELDS = (
 )
 
 
-def check_stream(items: Iterable[StreamItem], source: str) -> tuple[list[Deal], list[Rejected], list[Checkpoint]]:
+def check_stream(
+    items: Iterable[StreamItem], source: str
+) -> tuple[list[Deal], list[Rejected], list[Checkpoint]]:
     """Assert the contract on a whole stream and return its deals, rejects and checkpoints.
 
     Rules: items are only Deal/Rejected/Checkpoint; the stream ends with a
@@ -49,7 +51,8 @@ def check_stream(items: Iterable[StreamItem], source: str) -> tuple[list[Deal], 
                 ), f"{name} of deal {item.external_id} is not aware UTC: {value!r}"
             deals.append(item)
         elif isinstance(item, Rejected):
-            assert item.where and item.reason
+            assert item.where, "a rejected record must say where it is"
+            assert item.reason, "a rejected record must say why"
             rejects.append(item)
         elif isinstance(item, Checkpoint):
             checkpoints.append(item)

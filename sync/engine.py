@@ -1,0 +1,425 @@
+"""The sync engine: pull -> upsert -> stage history -> checkpoint, for one source.
+
+``sync_source`` drives one connector:
+
+1. records a ``sync_runs`` row (status ``running``);
+2. upserts the source's pipelines, stages and owners;
+3. streams ``connector.deals(since)`` (``since`` = the stored cursor, or ``None``
+   for a full pull) and writes deals in batches: one ``SELECT`` of the batch's
+   current hashes, then one upsert of the new and changed rows only, so a re-sync
+   of unchanged data writes nothing;
+4. adds a ``deal_stage_events`` row for every stage a deal enters (the CRM's own
+   dates where it provides them, else as observed);
+5. at each ``Checkpoint`` commits the pending deals *and* the cursor in one
+   transaction, so a crash re-pulls from the last checkpoint and never skips;
+6. after a ``complete`` checkpoint, marks the source's deals that the pull did not
+   contain as ``deleted`` (never deleting rows).
+
+A ``ConnectorError`` (or any other exception) ends the pull with status
+``failed``; what was committed before stays. One source failing never raises out
+of ``sync_source``: the caller decides what the run's exit code is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.dialects import postgresql, sqlite
+
+from connectors.base import Checkpoint, Connector, ConnectorError, Deal, Rejected
+from sync.store import (
+    deals_table,
+    owners_table,
+    pipelines_table,
+    sources_table,
+    stage_events_table,
+    stages_table,
+    sync_rejects_table,
+    sync_runs_table,
+    sync_state_table,
+)
+
+__all__ = ["SyncResult", "read_cursor", "sync_source"]
+
+log = structlog.get_logger(__name__)
+
+Clock = Callable[[], dt.datetime]
+SyncStatus = Literal["ok", "failed", "skipped"]
+
+DEFAULT_BATCH_SIZE = 2000
+MAX_LOGGED_REJECTS = 20
+
+deals_t = deals_table
+events_t = stage_events_table
+_seen_meta = sa.MetaData()
+seen_t = sa.Table(
+    "sync_seen_ids",
+    _seen_meta,
+    sa.Column("external_id", sa.String(200), primary_key=True),
+    prefixes=["TEMPORARY"],
+)
+
+
+@dataclass
+class SyncResult:
+    """What one sync of one source did."""
+
+    source: str
+    status: SyncStatus = "ok"
+    full: bool = False
+    seen: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    rejected: int = 0
+    error: str | None = None
+    duration_s: float = 0.0
+    run_id: str = ""
+    rejects: list[Rejected] = field(default_factory=list, repr=False)
+    """The first rejected records (at most ``MAX_LOGGED_REJECTS``), for people."""
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _insert(conn: sa.Connection, table: sa.Table) -> Any:
+    """A dialect ``INSERT`` that supports ``ON CONFLICT`` (SQLite and PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"unsupported store backend {conn.dialect.name!r}")
+
+
+def read_cursor(conn: sa.Connection, source: str) -> str | None:
+    """Return the stored cursor of ``source`` (``None`` before its first sync)."""
+    state = sync_state_table
+    return conn.execute(sa.select(state.c.cursor).where(state.c.source == source)).scalar()
+
+
+def _content_hash(deal: Deal) -> str:
+    """A digest of every stored field, so unchanged deals are recognised and skipped."""
+    parts = (
+        deal.title, deal.amount, deal.currency, deal.pipeline, deal.stage, deal.status,
+        deal.archived, deal.owner, deal.created_at, deal.closed_at, deal.expected_close_date,
+        deal.stage_entered_at, deal.next_step, deal.next_activity_at, deal.last_activity_at,
+        deal.updated_at, deal.link, deal.whole_days, deal.stage_history,
+    )
+    return hashlib.md5(repr(parts).encode(), usedforsecurity=False).hexdigest()
+
+
+def _deal_values(deal: Deal, digest: str, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "source": deal.source,
+        "external_id": deal.external_id,
+        "title": deal.title,
+        "amount": deal.amount,
+        "currency": deal.currency,
+        "pipeline_id": deal.pipeline,
+        "stage_id": deal.stage,
+        "status": deal.status,
+        "archived": deal.archived,
+        "owner_id": deal.owner,
+        "created_at": deal.created_at,
+        "closed_at": deal.closed_at,
+        "expected_close_date": deal.expected_close_date,
+        "stage_entered_at": deal.stage_entered_at,
+        "next_step": deal.next_step,
+        "next_activity_at": deal.next_activity_at,
+        "last_activity_at": deal.last_activity_at,
+        "updated_at": deal.updated_at,
+        "link": deal.link,
+        "whole_days": deal.whole_days,
+        "raw": dict(deal.raw) if deal.raw is not None else None,
+        "content_hash": digest,
+        "first_seen_at": now,
+        "synced_at": now,
+        "deleted_at": None,
+    }
+
+
+class _Writer:
+    """Buffers one source's stream items and writes them batch by batch."""
+
+    def __init__(
+        self, conn: sa.Connection, source: str, run_pk: int, now: Clock, batch_size: int
+    ) -> None:
+        self.conn = conn
+        self.source = source
+        self.run_pk = run_pk
+        self.now = now
+        self.batch_size = batch_size
+        self.deals: dict[str, Deal] = {}
+        self.rejects: list[Rejected] = []
+        self.result = SyncResult(source=source)
+        self.track_seen = False
+
+    def add(self, item: Deal | Rejected) -> None:
+        if isinstance(item, Rejected):
+            self.rejects.append(item)
+            self.result.rejected += 1
+            if len(self.result.rejects) < MAX_LOGGED_REJECTS:
+                self.result.rejects.append(item)
+                log.warning("sync.rejected", where=item.where, reason=item.reason)
+            return
+        if item.external_id in self.deals:  # a later version in the same batch wins
+            self.result.seen -= 1
+        self.deals[item.external_id] = item
+        self.result.seen += 1
+        if len(self.deals) >= self.batch_size:
+            self.flush()
+            self.conn.commit()
+
+    def flush(self) -> None:
+        """Write buffered deals, stage events and rejects (the caller commits)."""
+        if self.rejects:
+            self.conn.execute(
+                sync_rejects_table.insert(),
+                [
+                    {"sync_run_id": self.run_pk, "source": self.source, "location": r.where,
+                     "reason": r.reason, "external_id": r.external_id}
+                    for r in self.rejects
+                ],
+            )
+            self.rejects = []
+        if not self.deals:
+            return
+        batch = self.deals
+        self.deals = {}
+        if self.track_seen:
+            self.conn.execute(
+                _insert(self.conn, seen_t).on_conflict_do_nothing(),
+                [{"external_id": key} for key in batch],
+            )
+        existing = {
+            row.external_id: row
+            for row in self.conn.execute(
+                sa.select(
+                    deals_t.c.external_id, deals_t.c.content_hash, deals_t.c.stage_id,
+                    deals_t.c.status, deals_t.c.deleted_at,
+                ).where(deals_t.c.source == self.source, deals_t.c.external_id.in_(list(batch)))
+            )
+        }
+        now = self.now()
+        rows: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for key, deal in batch.items():
+            digest = _content_hash(deal)
+            old = existing.get(key)
+            if old is not None and old.content_hash == digest:
+                self.result.unchanged += 1
+                continue
+            values = _deal_values(deal, digest, now)
+            if deal.status == "deleted":
+                values["deleted_at"] = (old.deleted_at if old is not None else None) or now
+            rows.append(values)
+            if old is None:
+                self.result.inserted += 1
+            else:
+                self.result.updated += 1
+            events.extend(_stage_events(deal, None if old is None else old.stage_id, now))
+        if rows:
+            stmt = _insert(self.conn, deals_t)
+            update_cols = {
+                c.name: stmt.excluded[c.name]
+                for c in deals_t.columns
+                if c.name not in ("source", "external_id", "first_seen_at")
+            }
+            self.conn.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[deals_t.c.source, deals_t.c.external_id], set_=update_cols
+                ),
+                rows,
+            )
+        if events:
+            self.conn.execute(_insert(self.conn, events_t).on_conflict_do_nothing(), events)
+
+    def checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Write what is buffered and the cursor in one transaction."""
+        self.flush()
+        if checkpoint.complete and self.track_seen:
+            self.result.deleted += self._mark_missing_deleted()
+        state = sync_state_table
+        stmt = _insert(self.conn, state).values(
+            source=self.source, cursor=checkpoint.cursor, updated_at=self.now()
+        )
+        self.conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[state.c.source],
+                set_={"cursor": stmt.excluded.cursor, "updated_at": stmt.excluded.updated_at},
+            )
+        )
+        self.conn.commit()
+
+    def _mark_missing_deleted(self) -> int:
+        now = self.now()
+        missing = sa.and_(
+            deals_t.c.source == self.source,
+            deals_t.c.status != "deleted",
+            ~sa.exists().where(seen_t.c.external_id == deals_t.c.external_id),
+        )
+        result = self.conn.execute(
+            deals_t.update()
+            .where(missing)
+            .values(status="deleted", deleted_at=now, synced_at=now, content_hash="deleted")
+        )
+        return int(result.rowcount or 0)
+
+
+def _stage_events(deal: Deal, old_stage: str | None, now: dt.datetime) -> list[dict[str, Any]]:
+    """Stage events for a new or changed deal: the CRM's history, else the observed change."""
+    base = {"source": deal.source, "external_id": deal.external_id, "pipeline_id": deal.pipeline}
+    if deal.stage_history:
+        return [
+            {**base, "stage_id": v.stage, "entered_at": v.entered_at, "observed": False}
+            for v in deal.stage_history
+        ]
+    if deal.stage is None or deal.stage == old_stage:
+        return []
+    if deal.stage_entered_at is not None:
+        return [{**base, "stage_id": deal.stage, "entered_at": deal.stage_entered_at,
+                 "observed": False}]
+    if old_stage is None and deal.created_at is not None:
+        # first sight of a deal: it has been in its stage at least since creation
+        return [{**base, "stage_id": deal.stage, "entered_at": deal.created_at, "observed": True}]
+    return [{**base, "stage_id": deal.stage, "entered_at": now, "observed": True}]
+
+
+def _upsert_catalog(conn: sa.Connection, connector: Connector, kind: str, now: dt.datetime) -> None:
+    """Upsert the source row, its pipelines, stages and owners."""
+    source = connector.name
+    src = _insert(conn, sources_table)
+    conn.execute(src.values(name=source, kind=kind, created_at=now).on_conflict_do_nothing())
+    pipelines = list(connector.pipelines())
+    _upsert(conn, pipelines_table, ["source", "external_id"], [
+        {"source": source, "external_id": p.external_id, "name": p.name,
+         "display_order": p.order} for p in pipelines
+    ])
+    _upsert(conn, stages_table, ["source", "pipeline_id", "external_id"], [
+        {"source": source, "pipeline_id": s.pipeline, "external_id": s.external_id,
+         "name": s.name, "display_order": s.order, "probability": s.probability,
+         "is_won": s.is_won, "is_lost": s.is_lost, "rotting_days": s.rotting_days}
+        for p in pipelines for s in p.stages
+    ])
+    _upsert(conn, owners_table, ["source", "external_id"], [
+        {"source": source, "external_id": o.external_id, "name": o.name, "email": o.email}
+        for o in connector.owners()
+    ])
+
+
+def _upsert(conn: sa.Connection, table: sa.Table, keys: Sequence[str],
+            rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    if not rows:
+        return
+    stmt = _insert(conn, table)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={c: stmt.excluded[c] for c in rows[0] if c not in keys},
+        ),
+        rows,
+    )
+
+
+def sync_source(
+    engine: sa.Engine,
+    connector: Connector,
+    *,
+    full: bool = False,
+    run_id: str | None = None,
+    now: Clock | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    progress: Callable[[int], None] | None = None,
+) -> SyncResult:
+    """Sync one source into the store; never raises for a source failure.
+
+    Args:
+        engine: the store.
+        connector: the source to pull.
+        full: ignore the stored cursor and pull everything (deletes are detected
+            when the connector marks the pull complete).
+        run_id: the run this sync belongs to (one is made up when omitted).
+        now: the clock (aware UTC); tests pin it.
+        batch_size: deals written per statement batch.
+        progress: called with the number of deals seen after each batch.
+
+    Returns:
+        The counts and the outcome; ``status`` is ``failed`` with ``error`` set
+        when the pull broke off. Everything up to the last checkpoint is kept.
+    """
+    clock = now or _utcnow
+    run_id = run_id or uuid.uuid4().hex[:12]
+    source = connector.name
+    kind = str(getattr(connector, "kind", type(connector).__name__))
+    started = time.perf_counter()
+    with structlog.contextvars.bound_contextvars(source=source, run_id=run_id):
+        with engine.connect() as conn:
+            run_pk = int(conn.execute(  # type: ignore[index]
+                sync_runs_table.insert().values(
+                    run_id=run_id, source=source, full=full, started_at=clock(), status="running",
+                )
+            ).inserted_primary_key[0])
+            conn.commit()
+            writer = _Writer(conn, source, run_pk, clock, batch_size)
+            result = writer.result
+            result.run_id, result.full = run_id, full
+            try:
+                _upsert_catalog(conn, connector, kind, clock())
+                conn.commit()
+                since = None if full else read_cursor(conn, source)
+                seen_t.create(conn, checkfirst=True)
+                conn.execute(seen_t.delete())
+                writer.track_seen = True
+                for item in connector.deals(since):
+                    if isinstance(item, Checkpoint):
+                        writer.checkpoint(item)
+                        if progress is not None:
+                            progress(result.seen)
+                        continue
+                    writer.add(item)
+                    if progress is not None and result.seen % batch_size == 0:
+                        progress(result.seen)
+            except ConnectorError as exc:
+                conn.rollback()
+                result.status, result.error = "failed", str(exc)
+            except Exception as exc:  # a bug or a store failure must not stop other sources
+                conn.rollback()
+                result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
+                log.exception("sync.crashed")
+            else:
+                # deals after the last checkpoint have no durable cursor: keep them anyway
+                writer.flush()
+                conn.commit()
+            if writer.track_seen:
+                seen_t.drop(conn, checkfirst=True)
+                conn.commit()
+            result.duration_s = round(time.perf_counter() - started, 3)
+            runs = sync_runs_table
+            conn.execute(
+                runs.update().where(runs.c.id == run_pk).values(
+                    finished_at=clock(), status=result.status, seen=result.seen,
+                    inserted=result.inserted, updated=result.updated,
+                    unchanged=result.unchanged, deleted=result.deleted,
+                    rejected=result.rejected, error=result.error,
+                )
+            )
+            conn.commit()
+        log.info(
+            "sync.summary", source=source, run_id=run_id, status=result.status, full=full, seen=result.seen,
+            inserted=result.inserted, updated=result.updated, unchanged=result.unchanged,
+            deleted=result.deleted, rejected=result.rejected, duration_s=result.duration_s,
+            error=result.error,
+        )
+    return result
+
