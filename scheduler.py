@@ -1,0 +1,776 @@
+"""The composition root: configuration, logging, the ``velocity`` CLI and the scheduler.
+
+Nothing imports this module. It reads the TOML config, validates every part with
+the settings model of the package that owns it (all problems reported at once,
+each with its key path, before anything runs), wires connectors, the store, the
+metrics job and the notifier together, and maps outcomes to exit codes:
+
+* 0: everything went well (also when a locked source was skipped);
+* 1: some source or channel failed (the others still ran);
+* 2: configuration or usage error (nothing ran).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import json
+import logging
+import os
+import re
+import sys
+import tomllib
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from connectors import build_connector, validation_problems
+from connectors.base import ConfigError, ConfigProblem, Connector, StoreError, VelocityError
+from sync.engine import SyncResult, sync_source
+from sync.settings import StoreSettings
+from sync.store import (
+    check_schema,
+    deals_table,
+    make_engine,
+    owners_table,
+    pipelines_table,
+    snapshots_table,
+    stages_table,
+    upgrade,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+ENV_CONFIG = "VELOCITY_CONFIG"
+ENV_DATABASE_URL = "VELOCITY_DATABASE_URL"
+SECRET_ENV_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|WEBHOOK|CREDENTIAL", re.I)
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+log = structlog.get_logger("velocity")
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+class LoggingSettings(BaseModel):
+    """The ``[logging]`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    format: str = Field(default="auto", pattern="^(auto|json|console)$",
+                        description="auto: console on a terminal, JSON lines otherwise")
+
+
+class ScheduleSettings(BaseModel):
+    """The ``[schedule]`` table: cron expressions for ``velocity schedule``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sync: str = Field(default="*/30 * * * *", description="when to sync every source")
+    daily: str = Field(default="0 7 * * 1-5", description="when to compute metrics and notify")
+    timezone: str | None = Field(default=None, description="defaults to the top-level timezone")
+    misfire_grace_seconds: int = Field(default=3600, ge=1)
+    backfill_days: int = Field(default=31, ge=0, le=366,
+                               description="how many missed days `run` back-fills at most")
+
+    @field_validator("sync", "daily")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value)
+        except ValueError as exc:
+            raise ValueError(f"not a valid cron expression ({exc})") from None
+        return value
+
+
+class TopLevel(BaseModel):
+    """The top of the config file; each table is validated by its owner afterwards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timezone: str = "UTC"
+    currency: str = Field(default="EUR", pattern="^[A-Z]{3}$")
+    store: dict[str, Any] = {}
+    sources: list[dict[str, Any]] = []
+    metrics: dict[str, Any] = {}
+    notify: dict[str, Any] = {}
+    reminders: dict[str, Any] = {}
+    schedule: dict[str, Any] = {}
+    logging: dict[str, Any] = {}
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Oslo)") from None
+        return value
+
+
+@dataclass
+class AppConfig:
+    """The validated application configuration."""
+
+    path: Path | None
+    timezone: str
+    currency: str
+    store: StoreSettings
+    sources: list[Connector]
+    metrics: Any
+    notify: Any
+    reminders: Any
+    schedule: ScheduleSettings
+    logging: LoggingSettings
+    secrets: list[str] = field(default_factory=list, repr=False)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The configured time zone."""
+        return ZoneInfo(self.timezone)
+
+    def today(self, now: dt.datetime | None = None) -> dt.date:
+        """Today's date in the configured time zone."""
+        return (now or dt.datetime.now(dt.UTC)).astimezone(self.zone).date()
+
+
+def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[ConfigProblem],
+               secrets: list[str]) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string, recording unset variables."""
+    if isinstance(value, dict):
+        return {k: expand_env(v, env, f"{path}.{k}" if path else k, problems, secrets)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_env(v, env, f"{path}[{i}]", problems, secrets) for i, v in enumerate(value)]
+    if not isinstance(value, str) or "${" not in value:
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            if SECRET_ENV_NAME.search(name):
+                secrets.append(env[name])
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(ConfigProblem(path, f"environment variable {name} is not set"))
+        return ""
+
+    return ENV_REF.sub(substitute, value)
+
+
+def _secret_values(obj: Any, seen: set[int] | None = None) -> Iterator[str]:
+    """Every ``SecretStr`` value inside validated settings (for the log redactor)."""
+    seen = seen if seen is not None else set()
+    if id(obj) in seen:
+        return
+    seen.add(id(obj))
+    if isinstance(obj, SecretStr):
+        yield obj.get_secret_value()
+    elif isinstance(obj, BaseModel):
+        for name in type(obj).model_fields:
+            yield from _secret_values(getattr(obj, name), seen)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            yield from _secret_values(item, seen)
+    elif isinstance(obj, list | tuple):
+        for item in obj:
+            yield from _secret_values(item, seen)
+    elif hasattr(obj, "settings"):
+        yield from _secret_values(obj.settings, seen)
+
+
+def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> AppConfig:
+    """Read, expand and validate the configuration; raise one ``ConfigError`` with every problem."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError.single("", f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError.single("", f"{path} is not valid TOML: {exc}") from None
+    problems: list[ConfigProblem] = []
+    secrets: list[str] = []
+    raw = expand_env(raw, env, "", problems, secrets)
+    if env.get(ENV_DATABASE_URL):
+        raw.setdefault("store", {})["url"] = env[ENV_DATABASE_URL]
+    context = {"config_dir": path.parent.resolve() if path else Path.cwd()}
+    try:
+        top = TopLevel.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([*problems, *validation_problems(exc)]) from None
+
+    def part(model: type[BaseModel], data: Mapping[str, Any], key: str) -> Any:
+        try:
+            return model.model_validate(dict(data), context=context)
+        except ValidationError as exc:
+            problems.extend(validation_problems(exc, key))
+            return None
+
+    store = part(StoreSettings, top.store, "store")
+    schedule = part(ScheduleSettings, top.schedule, "schedule")
+    logging_settings = part(LoggingSettings, top.logging, "logging")
+    metrics = _metrics_settings(top, context, problems)
+    notify, reminders = _notify_settings(top, context, problems)
+    sources: list[Connector] = []
+    names: dict[str, int] = {}
+    for i, table in enumerate(top.sources):
+        key = f"sources[{i}]"
+        name = table.get("name")
+        if isinstance(name, str):
+            if name in names:
+                problems.append(ConfigProblem(f"{key}.name", f"duplicate source name {name!r} "
+                                              f"(also sources[{names[name]}])"))
+            names.setdefault(name, i)
+        try:
+            connector = build_connector(table, key, {**context, "timezone": top.timezone})
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        if getattr(getattr(connector, "settings", None), "enabled", True):
+            sources.append(connector)
+    if problems:
+        raise ConfigError(problems)
+    config = AppConfig(path, top.timezone, top.currency, store, sources, metrics, notify,
+                       reminders, schedule, logging_settings)
+    config.secrets = sorted({s for s in [*secrets, *_secret_values(config.sources),
+                                         *_secret_values(notify)] if len(s) >= 4})
+    return config
+
+
+def _metrics_settings(top: TopLevel, context: Mapping[str, Any], problems: list[ConfigProblem]) -> Any:
+    from metrics.settings import MetricsSettings
+
+    data = {"timezone": top.timezone, "currency": top.currency, **top.metrics}
+    try:
+        return MetricsSettings.model_validate(data, context=dict(context))
+    except ValidationError as exc:
+        problems.extend(validation_problems(exc, "metrics"))
+        return None
+
+
+def _notify_settings(top: TopLevel, context: Mapping[str, Any],
+                     problems: list[ConfigProblem]) -> tuple[Any, Any]:
+    try:
+        from notify.settings import load_notify_settings
+    except ImportError:  # the notifier is optional in a minimal install
+        return None, None
+    try:
+        return load_notify_settings(top.notify, top.reminders, dict(context))  # type: ignore[no-any-return]
+    except ConfigError as exc:
+        problems.extend(exc.problems)
+        return None, None
+
+
+# --------------------------------------------------------------------------- logging
+
+
+class SecretRedactor:
+    """A structlog processor that masks known secret values anywhere in an event.
+
+    It runs after exceptions are formatted, so tracebacks are covered too.
+    """
+
+    def __init__(self, secrets: Sequence[str] = ()) -> None:
+        self.secrets = sorted(set(secrets), key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        """Return ``text`` with every secret replaced by ``***``."""
+        for secret in self.secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    def __call__(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        """Mask secrets in every value of the event."""
+        if not self.secrets:
+            return event
+        return {key: self._scrub(value) for key, value in event.items()}
+
+    def _scrub(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {k: self._scrub(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [self._scrub(v) for v in value]
+        if isinstance(value, int | float | bool) or value is None:
+            return value
+        return self.redact(str(value))
+
+
+def configure_logging(settings: LoggingSettings | None = None, secrets: Sequence[str] = (),
+                      stream: TextIO | None = None) -> SecretRedactor:
+    """One structlog pipeline: console on a terminal, JSON lines elsewhere; secrets masked."""
+    settings = settings or LoggingSettings()
+    stream = stream or sys.stderr
+    redactor = SecretRedactor(secrets)
+    as_json = settings.format == "json" or (settings.format == "auto" and not stream.isatty())
+    processors: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if as_json:
+        processors += [structlog.processors.dict_tracebacks, redactor,
+                       structlog.processors.JSONRenderer()]
+    else:
+        processors += [structlog.processors.format_exc_info, redactor,
+                       structlog.dev.ConsoleRenderer(colors=False)]
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[settings.level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream),
+        cache_logger_on_first_use=False,
+    )
+    return redactor
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@dataclass
+class Context:
+    """What every command gets: the config, the store and the clock."""
+
+    config: AppConfig
+    out: TextIO
+    now: Callable[[], dt.datetime]
+    redactor: SecretRedactor
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    _engine: sa.Engine | None = None
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The store's engine (created on first use)."""
+        if self._engine is None:
+            self._engine = make_engine(self.config.store.url)
+        return self._engine
+
+    def ready_engine(self) -> sa.Engine:
+        """The engine, after checking the schema is current (``velocity init`` creates it)."""
+        check_schema(self.engine)
+        return self.engine
+
+    def print(self, text: str = "") -> None:
+        """Write a line for people to stdout, with secrets masked."""
+        self.out.write(self.redactor.redact(text) + "\n")
+
+
+def cmd_init(ctx: Context, _args: argparse.Namespace) -> int:
+    """Create or upgrade the store's schema."""
+    upgrade(ctx.engine)
+    ctx.print(f"store ready: {_safe_url(ctx.engine)}")
+    return EXIT_OK
+
+
+def _safe_url(engine: sa.Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def _select_sources(ctx: Context, names: Sequence[str]) -> list[Connector]:
+    sources = ctx.config.sources
+    if not names:
+        return sources
+    known = {s.name: s for s in sources}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ConfigError.single("sources", f"no source named {', '.join(map(repr, unknown))} "
+                                 f"(configured: {', '.join(known) or 'none'})")
+    return [known[n] for n in names]
+
+
+def run_sync(ctx: Context, names: Sequence[str] = (), *, full: bool = False) -> list[SyncResult]:
+    """Sync the selected sources one after another; a failing one does not stop the rest."""
+    from sync.lock import source_lock  # local: the lock module is optional in tests
+
+    engine = ctx.ready_engine()
+    results = []
+    for connector in _select_sources(ctx, names):
+        with source_lock(engine, connector.name, holder=ctx.run_id) as lease:
+            if not lease:
+                log.info("sync.skipped", source=connector.name, reason="another run holds its lock")
+                results.append(SyncResult(source=connector.name, status="skipped",
+                                          error="another run holds this source's lock"))
+                continue
+            results.append(sync_source(engine, connector, full=full, run_id=ctx.run_id,
+                                       now=ctx.now, batch_size=ctx.config.store.batch_size,
+                                       progress=_progress(connector.name, lease.renew)))
+    return results
+
+
+def _progress(source: str, renew: Callable[[], None]) -> Callable[[int], None]:
+    """Renew the source's lease as the sync goes; show a progress line on a terminal."""
+    tty = sys.stderr.isatty()
+
+    def show(seen: int) -> None:
+        renew()
+        if tty:
+            sys.stderr.write(f"\r{source}: {seen:,} deals ")
+            sys.stderr.flush()
+
+    return show
+
+
+def _print_sync_results(ctx: Context, results: Sequence[SyncResult]) -> int:
+    code = EXIT_OK
+    for r in results:
+        if r.status == "skipped":
+            ctx.print(f"{r.source}: skipped ({r.error})")
+            continue
+        line = (f"{r.source}: {r.status}: {r.seen} seen, {r.inserted} new, {r.updated} changed, "
+                f"{r.unchanged} unchanged, {r.deleted} deleted, {r.rejected} rejected "
+                f"in {r.duration_s:.1f}s")
+        ctx.print(line + (f"\n  error: {r.error}" if r.error else ""))
+        for reject in r.rejects:
+            ctx.print(f"  {reject.where}: {reject.reason}")
+        if r.rejected > len(r.rejects):
+            ctx.print(f"  ... and {r.rejected - len(r.rejects)} more rejected "
+                      "(all are in the sync_rejects table)")
+        if r.status == "failed":
+            code = EXIT_FAILED
+    return code
+
+
+def cmd_sync(ctx: Context, args: argparse.Namespace) -> int:
+    """Pull the named sources (default: all) into the store."""
+    return _print_sync_results(ctx, run_sync(ctx, args.sources, full=args.full))
+
+
+def _as_of(ctx: Context, value: dt.date | None) -> dt.date:
+    return value or ctx.config.today(ctx.now())
+
+
+def cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
+    """Compute and store today's (or --as-of's) velocity snapshots."""
+    from metrics.job import run_metrics
+
+    as_of = _as_of(ctx, args.as_of)
+    report = run_metrics(ctx.ready_engine(), ctx.config.metrics, as_of, now=ctx.now())
+    ctx.print(f"velocity snapshots stored for {as_of}: {len(report.scopes)} scopes")
+    return EXIT_OK
+
+
+def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the velocity table (or JSON/CSV) computed from the store."""
+    from metrics.report import render_report
+    from metrics.velocity import compute_velocity
+
+    report = compute_velocity(ctx.ready_engine(), ctx.config.metrics, _as_of(ctx, args.as_of),
+                              args.window_days)
+    ctx.out.write(render_report(report, args.format))
+    return EXIT_OK
+
+
+EXPORT_COLUMNS = (
+    "source", "id", "title", "amount", "currency", "pipeline", "stage", "status", "archived",
+    "owner", "owner_email", "created_at", "closed_at", "expected_close_date", "stage_entered_at",
+    "next_step", "next_activity_at", "last_activity_at", "updated_at", "link",
+)
+
+
+def export_rows(engine: sa.Engine, source: str | None = None) -> Iterator[dict[str, Any]]:
+    """Stream stored deals in canonical columns, names resolved (server-side cursor, no full load)."""
+    d, o, p, s = deals_table, owners_table, pipelines_table, stages_table
+    query = (
+        sa.select(
+            d, o.c.name.label("owner_name"), o.c.email.label("owner_email"),
+            p.c.name.label("pipeline_name"), s.c.name.label("stage_name"),
+        )
+        .outerjoin(o, sa.and_(o.c.source == d.c.source, o.c.external_id == d.c.owner_id))
+        .outerjoin(p, sa.and_(p.c.source == d.c.source, p.c.external_id == d.c.pipeline_id))
+        .outerjoin(s, sa.and_(s.c.source == d.c.source, s.c.pipeline_id == d.c.pipeline_id,
+                              s.c.external_id == d.c.stage_id))
+        .order_by(d.c.source, d.c.external_id)
+    )
+    if source:
+        query = query.where(d.c.source == source)
+    with engine.connect() as conn:
+        for row in conn.execution_options(stream_results=True, yield_per=1000).execute(query):
+            yield {
+                "source": row.source, "id": row.external_id, "title": row.title,
+                "amount": row.amount, "currency": row.currency,
+                "pipeline": row.pipeline_name or row.pipeline_id,
+                "stage": row.stage_name or row.stage_id, "status": row.status,
+                "archived": row.archived, "owner": row.owner_name or row.owner_id,
+                "owner_email": row.owner_email, "created_at": row.created_at,
+                "closed_at": row.closed_at, "expected_close_date": row.expected_close_date,
+                "stage_entered_at": row.stage_entered_at, "next_step": row.next_step,
+                "next_activity_at": row.next_activity_at, "last_activity_at": row.last_activity_at,
+                "updated_at": row.updated_at, "link": row.link,
+            }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, bool):
+        return value
+    if value is None or isinstance(value, str | int):
+        return value
+    return str(value)
+
+
+def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
+    """Write the stored deals as CSV or JSON lines to stdout."""
+    rows = export_rows(ctx.ready_engine(), args.source)
+    if args.format == "json":
+        for row in rows:
+            ctx.out.write(json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
+        return EXIT_OK
+    writer = csv.DictWriter(ctx.out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if v is None else _plain(v)) for k, v in row.items()})
+    return EXIT_OK
+
+
+def run_daily(ctx: Context, as_of: dt.date, *, notify: bool = True, dry_run: bool = False,
+              only: str | None = None) -> int:
+    """Metrics (back-filling missed days) then the notifier; returns an exit code."""
+    from metrics.job import run_metrics
+
+    engine = ctx.ready_engine()
+    window = ctx.config.metrics.window_days
+    for day in missed_days(engine, window, as_of, ctx.config.schedule.backfill_days):
+        run_metrics(engine, ctx.config.metrics, day, now=ctx.now())
+        log.info("metrics.backfilled", as_of=day.isoformat())
+    run_metrics(engine, ctx.config.metrics, as_of, now=ctx.now())
+    if not notify:
+        return EXIT_OK
+    if ctx.config.notify is None:
+        from metrics.report import render_report
+        from metrics.velocity import compute_velocity
+
+        ctx.out.write(render_report(compute_velocity(engine, ctx.config.metrics, as_of), "table"))
+        return EXIT_OK
+    return _notify(ctx, as_of, dry_run=dry_run, only=only)
+
+
+def missed_days(engine: sa.Engine, window_days: int, as_of: dt.date, limit: int) -> list[dt.date]:
+    """Days before ``as_of`` without a snapshot since the last one (at most ``limit``)."""
+    snaps = snapshots_table
+    last = None
+    with engine.connect() as conn:
+        last = conn.execute(
+            sa.select(sa.func.max(snaps.c.as_of)).where(
+                snaps.c.window_days == window_days, snaps.c.as_of < as_of)
+        ).scalar()
+    if last is None or limit <= 0:
+        return []
+    first = max(last + dt.timedelta(days=1), as_of - dt.timedelta(days=limit))
+    return [first + dt.timedelta(days=n) for n in range((as_of - first).days)]
+
+
+def _notify(ctx: Context, as_of: dt.date, *, dry_run: bool, only: str | None) -> int:
+    from notify.job import run_notify
+
+    result = run_notify(
+        ctx.ready_engine(), ctx.config.notify, ctx.config.reminders, ctx.config.metrics,
+        as_of=as_of, now=ctx.now(), dry_run=dry_run, only=only, out=ctx.out,
+    )
+    return EXIT_FAILED if getattr(result, "failed", None) else EXIT_OK
+
+
+def cmd_notify(ctx: Context, args: argparse.Namespace) -> int:
+    """Send the digest and the reminders for today (or --as-of)."""
+    if ctx.config.notify is None:
+        raise ConfigError.single("notify", "the notifier is not installed")
+    return _notify(ctx, _as_of(ctx, args.as_of), dry_run=args.dry_run, only=args.only)
+
+
+def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
+    """The one-shot job for cron and containers: sync, metrics, notify."""
+    from sync.lock import daily_lock
+
+    sync_code = _print_sync_results(ctx, run_sync(ctx, args.sources, full=args.full))
+    as_of = _as_of(ctx, args.as_of)
+    with daily_lock(ctx.ready_engine(), as_of, holder=ctx.run_id) as acquired:
+        if not acquired:
+            ctx.print("daily step skipped: another run holds the daily lock")
+            return sync_code
+        daily_code = run_daily(ctx, as_of, notify=not args.no_notify)
+    return max(sync_code, daily_code)
+
+
+def cmd_check(ctx: Context, _args: argparse.Namespace) -> int:
+    """Validate the config (already done), reach the store, and try each source and channel."""
+    code = EXIT_OK
+    ctx.print("config: OK")
+    try:
+        check_schema(ctx.engine)
+        ctx.print(f"store: OK ({_safe_url(ctx.engine)})")
+    except StoreError as exc:
+        ctx.print(f"store: FAILED: {exc}")
+        code = EXIT_FAILED
+    for connector in ctx.config.sources:
+        try:
+            ctx.print(f"source {connector.name}: OK ({connector.check()})")
+        except Exception as exc:
+            ctx.print(f"source {connector.name}: FAILED: {exc}")
+            code = EXIT_FAILED
+    for channel in getattr(ctx.config.notify, "channels", None) or []:
+        name = getattr(getattr(channel, "settings", None), "name", type(channel).__name__)
+        checker = getattr(channel, "check", None)
+        if checker is None:
+            ctx.print(f"channel {name}: OK (nothing to check)")
+            continue
+        try:
+            ctx.print(f"channel {name}: OK ({checker()})")
+        except Exception as exc:
+            ctx.print(f"channel {name}: FAILED: {exc}")
+            code = EXIT_FAILED
+    return code
+
+
+def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the last run of each source and channel, and the next scheduled times."""
+    from sync.status import collect_status, render_status, write_prometheus
+
+    status = collect_status(ctx.ready_engine(), ctx.config, now=ctx.now())
+    ctx.out.write(render_status(status))
+    if args.metrics_file:
+        write_prometheus(status, Path(args.metrics_file))
+    return EXIT_OK
+
+
+def cmd_schedule(ctx: Context, _args: argparse.Namespace) -> int:
+    """Run as a long-lived scheduler until SIGTERM/SIGINT."""
+    from sync.scheduling import run_scheduler
+
+    return run_scheduler(ctx, sync=lambda: _print_sync_results(ctx, run_sync(ctx)),
+                         daily=lambda: cmd_run_daily_locked(ctx))
+
+
+def cmd_run_daily_locked(ctx: Context) -> int:
+    """The scheduler's daily job: metrics and notify under the daily lock."""
+    from sync.lock import daily_lock
+
+    as_of = ctx.config.today(ctx.now())
+    with daily_lock(ctx.ready_engine(), as_of, holder=ctx.run_id) as acquired:
+        if not acquired:
+            log.info("daily.skipped", reason="another run holds the daily lock")
+            return EXIT_OK
+        return run_daily(ctx, as_of)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _date(value: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``velocity`` command line."""
+    parser = argparse.ArgumentParser(
+        prog="velocity",
+        description="Sync CRM deals, compute sales velocity, notify the team.",
+    )
+    parser.add_argument("--config", "-c", type=Path, default=None,
+                        help=f"config file (default: ${ENV_CONFIG}, else ./velocity.toml)")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", choices=["auto", "json", "console"])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("init", help="create or upgrade the store").set_defaults(func=cmd_init)
+    p = sub.add_parser("sync", help="pull deals from the sources into the store")
+    p.add_argument("sources", nargs="*", metavar="SOURCE")
+    p.add_argument("--full", action="store_true", help="ignore the cursor; detect deletes")
+    p.set_defaults(func=cmd_sync)
+    p = sub.add_parser("metrics", help="compute and store velocity snapshots")
+    p.add_argument("--as-of", type=_date)
+    p.set_defaults(func=cmd_metrics)
+    p = sub.add_parser("report", help="print the velocity report")
+    p.add_argument("--as-of", type=_date)
+    p.add_argument("--window-days", type=int, default=None)
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.set_defaults(func=cmd_report)
+    p = sub.add_parser("export", help="print the stored deals")
+    p.add_argument("--source")
+    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("notify", help="send the digest and stalled-deal reminders")
+    p.add_argument("--as-of", type=_date)
+    p.add_argument("--dry-run", action="store_true", help="print what would be sent; record nothing")
+    p.add_argument("--only", choices=["digest", "reminders"])
+    p.set_defaults(func=cmd_notify)
+    p = sub.add_parser("run", help="sync, metrics and notify once (for cron and containers)")
+    p.add_argument("sources", nargs="*", metavar="SOURCE")
+    p.add_argument("--full", action="store_true")
+    p.add_argument("--as-of", type=_date)
+    p.add_argument("--no-notify", action="store_true", help="stop after metrics")
+    p.set_defaults(func=cmd_run)
+    sub.add_parser("check", help="check config, store, sources and channels").set_defaults(
+        func=cmd_check)
+    p = sub.add_parser("status", help="last run per source and channel")
+    p.add_argument("--metrics-file", help="also write Prometheus text metrics to this file")
+    p.set_defaults(func=cmd_status)
+    sub.add_parser("schedule", help="run as a long-lived scheduler").set_defaults(func=cmd_schedule)
+    return parser
+
+
+def _config_path(arg: Path | None, env: Mapping[str, str]) -> Path | None:
+    if arg is not None:
+        return arg
+    if env.get(ENV_CONFIG):
+        return Path(env[ENV_CONFIG])
+    default = Path("velocity.toml")
+    return default if default.exists() else None
+
+
+def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None,
+         out: TextIO | None = None, now: Callable[[], dt.datetime] | None = None) -> int:
+    """Entry point of the ``velocity`` console script; returns the exit code."""
+    env = os.environ if env is None else env
+    out = out or sys.stdout
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(_config_path(args.config, env), env)
+    except ConfigError as exc:
+        configure_logging()
+        sys.stderr.write(f"velocity: {exc}\n")
+        return EXIT_CONFIG
+    log_settings = config.logging.model_copy(update={
+        k: v for k, v in (("level", args.log_level), ("format", args.log_format)) if v
+    })
+    redactor = configure_logging(log_settings, config.secrets)
+    ctx = Context(config=config, out=out, now=now or (lambda: dt.datetime.now(dt.UTC)),
+                  redactor=redactor)
+    with structlog.contextvars.bound_contextvars(run_id=ctx.run_id, command=args.command):
+        try:
+            return int(args.func(ctx, args))
+        except ConfigError as exc:
+            sys.stderr.write(redactor.redact(f"velocity: {exc}\n"))
+            return EXIT_CONFIG
+        except StoreError as exc:
+            sys.stderr.write(redactor.redact(f"velocity: {exc}\n"))
+            return EXIT_FAILED
+        except VelocityError as exc:
+            log.error("command.failed", error=str(exc))
+            return EXIT_FAILED
+        finally:
+            if ctx._engine is not None:
+                ctx._engine.dispose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

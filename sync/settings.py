@@ -1,0 +1,48 @@
+"""Settings the ``sync`` package owns: where the store lives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+__all__ = ["DEFAULT_STORE_URL", "StoreSettings", "resolve_sqlite_path"]
+
+DEFAULT_STORE_URL = "sqlite:///velocity.db"
+
+
+def resolve_sqlite_path(url: str, base: Path | None) -> str:
+    """Make a relative SQLite file path relative to ``base`` (the config file's folder).
+
+    ``sqlite:///velocity.db`` next to ``/etc/velocity/config.toml`` becomes
+    ``sqlite:////etc/velocity/velocity.db``, so cron jobs started from any
+    directory use the same file. Other URLs are returned unchanged.
+    """
+    prefix = "sqlite:///"
+    if base is None or not url.startswith(prefix):
+        return url
+    path = url[len(prefix):]
+    if not path or path.startswith("/") or path.startswith(":memory:"):
+        return url
+    return prefix + str((base / path).resolve())
+
+
+class StoreSettings(BaseModel):
+    """The ``[store]`` table."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str = Field(
+        default=DEFAULT_STORE_URL,
+        description="SQLAlchemy URL: sqlite:///file.db (default) or postgresql+psycopg://user@host/db. "
+        "Overridden by the VELOCITY_DATABASE_URL environment variable.",
+    )
+    batch_size: int = Field(default=2000, ge=1, le=100_000, description="Deals per write batch.")
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str, info: ValidationInfo) -> str:
+        if not value.startswith(("sqlite", "postgresql", "postgres://")):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        base = (info.context or {}).get("config_dir")
+        return resolve_sqlite_path(value, Path(base) if base else None)

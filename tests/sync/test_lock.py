@@ -1,0 +1,77 @@
+"""Per-source locks: advisory locks on PostgreSQL, expiring leases on SQLite."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+
+import sqlalchemy as sa
+
+from sync.lock import named_lock, source_lock
+from sync.store import leases_table
+
+T0 = dt.datetime(2026, 11, 26, 7, 0, tzinfo=dt.UTC)
+
+
+class TestLocks:
+    def test_second_holder_is_refused_while_the_first_holds(self, store: sa.Engine) -> None:
+        """While one run holds a source's lock, another gets a falsy lease; afterwards it can take it."""
+        with source_lock(store, "hubspot", holder="run-a") as first:
+            assert first
+            with source_lock(store, "hubspot", holder="run-b") as second:
+                assert not second
+            with source_lock(store, "pipedrive", holder="run-b") as other:
+                assert other, "locks are per source"
+        with source_lock(store, "hubspot", holder="run-b") as later:
+            assert later
+
+    def test_racing_threads_get_the_lock_once(self, store: sa.Engine) -> None:
+        """Of several runs racing for the same source at once, exactly one wins."""
+        barrier = threading.Barrier(4)
+        winners: list[str] = []
+        release = threading.Event()
+
+        def race(name: str) -> None:
+            barrier.wait()
+            with source_lock(store, "csv", holder=name) as lease:
+                if lease:
+                    winners.append(name)
+                    release.wait(timeout=5)
+
+        threads = [threading.Thread(target=race, args=(f"run-{i}",)) for i in range(4)]
+        for t in threads:
+            t.start()
+        while not winners and any(t.is_alive() for t in threads):
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.2)
+        release.set()
+        for t in threads:
+            t.join(timeout=10)
+        assert len(winners) == 1
+
+
+class TestLeases:
+    def test_expired_lease_of_a_killed_process_is_taken_over(self, sqlite_store: sa.Engine) -> None:
+        """A lease left by a dead process blocks until it expires, then the next run takes it."""
+        with sqlite_store.begin() as conn:  # a process died holding this lease
+            conn.execute(leases_table.insert().values(
+                name="sync:csv", holder="dead", acquired_at=T0,
+                expires_at=T0 + dt.timedelta(minutes=30)))
+        with named_lock(sqlite_store, "sync:csv", holder="new",
+                        clock=lambda: T0 + dt.timedelta(minutes=10)) as early:
+            assert not early
+        with named_lock(sqlite_store, "sync:csv", holder="new",
+                        clock=lambda: T0 + dt.timedelta(minutes=31)) as late:
+            assert late
+
+    def test_renew_pushes_the_expiry(self, sqlite_store: sa.Engine) -> None:
+        """Renewing a held lease moves its expiry ttl ahead of now."""
+        now = [T0]
+        with named_lock(sqlite_store, "daily", holder="me", clock=lambda: now[0]) as lease:
+            now[0] = T0 + dt.timedelta(minutes=20)
+            lease.renew()
+            with sqlite_store.connect() as conn:
+                expires = conn.execute(sa.select(leases_table.c.expires_at)).scalar_one()
+        assert expires == T0 + dt.timedelta(minutes=50)
+        with sqlite_store.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(leases_table)).scalar() == 0
