@@ -35,15 +35,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from connectors import build_connector, validation_problems
 from connectors.base import ConfigError, ConfigProblem, Connector, StoreError, VelocityError
 from sync.engine import SyncResult, sync_source
+from sync.export import EXPORT_COLUMNS, export_rows
 from sync.settings import StoreSettings
 from sync.store import (
     check_schema,
-    deals_table,
     make_engine,
-    owners_table,
-    pipelines_table,
     snapshots_table,
-    stages_table,
     upgrade,
 )
 
@@ -477,45 +474,6 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-EXPORT_COLUMNS = (
-    "source", "id", "title", "amount", "currency", "pipeline", "stage", "status", "archived",
-    "owner", "owner_email", "created_at", "closed_at", "expected_close_date", "stage_entered_at",
-    "next_step", "next_activity_at", "last_activity_at", "updated_at", "link",
-)
-
-
-def export_rows(engine: sa.Engine, source: str | None = None) -> Iterator[dict[str, Any]]:
-    """Stream stored deals in canonical columns, names resolved (server-side cursor, no full load)."""
-    d, o, p, s = deals_table, owners_table, pipelines_table, stages_table
-    query = (
-        sa.select(
-            d, o.c.name.label("owner_name"), o.c.email.label("owner_email"),
-            p.c.name.label("pipeline_name"), s.c.name.label("stage_name"),
-        )
-        .outerjoin(o, sa.and_(o.c.source == d.c.source, o.c.external_id == d.c.owner_id))
-        .outerjoin(p, sa.and_(p.c.source == d.c.source, p.c.external_id == d.c.pipeline_id))
-        .outerjoin(s, sa.and_(s.c.source == d.c.source, s.c.pipeline_id == d.c.pipeline_id,
-                              s.c.external_id == d.c.stage_id))
-        .order_by(d.c.source, d.c.external_id)
-    )
-    if source:
-        query = query.where(d.c.source == source)
-    with engine.connect() as conn:
-        for row in conn.execution_options(stream_results=True, yield_per=1000).execute(query):
-            yield {
-                "source": row.source, "id": row.external_id, "title": row.title,
-                "amount": row.amount, "currency": row.currency,
-                "pipeline": row.pipeline_name or row.pipeline_id,
-                "stage": row.stage_name or row.stage_id, "status": row.status,
-                "archived": row.archived, "owner": row.owner_name or row.owner_id,
-                "owner_email": row.owner_email, "created_at": row.created_at,
-                "closed_at": row.closed_at, "expected_close_date": row.expected_close_date,
-                "stage_entered_at": row.stage_entered_at, "next_step": row.next_step,
-                "next_activity_at": row.next_activity_at, "last_activity_at": row.last_activity_at,
-                "updated_at": row.updated_at, "link": row.link,
-            }
-
-
 def _plain(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
@@ -642,19 +600,75 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     """Print the last run of each source and channel, and the next scheduled times."""
     from sync.status import collect_status, render_status, write_prometheus
 
-    status = collect_status(ctx.ready_engine(), ctx.config, now=ctx.now())
+    config = ctx.config
+    channels = [c.settings.name for c in getattr(config.notify, "channels", None) or []]
+    status = collect_status(
+        ctx.ready_engine(), sources=[s.name for s in config.sources], channels=channels,
+        schedule={"sync": config.schedule.sync, "daily": config.schedule.daily},
+        timezone=config.schedule.timezone or config.timezone, now=ctx.now(),
+    )
     ctx.out.write(render_status(status))
     if args.metrics_file:
         write_prometheus(status, Path(args.metrics_file))
     return EXIT_OK
 
 
-def cmd_schedule(ctx: Context, _args: argparse.Namespace) -> int:
-    """Run as a long-lived scheduler until SIGTERM/SIGINT."""
-    from sync.scheduling import run_scheduler
+def build_scheduler(schedule: ScheduleSettings, timezone: str, *, sync: Callable[[], object],
+                    daily: Callable[[], object]) -> Any:
+    """A ``BlockingScheduler`` with the sync and daily jobs on their cron schedules.
 
-    return run_scheduler(ctx, sync=lambda: _print_sync_results(ctx, run_sync(ctx)),
-                         daily=lambda: cmd_run_daily_locked(ctx))
+    Both jobs use ``max_instances=1`` and ``coalesce=True`` (a backlog of missed
+    runs fires once) and the configured misfire grace time. A job that raises is
+    logged and the scheduler lives on.
+    """
+    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
+    from apscheduler.schedulers.blocking import BlockingScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    zone = ZoneInfo(schedule.timezone or timezone)
+    scheduler = BlockingScheduler(timezone=zone, job_defaults={
+        "max_instances": 1, "coalesce": True, "misfire_grace_time": schedule.misfire_grace_seconds,
+    })
+    scheduler.add_job(sync, CronTrigger.from_crontab(schedule.sync, timezone=zone), id="sync",
+                      name="sync all sources")
+    scheduler.add_job(daily, CronTrigger.from_crontab(schedule.daily, timezone=zone), id="daily",
+                      name="metrics and notify")
+
+    def on_event(event: JobExecutionEvent) -> None:
+        if event.code == EVENT_JOB_MISSED:
+            log.warning("schedule.missed", job=event.job_id,
+                        scheduled=event.scheduled_run_time.isoformat())
+        elif event.exception is not None:
+            log.error("schedule.job_failed", job=event.job_id, error=repr(event.exception))
+
+    scheduler.add_listener(on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
+    return scheduler
+
+
+def cmd_schedule(ctx: Context, args: argparse.Namespace) -> int:
+    """Run as a long-lived scheduler until SIGTERM/SIGINT, which stop it after the running job."""
+    import signal
+
+    def sync_job() -> int:
+        return _print_sync_results(ctx, run_sync(ctx))
+
+    scheduler = build_scheduler(ctx.config.schedule, ctx.config.timezone,
+                                sync=sync_job, daily=lambda: cmd_run_daily_locked(ctx))
+    ctx.ready_engine()  # fail now, not at the first job, when the store is not initialised
+    if args.run_now:
+        scheduler.get_job("sync").modify(next_run_time=dt.datetime.now(ctx.config.zone))
+
+    def stop(signum: int, _frame: object) -> None:
+        log.info("schedule.stopping", signal=signal.Signals(signum).name)
+        scheduler.shutdown(wait=True)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for job in scheduler.get_jobs():
+        log.info("schedule.job", job=job.id, trigger=str(job.trigger))
+    scheduler.start()
+    log.info("schedule.stopped")
+    return EXIT_OK
 
 
 def cmd_run_daily_locked(ctx: Context) -> int:
@@ -724,7 +738,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="last run per source and channel")
     p.add_argument("--metrics-file", help="also write Prometheus text metrics to this file")
     p.set_defaults(func=cmd_status)
-    sub.add_parser("schedule", help="run as a long-lived scheduler").set_defaults(func=cmd_schedule)
+    p = sub.add_parser("schedule", help="run as a long-lived scheduler")
+    p.add_argument("--run-now", action="store_true", help="also sync once right away")
+    p.set_defaults(func=cmd_schedule)
     return parser
 
 

@@ -1,0 +1,192 @@
+"""``velocity status``: the last run of each source and channel, and what runs next.
+
+Reads ``sync_runs`` and ``outbox``; renders a table for people and, optionally,
+Prometheus text-format metrics for a node-exporter textfile collector.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from sync.store import outbox_table, sync_runs_table
+
+__all__ = ["ChannelStatus", "SourceStatus", "Status", "collect_status", "render_status",
+           "write_prometheus"]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStatus:
+    """The last sync of one source (``None`` fields when it never ran)."""
+
+    source: str
+    started_at: dt.datetime | None = None
+    status: str | None = None
+    seen: int = 0
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    rejected: int = 0
+    duration_s: float | None = None
+    error: str | None = None
+    last_ok_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelStatus:
+    """Delivery state of one channel: last sent message and what is waiting."""
+
+    channel: str
+    last_sent_at: dt.datetime | None = None
+    pending: int = 0
+    failed_attempts: int = 0
+    last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """Everything ``velocity status`` shows."""
+
+    now: dt.datetime
+    timezone: str
+    sources: tuple[SourceStatus, ...]
+    channels: tuple[ChannelStatus, ...]
+    next_runs: tuple[tuple[str, dt.datetime | None], ...]
+
+
+def collect_status(
+    engine: sa.Engine,
+    *,
+    sources: Sequence[str],
+    channels: Sequence[str],
+    schedule: Mapping[str, str],
+    timezone: str,
+    now: dt.datetime,
+) -> Status:
+    """Read the last run per source and the outbox state per channel; compute next fire times."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    runs = sync_runs_table
+    out: list[SourceStatus] = []
+    with engine.connect() as conn:
+        for name in sources:
+            last = conn.execute(
+                sa.select(runs).where(runs.c.source == name, runs.c.status != "running")
+                .order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(1)
+            ).first()
+            last_ok = conn.execute(
+                sa.select(sa.func.max(runs.c.finished_at))
+                .where(runs.c.source == name, runs.c.status == "ok")
+            ).scalar()
+            if last is None:
+                out.append(SourceStatus(name))
+                continue
+            duration = None
+            if last.finished_at is not None:
+                duration = (last.finished_at - last.started_at).total_seconds()
+            out.append(SourceStatus(
+                name, last.started_at, last.status, last.seen, last.inserted, last.updated,
+                last.deleted, last.rejected, duration, last.error, _aware(last_ok)))
+        box = outbox_table
+        channel_states = []
+        for channel in channels:
+            row = conn.execute(
+                sa.select(
+                    sa.func.max(box.c.sent_at),
+                    sa.func.sum(sa.case((box.c.status != "sent", 1), else_=0)),
+                ).where(box.c.channel == channel)
+            ).one()
+            err = conn.execute(
+                sa.select(box.c.last_error, box.c.attempts)
+                .where(box.c.channel == channel, box.c.status != "sent",
+                       box.c.last_error.is_not(None))
+                .order_by(box.c.id.desc()).limit(1)
+            ).first()
+            channel_states.append(ChannelStatus(
+                channel, _aware(row[0]), int(row[1] or 0),
+                int(err.attempts) if err else 0, err.last_error if err else None))
+    zone = ZoneInfo(timezone)
+    next_runs = []
+    for job, expr in schedule.items():
+        trigger = CronTrigger.from_crontab(expr, timezone=zone)
+        next_runs.append((job, trigger.get_next_fire_time(None, now.astimezone(zone))))
+    return Status(now, timezone, tuple(out), tuple(channel_states), tuple(next_runs))
+
+
+def _aware(value: dt.datetime | str | None) -> dt.datetime | None:
+    """Aggregates over UTCDateTime come back raw on SQLite; make them aware UTC."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+
+
+def _when(value: dt.datetime | None, zone: ZoneInfo) -> str:
+    return value.astimezone(zone).strftime("%Y-%m-%d %H:%M") if value else "never"
+
+
+def render_status(status: Status) -> str:
+    """The status as aligned text for people."""
+    zone = ZoneInfo(status.timezone)
+    lines = [f"Status at {_when(status.now, zone)} ({status.timezone})", "", "Sources:"]
+    width = max((len(s.source) for s in status.sources), default=6)
+    for s in status.sources:
+        if s.status is None:
+            lines.append(f"  {s.source:<{width}}  never synced")
+            continue
+        took = f" in {s.duration_s:.1f}s" if s.duration_s is not None else ""
+        lines.append(
+            f"  {s.source:<{width}}  {s.status:<7} {_when(s.started_at, zone)}{took}: "
+            f"{s.seen} seen, {s.inserted} new, {s.updated} changed, {s.deleted} deleted, "
+            f"{s.rejected} rejected"
+        )
+        if s.error:
+            lines.append(f"  {'':<{width}}  error: {s.error}")
+        if s.status != "ok":
+            lines.append(f"  {'':<{width}}  last success: {_when(s.last_ok_at, zone)}")
+    lines += ["", "Channels:"]
+    if not status.channels:
+        lines.append("  none configured")
+    cwidth = max((len(c.channel) for c in status.channels), default=6)
+    for c in status.channels:
+        waiting = f", {c.pending} waiting" if c.pending else ""
+        lines.append(f"  {c.channel:<{cwidth}}  last sent {_when(c.last_sent_at, zone)}{waiting}")
+        if c.last_error:
+            lines.append(f"  {'':<{cwidth}}  last error (attempt {c.failed_attempts}): {c.last_error}")
+    lines += ["", "Next runs (velocity schedule):"]
+    lines += [f"  {job:<6} {_when(when, zone)}" for job, when in status.next_runs]
+    return "\n".join(lines) + "\n"
+
+
+def write_prometheus(status: Status, path: Path) -> None:
+    """Write Prometheus text-format metrics atomically (for a textfile collector)."""
+    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
+
+    registry = CollectorRegistry()
+    last_run = Gauge("velocity_sync_last_run_timestamp_seconds", "Start of the last sync",
+                     ["source"], registry=registry)
+    last_ok = Gauge("velocity_sync_last_success_timestamp_seconds", "End of the last good sync",
+                    ["source"], registry=registry)
+    healthy = Gauge("velocity_sync_last_run_ok", "1 when the last sync succeeded",
+                    ["source"], registry=registry)
+    deals = Gauge("velocity_sync_deals", "Deals counted by the last sync", ["source", "kind"],
+                  registry=registry)
+    pending = Gauge("velocity_outbox_pending_messages", "Messages not yet delivered", ["channel"],
+                    registry=registry)
+    for s in status.sources:
+        if s.started_at is not None:
+            last_run.labels(s.source).set(s.started_at.timestamp())
+        if s.last_ok_at is not None:
+            last_ok.labels(s.source).set(s.last_ok_at.timestamp())
+        healthy.labels(s.source).set(1 if s.status == "ok" else 0)
+        for kind in ("seen", "inserted", "updated", "deleted", "rejected"):
+            deals.labels(s.source, kind).set(getattr(s, kind))
+    for c in status.channels:
+        pending.labels(c.channel).set(c.pending)
+    write_to_textfile(str(path), registry)
