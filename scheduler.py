@@ -81,10 +81,10 @@ class ScheduleSettings(BaseModel):
     @field_validator("sync", "daily")
     @classmethod
     def _cron(cls, value: str) -> str:
-        from apscheduler.triggers.cron import CronTrigger
+        from sync.cron import cron_trigger
 
         try:
-            CronTrigger.from_crontab(value)
+            cron_trigger(value, "UTC")
         except ValueError as exc:
             raise ValueError(f"not a valid cron expression ({exc})") from None
         return value
@@ -466,6 +466,7 @@ def cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     """Print the velocity table (or JSON/CSV) computed from the store."""
     from metrics.report import render_report
+
     from metrics.velocity import compute_velocity
 
     report = compute_velocity(ctx.ready_engine(), ctx.config.metrics, _as_of(ctx, args.as_of),
@@ -513,6 +514,7 @@ def run_daily(ctx: Context, as_of: dt.date, *, notify: bool = True, dry_run: boo
         return EXIT_OK
     if ctx.config.notify is None:
         from metrics.report import render_report
+
         from metrics.velocity import compute_velocity
 
         ctx.out.write(render_report(compute_velocity(engine, ctx.config.metrics, as_of), "table"))
@@ -623,16 +625,17 @@ def build_scheduler(schedule: ScheduleSettings, timezone: str, *, sync: Callable
     """
     from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
     from apscheduler.schedulers.blocking import BlockingScheduler
-    from apscheduler.triggers.cron import CronTrigger
+
+    from sync.cron import cron_trigger
 
     zone = ZoneInfo(schedule.timezone or timezone)
-    scheduler = BlockingScheduler(timezone=zone, job_defaults={
-        "max_instances": 1, "coalesce": True, "misfire_grace_time": schedule.misfire_grace_seconds,
-    })
-    scheduler.add_job(sync, CronTrigger.from_crontab(schedule.sync, timezone=zone), id="sync",
-                      name="sync all sources")
-    scheduler.add_job(daily, CronTrigger.from_crontab(schedule.daily, timezone=zone), id="daily",
-                      name="metrics and notify")
+    defaults = {"max_instances": 1, "coalesce": True,
+                "misfire_grace_time": schedule.misfire_grace_seconds}
+    scheduler = BlockingScheduler(timezone=zone, job_defaults=defaults)
+    scheduler.add_job(sync, cron_trigger(schedule.sync, zone), id="sync",
+                      name="sync all sources", **defaults)
+    scheduler.add_job(daily, cron_trigger(schedule.daily, zone), id="daily",
+                      name="metrics and notify", **defaults)
 
     def on_event(event: JobExecutionEvent) -> None:
         if event.code == EVENT_JOB_MISSED:
@@ -645,18 +648,9 @@ def build_scheduler(schedule: ScheduleSettings, timezone: str, *, sync: Callable
     return scheduler
 
 
-def cmd_schedule(ctx: Context, args: argparse.Namespace) -> int:
-    """Run as a long-lived scheduler until SIGTERM/SIGINT, which stop it after the running job."""
+def serve(scheduler: Any) -> None:
+    """Run ``scheduler`` until SIGTERM/SIGINT; a job in progress finishes before it stops."""
     import signal
-
-    def sync_job() -> int:
-        return _print_sync_results(ctx, run_sync(ctx))
-
-    scheduler = build_scheduler(ctx.config.schedule, ctx.config.timezone,
-                                sync=sync_job, daily=lambda: cmd_run_daily_locked(ctx))
-    ctx.ready_engine()  # fail now, not at the first job, when the store is not initialised
-    if args.run_now:
-        scheduler.get_job("sync").modify(next_run_time=dt.datetime.now(ctx.config.zone))
 
     def stop(signum: int, _frame: object) -> None:
         log.info("schedule.stopping", signal=signal.Signals(signum).name)
@@ -668,6 +662,20 @@ def cmd_schedule(ctx: Context, args: argparse.Namespace) -> int:
         log.info("schedule.job", job=job.id, trigger=str(job.trigger))
     scheduler.start()
     log.info("schedule.stopped")
+
+
+def cmd_schedule(ctx: Context, args: argparse.Namespace) -> int:
+    """Run as a long-lived scheduler until SIGTERM/SIGINT, which stop it after the running job."""
+
+    def sync_job() -> int:
+        return _print_sync_results(ctx, run_sync(ctx))
+
+    scheduler = build_scheduler(ctx.config.schedule, ctx.config.timezone,
+                                sync=sync_job, daily=lambda: cmd_run_daily_locked(ctx))
+    ctx.ready_engine()  # fail now, not at the first job, when the store is not initialised
+    if args.run_now:
+        scheduler.get_job("sync").modify(next_run_time=dt.datetime.now(ctx.config.zone))
+    serve(scheduler)
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from sync.cron import cron_trigger
 from sync.store import outbox_table, sync_runs_table
 
 __all__ = ["ChannelStatus", "SourceStatus", "Status", "collect_status", "render_status",
@@ -69,8 +70,6 @@ def collect_status(
     now: dt.datetime,
 ) -> Status:
     """Read the last run per source and the outbox state per channel; compute next fire times."""
-    from apscheduler.triggers.cron import CronTrigger
-
     runs = sync_runs_table
     out: list[SourceStatus] = []
     with engine.connect() as conn:
@@ -113,7 +112,7 @@ def collect_status(
     zone = ZoneInfo(timezone)
     next_runs = []
     for job, expr in schedule.items():
-        trigger = CronTrigger.from_crontab(expr, timezone=zone)
+        trigger = cron_trigger(expr, zone)
         next_runs.append((job, trigger.get_next_fire_time(None, now.astimezone(zone))))
     return Status(now, timezone, tuple(out), tuple(channel_states), tuple(next_runs))
 
