@@ -1,0 +1,771 @@
+"""The generic CSV feed: deals from a CSV file exported by any CRM.
+
+The file has one deal per row and a header line. Its columns are mapped to the
+canonical names in ``CANONICAL_COLUMNS`` through ``[sources.columns]`` (a
+canonical name that is not mapped is looked up under its own name)::
+
+    [[sources]]
+    name = "export"
+    kind = "csv"
+    path = "exports/deals.csv"        # relative to the config file
+    date_format = "%d.%m.%Y"          # besides ISO 8601
+    [sources.columns]
+    id = "Deal ID"
+    stage = "Stage"
+    [sources.status]                  # stage values meaning won/lost (no status column)
+    won = ["Won"]
+    lost = ["Lost"]
+
+Reading rules:
+
+* The file is UTF-8, with or without a byte-order mark, and is streamed: rows
+  are read one at a time, never all at once.
+* A row that cannot be read is yielded as a ``Rejected`` item (``where`` is
+  ``"line N"``, the header being line 1) and skipped; the other rows are kept. A
+  later row repeating an earlier id is rejected and the first one is kept.
+* A missing file, an empty file or a missing required column (``id``, and
+  ``stage`` or ``status``) raises ``CsvFeedError`` before any deal is yielded.
+* The pull ends with ``Checkpoint(cursor, complete=True)``: the file holds every
+  live deal, so deals that vanished from it become ``deleted``. The cursor is the
+  file's SHA-256 plus a short fingerprint of the settings that shape the deals
+  (and of the demo rebase shift), so when neither changed, ``deals(cursor)``
+  yields only ``Checkpoint(cursor, complete=False)`` without reading a row.
+
+Amounts take a decimal point or a decimal comma, with spaces, no-break spaces,
+commas or points as thousand separators (``50 000,50``, ``50,000.50``,
+``50000.5``). An amount like ``1,234`` (a thousand separator or a decimal
+comma?) is rejected as ambiguous unless ``decimal_separator`` is set.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
+import re
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import structlog
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from connectors.base import (
+    Checkpoint,
+    Deal,
+    DealStatus,
+    FatalAPIError,
+    Owner,
+    Pipeline,
+    Rejected,
+    SourceSettings,
+    Stage,
+    StreamItem,
+)
+
+__all__ = [
+    "CANONICAL_COLUMNS",
+    "CsvFeedConnector",
+    "CsvFeedError",
+    "CsvFeedSettings",
+    "MissingColumnsError",
+    "StatusMapping",
+    "format_rejects",
+    "parse_amount",
+    "parse_status",
+]
+
+log = structlog.get_logger(__name__)
+
+CANONICAL_COLUMNS: tuple[str, ...] = (
+    "id", "title", "amount", "currency", "pipeline", "stage", "status", "owner", "owner_email",
+    "created_at", "closed_at", "expected_close_date", "stage_entered_at", "next_step",
+    "next_activity_at", "last_activity_at",
+)
+"""Every column the feed understands, under its canonical name."""
+
+DATETIME_COLUMNS = ("created_at", "closed_at", "stage_entered_at", "next_activity_at", "last_activity_at")
+ID_COLUMNS = ("id", "pipeline", "stage", "owner")
+MAX_ID_LENGTH = 200  # the store keeps ids, pipelines, stages and owners in 200 characters
+MAX_AMOUNT = Decimal(10) ** 16  # the store keeps NUMERIC(20, 4)
+READ_CHUNK = 1 << 16
+
+STATUS_SYNONYMS: dict[str, DealStatus] = {
+    "open": "open", "active": "open", "in progress": "open",
+    "won": "won", "closed won": "won", "closedwon": "won", "win": "won",
+    "lost": "lost", "closed lost": "lost", "closedlost": "lost", "loss": "lost",
+    "deleted": "deleted", "removed": "deleted",
+}
+"""Values a status column may hold (compared case-insensitively, ``-``/``_`` read as spaces)."""
+
+_GROUP_SPACES = " \u00a0\u202f\u2009"  # space, no-break space, narrow no-break space, thin space
+_AMOUNT_CHARS = re.compile(rf"[0-9.,{_GROUP_SPACES}]+")
+_TIME_DIRECTIVES = re.compile(r"%[HIMSfpzXcTRr]")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class CsvFeedError(FatalAPIError):
+    """The feed's file cannot be read at all (missing, empty, not UTF-8, wrong columns)."""
+
+    def __init__(self, message: str, *, path: Path, source: str | None = None) -> None:
+        super().__init__(message, source=source)
+        self.path = path
+
+
+class MissingColumnsError(CsvFeedError):
+    """Required or explicitly mapped columns are not in the file's header."""
+
+    def __init__(
+        self, message: str, *, path: Path, missing: Sequence[str], headers: Sequence[str],
+        source: str | None = None,
+    ) -> None:
+        super().__init__(message, path=path, source=source)
+        self.missing = tuple(missing)
+        self.headers = tuple(headers)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class StatusMapping(BaseModel):
+    """Stage values that mean a deal is won or lost (compared case-insensitively)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    won: list[str] = Field(default_factory=lambda: ["Won", "Closed Won"])
+    lost: list[str] = Field(default_factory=lambda: ["Lost", "Closed Lost"])
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> StatusMapping:
+        both = {s.casefold() for s in self.won} & {s.casefold() for s in self.lost}
+        if both:
+            raise ValueError(f"stages both won and lost: {', '.join(sorted(both))}")
+        return self
+
+    def status_of(self, stage: str | None) -> DealStatus:
+        """Return the status a stage value implies: won, lost, else open."""
+        key = (stage or "").casefold()
+        if key and key in {s.casefold() for s in self.won}:
+            return "won"
+        if key and key in {s.casefold() for s in self.lost}:
+            return "lost"
+        return "open"
+
+
+class CsvFeedSettings(SourceSettings):
+    """A ``[[sources]]`` table of kind ``csv``."""
+
+    kind: Literal["csv"] = "csv"
+    path: Path = Field(description="The CSV file; relative paths are relative to the config file.")
+    columns: dict[str, str] = Field(
+        default_factory=dict, description="Canonical column name -> the file's header."
+    )
+    status: StatusMapping = Field(
+        default_factory=StatusMapping,
+        description="Stage values meaning won/lost; used when the file has no status column.",
+    )
+    date_format: str | None = Field(None, description="strptime format, accepted besides ISO 8601.")
+    delimiter: str = Field(",", description="The field separator, one character.")
+    decimal_separator: Literal[",", "."] | None = Field(
+        None, description="Resolves amounts like 1,234; by default they are rejected as ambiguous."
+    )
+    timezone: str = Field("UTC", description="The zone of naive datetimes and plain dates.")
+    currency: str | None = Field(None, description="Currency of rows without a currency value.")
+    default_pipeline: str = Field("default", description="Pipeline of rows without a pipeline value.")
+    link_template: str | None = Field(None, description='Link to a deal, e.g. "https://crm/deals/{id}".')
+    rebase_dates_from: dt.date | None = Field(
+        None, description="Demo data only: shift every date by (today - this date)."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, value: Path, info: ValidationInfo) -> Path:
+        value = value.expanduser()
+        config_dir = (info.context or {}).get("config_dir")
+        if not value.is_absolute() and config_dir is not None:
+            value = Path(config_dir) / value
+        return value
+
+    @field_validator("columns")
+    @classmethod
+    def _known_columns(cls, value: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(value) - set(CANONICAL_COLUMNS))
+        if unknown:
+            raise ValueError(
+                f"unknown column name{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}; "
+                f"valid names: {', '.join(CANONICAL_COLUMNS)}"
+            )
+        empty = sorted(k for k, v in value.items() if not v.strip())
+        if empty:
+            raise ValueError(f"empty header for {', '.join(empty)}")
+        return {k: v.strip() for k, v in value.items()}
+
+    @field_validator("delimiter")
+    @classmethod
+    def _one_char(cls, value: str) -> str:
+        if len(value) != 1 or value in "\"\r\n":
+            raise ValueError(f"must be one character other than a quote or a newline, got {value!r}")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Oslo)") from None
+        return value
+
+    @field_validator("currency")
+    @classmethod
+    def _iso_currency(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z]{3}", value):
+            raise ValueError(f"must be a 3-letter ISO 4217 code like NOK, got {value!r}")
+        return value.upper() if value is not None else None
+
+    @field_validator("date_format")
+    @classmethod
+    def _round_trip(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        sample = dt.datetime(2026, 11, 26, 14, 30, 15, tzinfo=dt.UTC)
+        try:
+            dt.datetime.strptime(sample.strftime(value), value)  # noqa: DTZ007 - zone is applied later
+        except ValueError as exc:
+            raise ValueError(f"not a usable strptime format: {exc}") from None
+        return value
+
+    @field_validator("link_template")
+    @classmethod
+    def _only_id(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                value.format(id="x")
+            except (KeyError, IndexError, ValueError):
+                raise ValueError("may only use the placeholder {id}") from None
+        return value
+
+
+# --------------------------------------------------------------------------- parsing
+
+
+def parse_amount(text: str, decimal_separator: str | None = None) -> Decimal | None:
+    """Read an amount as a person wrote it; ``None`` for an empty cell.
+
+    Accepts ``50000.5``, ``50 000,50``, ``50,000.50``, ``1.234.567,89`` and
+    no-break spaces as thousand separators. With one ``,`` or ``.`` followed by
+    exactly three digits (``1,234``) the meaning is ambiguous; that is an error
+    unless ``decimal_separator`` says which one is the decimal mark.
+
+    Raises:
+        ValueError: the reason, ready to show after the column name.
+    """
+    original = text.strip()
+    if not original:
+        return None
+    sign, body = "", original
+    if body[0] in "+-":
+        sign, body = body[0].replace("+", ""), body[1:].lstrip()
+    if not body or not _AMOUNT_CHARS.fullmatch(body) or not any(c.isdigit() for c in body):
+        raise ValueError("is not a number")
+    has_space = any(c in _GROUP_SPACES for c in body)
+    commas, points = body.count(","), body.count(".")
+    decimal: str | None
+    if decimal_separator is not None:
+        decimal = decimal_separator if decimal_separator in body else None
+    elif commas and points:
+        decimal = "," if body.rfind(",") > body.rfind(".") else "."
+    elif commas or points:
+        mark = "," if commas else "."
+        if max(commas, points) > 1:
+            decimal = None  # repeated: a thousand separator
+        elif has_space:
+            decimal = mark
+        else:
+            whole, frac = body.split(mark)
+            if len(frac) == 3 and 1 <= len(whole) <= 3 and not whole.startswith("0"):
+                raise ValueError("is ambiguous: a thousand separator or a decimal mark? "
+                                 "(set decimal_separator)")
+            decimal = mark
+    else:
+        decimal = None
+    whole, _, frac = body.partition(decimal) if decimal else (body, "", "")
+    if decimal and not frac.isdigit():
+        raise ValueError("is not a number")
+    separators = {c for c in whole if not c.isdigit()}
+    if len(separators) > 1 or (decimal and decimal in separators):
+        raise ValueError("is not a number")
+    if separators:
+        groups = re.split(f"[{re.escape(''.join(separators))}]", whole)
+        if not (1 <= len(groups[0]) <= 3 and all(len(g) == 3 for g in groups[1:])):
+            raise ValueError("is not a number (thousand separators must group 3 digits)")
+        whole = "".join(groups)
+    value = Decimal(f"{sign}{whole or '0'}" + (f".{frac}" if frac else ""))
+    if abs(value) >= MAX_AMOUNT:
+        raise ValueError("is too large")
+    return value
+
+
+def parse_status(text: str) -> DealStatus:
+    """Read a status column value: open/won/lost/deleted or a common synonym.
+
+    Raises:
+        ValueError: the value is none of them.
+    """
+    key = " ".join(text.replace("-", " ").replace("_", " ").split()).casefold()
+    try:
+        return STATUS_SYNONYMS[key]
+    except KeyError:
+        raise ValueError("is not a status (expected open, won, lost or deleted)") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """Where each canonical column sits in the file's rows."""
+
+    headers: tuple[str, ...]
+    index: dict[str, int]
+
+    def get(self, fields: Sequence[str], name: str) -> str:
+        """Return the stripped value of canonical column ``name`` ('' when absent)."""
+        i = self.index.get(name)
+        return fields[i].strip() if i is not None else ""
+
+
+class _RowParser:
+    """Turns one row's fields into a ``Deal``; raises ``ValueError`` with every problem."""
+
+    def __init__(self, settings: CsvFeedSettings, layout: _Layout, shift_days: int) -> None:
+        self.s = settings
+        self.layout = layout
+        self.zone = ZoneInfo(settings.timezone)
+        self.shift = dt.timedelta(days=shift_days)
+        self.date_format_has_time = bool(
+            settings.date_format and _TIME_DIRECTIVES.search(settings.date_format)
+        )
+
+    def header_of(self, name: str) -> str:
+        return self.layout.headers[self.layout.index[name]]
+
+    def _temporal(self, text: str) -> dt.datetime | dt.date:
+        """Parse the configured format, else ISO 8601; rebased; dates stay dates."""
+        value: dt.datetime | dt.date | None = None
+        if self.s.date_format:
+            try:
+                parsed = dt.datetime.strptime(text, self.s.date_format)  # noqa: DTZ007 - zone below
+                value = parsed if self.date_format_has_time else parsed.date()
+            except ValueError:
+                value = None
+        if value is None:
+            try:
+                value = dt.date.fromisoformat(text)
+            except ValueError:
+                value = dt.datetime.fromisoformat(text)  # ValueError propagates
+        return value + self.shift
+
+    def _datetime(self, text: str) -> tuple[dt.datetime, bool]:
+        """An aware UTC datetime, and whether the cell held a date only."""
+        value = self._temporal(text)
+        if not isinstance(value, dt.datetime):
+            local = dt.datetime.combine(value, dt.time(), tzinfo=self.zone)
+            return local.astimezone(dt.UTC), True
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=self.zone)
+        return value.astimezone(dt.UTC), False
+
+    def _date(self, text: str) -> dt.date:
+        value = self._temporal(text)
+        if isinstance(value, dt.datetime):
+            return (value.astimezone(self.zone) if value.tzinfo else value).date()
+        return value
+
+    def _bad_date(self, name: str, text: str) -> str:
+        iso = "ISO 8601 like 2026-11-26 or 2026-11-26T14:30"
+        expected = f"{self.s.date_format} or {iso}" if self.s.date_format else iso
+        return f"{self.header_of(name)} {_quote(text)} is not a date (expected {expected})"
+
+    def parse(self, fields: Sequence[str]) -> Deal:
+        layout, problems = self.layout, []
+        get = layout.get
+        values: dict[str, Any] = {}
+        external_id = get(fields, "id")
+        if not external_id:
+            problems.append(f'{self.header_of("id")} is empty')
+        for name in ID_COLUMNS:
+            if len(get(fields, name)) > MAX_ID_LENGTH:
+                problems.append(f"{self.header_of(name)} is longer than {MAX_ID_LENGTH} characters")
+        text = get(fields, "amount")
+        try:
+            values["amount"] = parse_amount(text, self.s.decimal_separator)
+        except ValueError as exc:
+            problems.append(f'{self.header_of("amount")} {_quote(text)} {exc}')
+        currency = get(fields, "currency").upper() or self.s.currency
+        if currency is not None and not re.fullmatch(r"[A-Z]{3}", currency):
+            problems.append(f"{self.header_of('currency')} {_quote(currency)} is not a currency code")
+        values["currency"] = currency
+        whole_days = False
+        for name in DATETIME_COLUMNS:
+            text = get(fields, name)
+            values[name] = None
+            if text:
+                try:
+                    values[name], date_only = self._datetime(text)
+                except (ValueError, OverflowError):
+                    problems.append(self._bad_date(name, text))
+                    continue
+                whole_days |= date_only and name in ("created_at", "closed_at")
+        text = get(fields, "expected_close_date")
+        values["expected_close_date"] = None
+        if text:
+            try:
+                values["expected_close_date"] = self._date(text)
+            except (ValueError, OverflowError):
+                problems.append(self._bad_date("expected_close_date", text))
+        stage = get(fields, "stage") or None
+        status: DealStatus = "open"
+        if "status" in layout.index:
+            text = get(fields, "status")
+            try:
+                status = parse_status(text)
+            except ValueError as exc:
+                problems.append(f'{self.header_of("status")} {_quote(text)} {exc}')
+        else:
+            status = self.s.status.status_of(stage)
+        if problems:
+            raise ValueError("; ".join(problems))
+        link = None
+        if self.s.link_template:
+            link = self.s.link_template.format(id=urllib.parse.quote(external_id, safe=""))
+        return Deal(
+            source=self.s.name,
+            external_id=external_id,
+            title=get(fields, "title") or None,
+            pipeline=get(fields, "pipeline") or self.s.default_pipeline,
+            stage=stage,
+            status=status,
+            owner=get(fields, "owner") or None,
+            next_step=get(fields, "next_step") or None,
+            link=link,
+            whole_days=whole_days,
+            raw=dict(zip(layout.headers, fields, strict=False)),
+            **values,
+        )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+class _HashingReader(io.RawIOBase):
+    """A raw binary stream that feeds every byte it reads into a SHA-256."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner = inner
+        self.sha = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.inner.read(len(buffer))
+        buffer[: len(data)] = data
+        self.sha.update(data)
+        return len(data)
+
+
+def _file_sha256(path: Path) -> str:
+    sha = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(READ_CHUNK):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Catalog:
+    pipelines: tuple[Pipeline, ...]
+    owners: tuple[Owner, ...]
+    rows: int
+    columns: int
+
+
+class CsvFeedConnector:
+    """Reads deals from one CSV file; see the module docstring for the rules.
+
+    Args:
+        settings: the validated ``[[sources]]`` table.
+        today: the current date in the feed's time zone (for ``rebase_dates_from``);
+            tests pin it.
+    """
+
+    settings_model: ClassVar[type[SourceSettings]] = CsvFeedSettings
+    kind = "csv"
+
+    def __init__(self, settings: CsvFeedSettings, *, today: Callable[[], dt.date] | None = None) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.path = settings.path
+        self._today = today or (lambda: dt.datetime.now(ZoneInfo(settings.timezone)).date())
+        self._catalog: tuple[tuple[int, int], _Catalog] | None = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _error(self, message: str) -> CsvFeedError:
+        return CsvFeedError(f"{self.path}: {message}", path=self.path, source=self.name)
+
+    def _open(self) -> BinaryIO:
+        try:
+            return self.path.open("rb")
+        except FileNotFoundError:
+            raise self._error("file not found") from None
+        except IsADirectoryError:
+            raise self._error("is a directory, not a CSV file") from None
+        except OSError as exc:
+            raise self._error(f"cannot be read ({exc.strerror})") from None
+
+    def _rows(self, raw: BinaryIO) -> tuple[_Layout, Iterator[tuple[int, list[str] | csv.Error]]]:
+        """Read the header and map the columns; return the layout and the rows.
+
+        Rows come as ``(line, fields)``, the line where the record starts; a record
+        the CSV reader cannot split comes as ``(line, csv.Error)``. Blank lines are skipped.
+
+        Raises:
+            CsvFeedError: empty file, header not UTF-8, or missing columns.
+        """
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        reader = csv.reader(text, delimiter=self.settings.delimiter)
+        header = next(reader, None)
+        if header is None or not any(h.strip() for h in header):
+            raise self._error("the file is empty (no header line)")
+        headers = tuple(h.strip() for h in header)
+        if any(_has_undecodable(h) for h in headers):
+            raise self._error("the header line is not valid UTF-8; save the file as UTF-8")
+        layout = self._layout(headers)
+
+        def rows() -> Iterator[tuple[int, list[str] | csv.Error]]:
+            last = reader.line_num
+            while True:
+                try:
+                    fields: list[str] | csv.Error = next(reader)
+                except StopIteration:
+                    return
+                except csv.Error as exc:  # e.g. a field over the size limit; the reader goes on
+                    fields = exc
+                line, last = last + 1, reader.line_num
+                if isinstance(fields, csv.Error) or any(f.strip() for f in fields):
+                    yield line, fields
+
+        return layout, rows()
+
+    def _layout(self, headers: tuple[str, ...]) -> _Layout:
+        exact = {h: i for i, h in reversed(list(enumerate(headers)))}
+        folded = {h.casefold(): i for i, h in reversed(list(enumerate(headers)))}
+        index: dict[str, int] = {}
+        missing: list[str] = []
+        for name in CANONICAL_COLUMNS:
+            wanted = self.settings.columns.get(name, name)
+            i = exact.get(wanted, folded.get(wanted.casefold()))
+            if i is not None:
+                index[name] = i
+            elif name in self.settings.columns:
+                missing.append(f'{name} (mapped to "{wanted}")')
+        if "id" not in index and "id" not in self.settings.columns:
+            missing.insert(0, "id")
+        if "stage" not in index and "status" not in index:
+            missing.append("stage or status")
+        if missing:
+            has = ", ".join(f'"{h}"' for h in headers)
+            hint = ""
+            if len(headers) == 1:
+                for sep in (";", "\t", ",", "|"):
+                    if sep in headers[0] and sep != self.settings.delimiter:
+                        hint = f" (the header looks {sep!r}-separated: set delimiter = {json.dumps(sep)})"
+                        break
+            raise MissingColumnsError(
+                f"{self.path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
+                f"the file's headers are: {has}{hint}",
+                path=self.path, missing=missing, headers=headers, source=self.name,
+            )
+        return _Layout(headers, index)
+
+    def _shift_days(self) -> int:
+        if self.settings.rebase_dates_from is None:
+            return 0
+        return (self._today() - self.settings.rebase_dates_from).days
+
+    def _cursor(self, file_sha: str, shift_days: int) -> str:
+        shaping = self.settings.model_dump(
+            mode="json", exclude={"name", "enabled", "path", "rebase_dates_from"}
+        )
+        shaping["shift_days"] = shift_days
+        blob = json.dumps(shaping, sort_keys=True).encode()
+        return f"{file_sha}:{hashlib.sha256(blob).hexdigest()[:12]}"
+
+    # ------------------------------------------------------------------ the protocol
+
+    def deals(self, since: str | None) -> Iterator[StreamItem]:
+        """Stream the file's deals and rejected rows, then ``Checkpoint(complete=True)``.
+
+        When ``since`` is the cursor of the current file and settings, yields only
+        ``Checkpoint(since, complete=False)``.
+
+        Raises:
+            CsvFeedError: before the first deal, when the file or its header is unusable.
+        """
+        started = time.perf_counter()
+        shift = self._shift_days()
+        if since is not None:
+            with self._open():
+                pass
+            if self._cursor(_file_sha256(self.path), shift) == since:
+                log.debug("csv_feed.unchanged", source=self.name, path=str(self.path))
+                yield Checkpoint(cursor=since, complete=False)
+                return
+        deals = rejected = 0
+        with self._open() as f:
+            hashing = _HashingReader(f)
+            layout, rows = self._rows(io.BufferedReader(hashing))
+            parser = _RowParser(self.settings, layout, shift)
+            first_line: dict[str, int] = {}
+            width = len(layout.headers)
+            for line, fields in rows:
+                item = self._read_row(parser, first_line, line, fields, width)
+                if isinstance(item, Deal):
+                    deals += 1
+                else:
+                    rejected += 1
+                yield item
+            while hashing.read(READ_CHUNK):  # hash any bytes the reader left unread
+                pass
+            cursor = self._cursor(hashing.sha.hexdigest(), shift)
+        log.info(
+            "csv_feed.read", source=self.name, path=str(self.path), deals=deals, rejected=rejected,
+            duration_s=round(time.perf_counter() - started, 3),
+        )
+        yield Checkpoint(cursor=cursor, complete=True)
+
+    def _read_row(
+        self, parser: _RowParser, first_line: dict[str, int], line: int, fields: list[str] | csv.Error,
+        width: int,
+    ) -> Deal | Rejected:
+        where = f"line {line}"
+        if isinstance(fields, csv.Error):
+            return Rejected(where, f"cannot be split into fields ({fields})")
+        at = parser.layout.index["id"]
+        external_id = (fields[at].strip()[:MAX_ID_LENGTH] or None) if at < len(fields) else None
+        if external_id is not None and _has_undecodable(external_id):
+            external_id = None
+        if len(fields) < width or (len(fields) > width and any(f.strip() for f in fields[width:])):
+            return Rejected(where, f"has {len(fields)} fields, the header has {width}", external_id)
+        if any(_has_undecodable(f) for f in fields):
+            return Rejected(where, "is not valid UTF-8; save the file as UTF-8", external_id)
+        try:
+            deal = parser.parse(fields[:width])
+        except ValueError as exc:
+            return Rejected(where, str(exc), external_id)
+        first = first_line.setdefault(deal.external_id, line)
+        if first != line:
+            return Rejected(where, f"duplicate id {deal.external_id}, first seen on line {first}",
+                            deal.external_id)
+        return deal
+
+    def _scan(self) -> _Catalog:
+        """One pass collecting distinct pipelines, stages and owners (cached per file version)."""
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            raise self._error("file not found") from None
+        key = (stat.st_size, stat.st_mtime_ns)
+        if self._catalog is not None and self._catalog[0] == key:
+            return self._catalog[1]
+        stages: dict[str, dict[str, None]] = {}
+        owners: dict[str, str | None] = {}
+        rows = 0
+        with self._open() as f:
+            layout, records = self._rows(f)
+            width = len(layout.headers)
+            for _, fields in records:
+                rows += 1
+                if isinstance(fields, csv.Error) or len(fields) < width:
+                    continue
+                pipeline = layout.get(fields, "pipeline") or self.settings.default_pipeline
+                seen = stages.setdefault(pipeline, {})
+                if stage := layout.get(fields, "stage"):
+                    seen.setdefault(stage)
+                if owner := layout.get(fields, "owner"):
+                    owners[owner] = owners.get(owner) or layout.get(fields, "owner_email") or None
+        catalog = _Catalog(
+            pipelines=tuple(
+                self._pipeline(name, n, list(names)) for n, (name, names) in enumerate(stages.items())
+            ),
+            owners=tuple(Owner(o, o, email) for o, email in owners.items()),
+            rows=rows,
+            columns=len(layout.headers),
+        )
+        self._catalog = (key, catalog)
+        return catalog
+
+    def _pipeline(self, name: str, order: int, stage_names: list[str]) -> Pipeline:
+        """Open stages by first appearance, then won, then lost stages."""
+        status_of = self.settings.status.status_of
+        rank = {"open": 0, "won": 1, "lost": 2, "deleted": 3}
+        ordered = sorted(stage_names, key=lambda s: rank[status_of(s)])
+        return Pipeline(name, name, order, tuple(
+            Stage(s, name, s, i, is_won=status_of(s) == "won", is_lost=status_of(s) == "lost")
+            for i, s in enumerate(ordered)
+        ))
+
+    def pipelines(self) -> Iterable[Pipeline]:
+        """Return the pipelines and stages seen in the file (ids are the names)."""
+        return self._scan().pipelines
+
+    def owners(self) -> Iterable[Owner]:
+        """Return the owners seen in the file (id = the owner value, e-mail from owner_email)."""
+        return self._scan().owners
+
+    def check(self) -> str:
+        """Open the file, check its header and count its rows, e.g. ``deals.csv: 412 rows, 16 columns``.
+
+        Raises:
+            CsvFeedError: the file is missing or its header lacks required columns.
+        """
+        catalog = self._scan()
+        return f"{self.path.name}: {catalog.rows} rows, {catalog.columns} columns"
+
+
+def _quote(text: str, width: int = 40) -> str:
+    """Quote a cell's value for a message, shortened when long."""
+    return f'"{text if len(text) <= width else text[: width - 3] + "..."}"'
+
+
+def _has_undecodable(text: str) -> bool:
+    """Whether ``text`` holds bytes that were not UTF-8 (escaped as lone surrogates)."""
+    return any("\udc80" <= c <= "\udcff" for c in text)
+
+
+def format_rejects(rejects: Iterable[Rejected], limit: int | None = None) -> str:
+    """Render rejected rows for people, one per line: ``line 7: amount "12x" is not a number``.
+
+    Args:
+        rejects: the rejected rows, in file order.
+        limit: show at most this many, then ``... and N more``.
+    """
+    lines: list[str] = []
+    extra = 0
+    for n, reject in enumerate(rejects):
+        if limit is not None and n >= limit:
+            extra += 1
+            continue
+        lines.append(f"{reject.where}: {reject.reason}")
+    if extra:
+        lines.append(f"... and {extra} more")
+    return "\n".join(lines)
+
