@@ -40,6 +40,7 @@ from sync.settings import StoreSettings
 from sync.store import (
     check_schema,
     make_engine,
+    schema_revision,
     snapshots_table,
     upgrade,
 )
@@ -351,6 +352,7 @@ class Context:
     redactor: SecretRedactor
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     _engine: sa.Engine | None = None
+    _ready: bool = False
 
     @property
     def engine(self) -> sa.Engine:
@@ -360,8 +362,17 @@ class Context:
         return self._engine
 
     def ready_engine(self) -> sa.Engine:
-        """The engine, after checking the schema is current (``velocity init`` creates it)."""
-        check_schema(self.engine)
+        """The engine, with the schema created or upgraded to the latest revision first."""
+        if not self._ready:
+            try:
+                current, head = schema_revision(self.engine)
+            except sa.exc.SQLAlchemyError as exc:
+                raise StoreError(f"cannot open the store {_safe_url(self.engine)}: "
+                                 f"{type(exc).__name__}: {exc.args[0]}") from None
+            if current != head:
+                upgrade(self.engine)
+                log.info("store.migrated", from_revision=current, to_revision=head)
+            self._ready = True
         return self.engine
 
     def print(self, text: str = "") -> None:

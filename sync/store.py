@@ -73,6 +73,7 @@ __all__ = [
     "owners_table",
     "pipelines_table",
     "reminder_state_table",
+    "schema_revision",
     "snapshots_table",
     "sources_table",
     "stage_events_table",
@@ -423,23 +424,48 @@ def _alembic_config(engine: Engine) -> Any:
     return config
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` with Alembic (creates it on an empty database)."""
-    from alembic import command
+MIGRATION_LOCK_KEY = 0x76656C6F63697479  # "velocity": serialises migrations on PostgreSQL
 
-    command.upgrade(_alembic_config(engine), revision)
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` with Alembic (creates it on an empty database).
+
+    On PostgreSQL an advisory lock serialises concurrent upgrades, so several
+    containers starting at once against a new database do not race.
+    """
+    from alembic import command
+    from sqlalchemy import func, select
+
+    if engine.dialect.name != "postgresql":
+        command.upgrade(_alembic_config(engine), revision)
+        return
+    with engine.connect() as conn:
+        conn.execute(select(func.pg_advisory_lock(MIGRATION_LOCK_KEY)))
+        conn.commit()
+        try:
+            command.upgrade(_alembic_config(engine), revision)
+        finally:
+            conn.execute(select(func.pg_advisory_unlock(MIGRATION_LOCK_KEY)))
+            conn.commit()
+
+
+def schema_revision(engine: Engine) -> tuple[str | None, str | None]:
+    """Return ``(current, head)`` revisions of the store's schema."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    return current, head
 
 
 def check_schema(engine: Engine) -> None:
     """Raise ``StoreError`` unless the database is reachable and at the latest revision."""
-    from alembic.runtime.migration import MigrationContext
-    from alembic.script import ScriptDirectory
     from sqlalchemy.exc import SQLAlchemyError
 
-    head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
     try:
-        with engine.connect() as conn:
-            current = MigrationContext.configure(conn).get_current_revision()
+        current, head = schema_revision(engine)
     except SQLAlchemyError as exc:
         raise StoreError(f"cannot open the store: {type(exc).__name__}: {exc.args[0]}") from None
     if current != head:
