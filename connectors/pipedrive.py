@@ -1,0 +1,429 @@
+"""Pipedrive connector: deals from API v2, incrementally, with deletes, archives and rotting.
+
+What it reads (API v2 unless noted; v1 deal lists are deprecated and out of
+support, and ``/v1/recents`` only reaches back one month, so neither can carry
+the sync):
+
+* pipelines and stages (``/api/v2/pipelines``, ``/api/v2/stages``) with
+  ``deal_probability`` and the rotting setting; users from ``/api/v1/users``
+  (v2 has no user list);
+* deals from ``/api/v2/deals`` with ``status=open,won,lost,deleted`` (deleted
+  deals stay visible for 30 days), sorted by ``update_time`` ascending, 500 per
+  page, cursor-paginated, and ``/api/v2/deals/archived`` (archived deals are
+  not in ``/deals`` since 2025-07-15) with the same filters;
+* custom fields by *name* through ``/api/v2/dealFields`` (never hard-coded hashes).
+
+Next/last activity dates: v2 deals no longer carry ``next_activity_date`` or
+``last_activity_date``. We ask for ``include_fields=next_activity_id,last_activity_id``
+and look the ids up in batches of 100 with ``/api/v2/activities?ids=...`` (one
+request per 50 deals at worst). The alternatives are worse: the v1 deal lists
+that had the dates are out of support, ``/v1/recents`` only covers a month, and
+one ``/v1/deals/{id}`` call per deal would cost far more of the daily budget.
+Only open deals are looked up, because only open deals are checked for hygiene;
+closed deals keep no activity dates. Set ``fetch_activities = false`` to skip
+the look-ups entirely.
+
+The cursor is the highest deal ``update_time`` seen (see ``pipedrive_paging``).
+``deals(None)`` reads everything and ends with ``Checkpoint(complete=True)``, so
+the engine marks deals that are gone (purged after 30 days) as deleted;
+``deals(cursor)`` reads what changed since ``cursor - overlap``. The archived
+list is read first, then the deal list with a checkpoint after every page.
+Assumption (not documented by Pipedrive): archiving and deleting a deal moves
+its ``update_time``; a ``--full`` sync corrects the store if that ever fails.
+
+Rate limits: every request goes through ``connectors.http.request`` (timeouts,
+retries with backoff, ``Retry-After``). A client-side limiter keeps under the
+burst limit, and the ``x-ratelimit-remaining``/``x-ratelimit-reset`` headers
+pause it when the 2-second window is spent. When the company's daily token
+budget is spent (a 429 with ``x-daily-ratelimit-token-remaining: 0`` or
+``x-daily-requests-left: 0``), the pull stops with ``BudgetExhaustedError``;
+the next run resumes from the last checkpoint. A 403 with an HTML page means
+Pipedrive blocked the token (after repeated rate-limit violations): that is a
+``FatalAPIError``, never retried.
+
+The token travels only in the ``x-api-token`` header, so it cannot reach a URL,
+a log line or an error message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any, ClassVar, Literal
+
+import requests
+import structlog
+from pydantic import Field, SecretStr, field_validator
+
+from connectors.base import (
+    AuthError,
+    BudgetExhaustedError,
+    Checkpoint,
+    Deal,
+    FatalAPIError,
+    Owner,
+    Pipeline,
+    Rejected,
+    SourceSettings,
+    StreamItem,
+)
+from connectors.http import RateLimiter, RetryPolicy, new_session, request
+from connectors.pipedrive_mapping import (
+    CANONICAL_FIELDS,
+    CustomField,
+    activity_time,
+    map_deal,
+    map_owner,
+    map_pipelines,
+    parse_time,
+    resolve_custom_fields,
+)
+from connectors.pipedrive_paging import CursorPaginator, Watermark, parse_cursor
+
+__all__ = ["PAGE_SIZE", "PipedriveConnector", "PipedriveSettings"]
+
+log = structlog.get_logger(__name__)
+
+PAGE_SIZE = 500
+"""Items per page on v2 list endpoints (the documented maximum)."""
+ACTIVITY_BATCH = 100
+"""Ids per ``/api/v2/activities?ids=`` request (the documented maximum)."""
+DEAL_STATUSES = "open,won,lost,deleted"
+DEAL_INCLUDE_FIELDS = "next_activity_id,last_activity_id"
+BURST_WINDOW_SECONDS = 2.0
+"""Pipedrive's burst limits count requests per rolling 2-second window."""
+MAX_PAUSE_SECONDS = 60.0
+_DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
+
+Clock = Callable[[], dt.datetime]
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class PipedriveSettings(SourceSettings):
+    """One ``[[sources]]`` table of kind ``pipedrive``."""
+
+    kind: Literal["pipedrive"] = "pipedrive"
+    api_token: SecretStr = Field(description="API token (Settings > Personal preferences > API).")
+    company_domain: str = Field(description="The company's subdomain: 'acme' for https://acme.pipedrive.com.")
+    base_url: str | None = Field(
+        default=None,
+        description="Override of https://{company_domain}.pipedrive.com; /api/v1 and /api/v2 are appended.",
+    )
+    custom_fields: dict[str, str] = Field(
+        default_factory=dict,
+        description=f"Custom field name -> canonical field, one of {', '.join(CANONICAL_FIELDS)}.",
+    )
+    overlap_seconds: int = Field(
+        default=60, ge=0, le=86_400,
+        description="Re-read deals updated this many seconds before the cursor (late writes).",
+    )
+    requests_per_window: int = Field(
+        default=20, ge=1, le=1000,
+        description="Client-side burst limit per 2 seconds (20 fits the smallest plan).",
+    )
+    fetch_activities: bool = Field(
+        default=True, description="Look up next/last activity dates of open deals.",
+    )
+    max_attempts: int = Field(default=6, ge=1, le=20, description="Attempts per request (429, 5xx).")
+    timeout_seconds: float = Field(default=60.0, gt=0, le=600, description="Read timeout per request.")
+
+    @field_validator("api_token")
+    @classmethod
+    def _token_present(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("company_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        value = value.strip()
+        if not _DOMAIN.match(value):
+            raise ValueError("must be the subdomain only, e.g. 'acme' for https://acme.pipedrive.com")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (e.g. https://acme.pipedrive.com)")
+        if value.endswith(("/api/v1", "/api/v2")):
+            raise ValueError("leave out /api/v1 or /api/v2; they are appended")
+        return value
+
+    @field_validator("custom_fields")
+    @classmethod
+    def _canonical(cls, value: dict[str, str]) -> dict[str, str]:
+        problems = [
+            f"{name!r} -> {target!r} (allowed: {', '.join(CANONICAL_FIELDS)})"
+            for name, target in value.items() if target not in CANONICAL_FIELDS
+        ]
+        if problems:
+            raise ValueError("unknown canonical field: " + "; ".join(problems))
+        targets = list(value.values())
+        doubled = sorted({t for t in targets if targets.count(t) > 1})
+        if doubled:
+            raise ValueError(f"several custom fields map to {', '.join(doubled)}")
+        if any(not name.strip() for name in value):
+            raise ValueError("a custom field name must not be empty")
+        return value
+
+    @property
+    def root_url(self) -> str:
+        """The base URL that ``/api/v1`` and ``/api/v2`` are appended to."""
+        return self.base_url or f"https://{self.company_domain}.pipedrive.com"
+
+
+def _header_number(response: requests.Response, name: str) -> float | None:
+    value = response.headers.get(name)
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class PipedriveConnector:
+    """Reads one Pipedrive company (see the module docstring for what and how).
+
+    Args:
+        settings: validated settings.
+        session: a ``requests`` session to use (its ``x-api-token`` header is set).
+        sleep: how to wait (tests pass a fake).
+        clock: monotonic seconds, for the rate limiter.
+        now: the current time (aware UTC), for the cursor cap.
+    """
+
+    settings_model: ClassVar[type[SourceSettings]] = PipedriveSettings
+    kind = "pipedrive"
+
+    def __init__(
+        self,
+        settings: PipedriveSettings,
+        *,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        now: Clock = _utcnow,
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self._session = session or new_session()
+        self._session.headers["x-api-token"] = settings.api_token.get_secret_value()
+        self._session.headers["Accept"] = "application/json"
+        self._sleep = sleep
+        self._now = now
+        self._limiter = RateLimiter(settings.requests_per_window, BURST_WINDOW_SECONDS,
+                                    clock=clock, sleep=sleep)
+        self._policy = RetryPolicy(max_attempts=settings.max_attempts)
+        self._budget_spent = False
+        self._activities_allowed = settings.fetch_activities
+        self._custom: tuple[CustomField, ...] | None = None
+        self.requests_sent = 0
+
+    def __repr__(self) -> str:
+        return f"PipedriveConnector(name={self.name!r}, company_domain={self.settings.company_domain!r})"
+
+    # ----------------------------------------------------------------- HTTP
+
+    def _on_response(self, response: requests.Response) -> None:
+        """Pace by the rate-limit headers; stop on a spent budget or a block."""
+        status = response.status_code
+        daily_tokens = _header_number(response, "x-daily-ratelimit-token-remaining")
+        daily_requests = _header_number(response, "x-daily-requests-left")
+        if status == 429 and 0 in (daily_tokens, daily_requests):
+            raise BudgetExhaustedError(
+                f"Pipedrive source {self.name!r}: the company's daily API budget is spent "
+                "(HTTP 429, daily remaining 0); it resets at midnight, and the next run "
+                "resumes from the last checkpoint",
+                status=429,
+            )
+        if status == 403 and "html" in response.headers.get("Content-Type", "").lower():
+            raise FatalAPIError(
+                f"Pipedrive source {self.name!r}: the token is blocked (HTTP 403 with an HTML page, "
+                "usually after repeated rate-limit violations); not retrying. Wait, then check the "
+                "token's API usage in Pipedrive's company settings",
+                status=403,
+            )
+        remaining = _header_number(response, "x-ratelimit-remaining")
+        if status == 429 or (remaining is not None and remaining <= 0):
+            reset = _header_number(response, "x-ratelimit-reset")
+            wait = min(reset if reset and reset > 0 else BURST_WINDOW_SECONDS, MAX_PAUSE_SECONDS)
+            self._limiter.pause(wait)
+            log.info("pipedrive.paced", source=self.name, status=status, wait_s=wait)
+        if 200 <= status < 300 and daily_tokens is not None and daily_tokens <= 0:
+            self._budget_spent = True
+
+    def _get(self, api: str, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """GET one JSON page; ``api`` is ``v1`` or ``v2``."""
+        what = f"Pipedrive GET /api/{api}{path}"
+        if self._budget_spent:
+            raise BudgetExhaustedError(
+                f"Pipedrive source {self.name!r}: the company's daily API budget is spent "
+                "(x-daily-ratelimit-token-remaining: 0); the next run resumes from the last checkpoint",
+                status=429,
+            )
+        self.requests_sent += 1
+        response = request(
+            self._session, "GET", f"{self.settings.root_url}/api/{api}{path}",
+            what=what, policy=self._policy, limiter=self._limiter,
+            timeout=(10.0, self.settings.timeout_seconds),
+            auth_hint=f"check api_token for company {self.settings.company_domain!r}",
+            on_response=self._on_response, sleep=self._sleep, params=dict(params or {}),
+        )
+        try:
+            body = response.json()
+        except ValueError:
+            raise FatalAPIError(f"{what}: the answer is not JSON (HTTP {response.status_code})",
+                                status=response.status_code) from None
+        if not isinstance(body, dict) or body.get("success") is False:
+            error = str(body.get("error", ""))[:200] if isinstance(body, dict) else ""
+            raise FatalAPIError(f"{what}: the API reported a failure: {error or 'no detail'}",
+                                status=response.status_code)
+        return body
+
+    def _pages(self, path: str, params: Mapping[str, Any]) -> Iterator[list[dict[str, Any]]]:
+        """Every page of a v2 list, following ``next_cursor``."""
+        pager = CursorPaginator(f"Pipedrive GET /api/v2{path}")
+        while not pager.finished:
+            query = dict(params)
+            if pager.cursor is not None:
+                query["cursor"] = pager.cursor
+            body = self._get("v2", path, query)
+            data = body.get("data") or []
+            pager.advance(body)
+            yield [item for item in data if isinstance(item, dict)]
+
+    def _list(self, path: str, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+        return [item for page in self._pages(path, {"limit": PAGE_SIZE, **(params or {})})
+                for item in page]
+
+    # ----------------------------------------------------------------- catalog
+
+    def check(self) -> str:
+        """Read one pipeline (a cheap call) to prove the token and domain work."""
+        body = self._get("v2", "/pipelines", {"limit": 1})
+        read = len(body.get("data") or [])
+        return f"Pipedrive {self.settings.company_domain}: token accepted ({read} pipeline read)"
+
+    def pipelines(self) -> list[Pipeline]:
+        """Pipelines with their stages (probability and rotting days)."""
+        return map_pipelines(self._list("/pipelines"), self._list("/stages"))
+
+    def owners(self) -> list[Owner]:
+        """Every user of the company, with e-mail (from ``/api/v1/users``)."""
+        users = self._get("v1", "/users").get("data") or []
+        return [map_owner(user) for user in users if isinstance(user, dict) and "id" in user]
+
+    def custom_fields(self) -> tuple[CustomField, ...]:
+        """The configured custom fields, resolved by name (cached; no call when none are set).
+
+        Raises:
+            FatalAPIError: a configured name matches no custom deal field, or several.
+        """
+        if self._custom is None:
+            if not self.settings.custom_fields:
+                self._custom = ()
+            else:
+                try:
+                    self._custom = resolve_custom_fields(self.settings.custom_fields,
+                                                         self._list("/dealFields"))
+                except LookupError as exc:
+                    raise FatalAPIError(f"Pipedrive source {self.name!r}: custom_fields: {exc}") from None
+                log.info("pipedrive.custom_fields", source=self.name,
+                         fields={c.name: c.canonical for c in self._custom})
+        return self._custom
+
+    # ----------------------------------------------------------------- deals
+
+    def deals(self, since: str | None) -> Iterator[StreamItem]:
+        """Stream deals changed since the cursor (``None``: all, ending in a complete checkpoint)."""
+        try:
+            resume = parse_cursor(since)
+        except ValueError:
+            log.warning("pipedrive.bad_cursor", source=self.name, cursor=since)
+            resume = None
+        mark = Watermark(resume, cap=self._now())
+        full = resume is None
+        params: dict[str, Any] = {
+            "status": DEAL_STATUSES, "sort_by": "update_time", "sort_direction": "asc",
+            "limit": PAGE_SIZE, "include_fields": DEAL_INCLUDE_FIELDS,
+        }
+        updated_since = mark.updated_since(dt.timedelta(seconds=self.settings.overlap_seconds))
+        if updated_since is not None:
+            params["updated_since"] = updated_since
+        custom = self.custom_fields()
+        counts = {"deals": 0, "archived": 0, "rejected": 0, "pages": 0}
+        started = self.requests_sent
+        log.info("pipedrive.pull", source=self.name, full=full, updated_since=updated_since)
+        for page in self._pages("/deals/archived", params):
+            yield from self._page_items(page, archived=True, custom=custom, mark=mark, counts=counts)
+        yield Checkpoint(mark.cursor())
+        for page in self._pages("/deals", params):
+            yield from self._page_items(page, archived=False, custom=custom, mark=mark, counts=counts)
+            yield Checkpoint(mark.cursor())
+        if not mark.in_order:
+            log.warning("pipedrive.unsorted", source=self.name,
+                        detail="deals arrived out of update_time order; cursor moved only at the end")
+        log.info("pipedrive.pulled", source=self.name, full=full, requests=self.requests_sent - started,
+                 **counts)
+        yield Checkpoint(mark.cursor(final=True), complete=full)
+
+    def _page_items(
+        self,
+        page: list[dict[str, Any]],
+        *,
+        archived: bool,
+        custom: Iterable[CustomField],
+        mark: Watermark,
+        counts: dict[str, int],
+    ) -> Iterator[Deal | Rejected]:
+        counts["pages"] += 1
+        activities = self._activity_times(page)
+        for raw in page:
+            item = map_deal(raw, source=self.name, company_domain=self.settings.company_domain,
+                            archived=archived, custom_fields=custom, activities=activities)
+            if isinstance(item, Deal):
+                counts["archived" if item.archived else "deals"] += 1
+                mark.observe(item.updated_at, ordered=not archived)
+            else:
+                counts["rejected"] += 1
+                with contextlib.suppress(ValueError):
+                    mark.observe(parse_time(raw.get("update_time")), ordered=not archived)
+            yield item
+
+    def _activity_times(self, page: Iterable[Mapping[str, Any]]) -> dict[int, dt.datetime | None]:
+        """Due times of the next/last activities of the page's open deals."""
+        if not self._activities_allowed:
+            return {}
+        wanted = sorted({
+            int(raw[key]) for raw in page
+            if raw.get("status") == "open" and not raw.get("is_deleted")
+            for key in ("next_activity_id", "last_activity_id") if isinstance(raw.get(key), int)
+        })
+        found: dict[int, dt.datetime | None] = {}
+        for start in range(0, len(wanted), ACTIVITY_BATCH):
+            ids = ",".join(str(i) for i in wanted[start:start + ACTIVITY_BATCH])
+            try:
+                activities = self._list("/activities", {"ids": ids})
+            except AuthError as exc:
+                if exc.status != 403:
+                    raise
+                log.warning("pipedrive.activities_forbidden", source=self.name,
+                            detail="the token may not read activities; activity dates are left empty")
+                self._activities_allowed = False
+                return {}
+            for activity in activities:
+                try:
+                    found[int(activity["id"])] = activity_time(activity)
+                except (KeyError, TypeError, ValueError):
+                    log.warning("pipedrive.bad_activity", source=self.name, activity=activity.get("id"))
+        return found
