@@ -24,6 +24,7 @@ import tomllib
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -489,11 +490,22 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
 def _plain(value: Any) -> Any:
     if isinstance(value, dt.datetime | dt.date):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        cents = value.quantize(Decimal("0.01"))
+        return str(cents if cents == value else value.normalize())
     if isinstance(value, bool):
         return value
     if value is None or isinstance(value, str | int):
         return value
     return str(value)
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _plain(value)
 
 
 def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
@@ -506,7 +518,7 @@ def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
     writer = csv.DictWriter(ctx.out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if v is None else _plain(v)) for k, v in row.items()})
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
     return EXIT_OK
 
 
@@ -793,6 +805,9 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     with structlog.contextvars.bound_contextvars(run_id=ctx.run_id, command=args.command):
         try:
             return int(args.func(ctx, args))
+        except BrokenPipeError:  # `velocity export | head`: the reader left, not an error
+            sys.stderr.close()
+            return EXIT_OK
         except ConfigError as exc:
             sys.stderr.write(redactor.redact(f"velocity: {exc}\n"))
             return EXIT_CONFIG
