@@ -362,28 +362,31 @@ def _accumulate(rows: Iterable[sa.Row[Any]], kind: ScopeKind) -> dict[tuple[str,
 
 
 def _levers(t: _Totals, settings: MetricsSettings) -> tuple[Levers, int]:
-    """The levers from a scope's sums, and how many won deals had no usable rate."""
-    with decimal.localcontext(prec=_PRECISION):
-        total, used, no_rate = Decimal(0), 0, 0
-        for currency, amount, deals in t.amounts:
-            code = (currency or settings.currency).upper()
-            if code == settings.currency:
-                total += amount
-            elif code in settings.rates:
-                total += amount * settings.rates[code]
-            else:
-                no_rate += deals
-                continue
-            used += deals
-        closed = t.won + t.lost
-        return Levers(
-            opportunities=t.opportunities,
-            won=t.won,
-            lost=t.lost,
-            win_rate=Decimal(t.won) / closed if closed else None,
-            avg_deal_value=total / used if used else None,
-            cycle_days=t.cycle_seconds / SECONDS_PER_DAY / t.cycle_deals if t.cycle_deals else None,
-        ), no_rate
+    """The levers from a scope's sums, and how many won deals had no usable rate.
+
+    Means are divided in the default Decimal context (28 digits); only the
+    velocity itself is computed with more digits and then quantized.
+    """
+    total, used, no_rate = Decimal(0), 0, 0
+    for currency, amount, deals in t.amounts:
+        code = (currency or settings.currency).upper()
+        if code == settings.currency:
+            total += amount
+        elif code in settings.rates:
+            total += amount * settings.rates[code]
+        else:
+            no_rate += deals
+            continue
+        used += deals
+    closed = t.won + t.lost
+    return Levers(
+        opportunities=t.opportunities,
+        won=t.won,
+        lost=t.lost,
+        win_rate=Decimal(t.won) / closed if closed else None,
+        avg_deal_value=total / used if used else None,
+        cycle_days=t.cycle_seconds / (SECONDS_PER_DAY * t.cycle_deals) if t.cycle_deals else None,
+    ), no_rate
 
 
 def _no_value_reason(no_amount: int, no_rate: int, currency: str) -> str:
