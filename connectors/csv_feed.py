@@ -408,10 +408,10 @@ class _RowParser:
             values["amount"] = parse_amount(text, self.s.decimal_separator)
         except ValueError as exc:
             problems.append(f'{self.header_of("amount")} {_quote(text)} {exc}')
-        currency = get(fields, "currency").upper() or self.s.currency
-        if currency is not None and not re.fullmatch(r"[A-Z]{3}", currency):
-            problems.append(f"{self.header_of('currency')} {_quote(currency)} is not a currency code")
-        values["currency"] = currency
+        text = get(fields, "currency")
+        if text and not re.fullmatch(r"[A-Za-z]{3}", text):
+            problems.append(f"{self.header_of('currency')} {_quote(text)} is not a 3-letter currency code")
+        values["currency"] = text.upper() or self.s.currency
         whole_days = False
         for name in DATETIME_COLUMNS:
             text = get(fields, name)
