@@ -310,9 +310,8 @@ class PipedriveConnector:
 
     def check(self) -> str:
         """Read one pipeline (a cheap call) to prove the token and domain work."""
-        body = self._get("v2", "/pipelines", {"limit": 1})
-        read = len(body.get("data") or [])
-        return f"Pipedrive {self.settings.company_domain}: token accepted ({read} pipeline read)"
+        self._get("v2", "/pipelines", {"limit": 1})
+        return f"Pipedrive {self.settings.company_domain} ({self.settings.root_url}): token accepted"
 
     def pipelines(self) -> list[Pipeline]:
         """Pipelines with their stages (probability and rotting days)."""
