@@ -26,7 +26,9 @@ Reading rules:
 * A missing file, an empty file or a missing required column (``id``, and
   ``stage`` or ``status``) raises ``CsvFeedError`` before any deal is yielded.
 * The pull ends with ``Checkpoint(cursor, complete=True)``: the file holds every
-  live deal, so deals that vanished from it become ``deleted``. The cursor is the
+  live deal, so deals that vanished from it become ``deleted``. When more rows
+  were rejected than read (a wrong ``date_format``, say), the checkpoint is not
+  complete, so a broken file never deletes the store's deals. The cursor is the
   file's SHA-256 plus a short fingerprint of the settings that shape the deals
   (and of the demo rebase shift), so when neither changed, ``deals(cursor)``
   yields only ``Checkpoint(cursor, complete=False)`` without reading a row.
@@ -481,11 +483,10 @@ class _HashingReader(io.RawIOBase):
         return len(data)
 
 
-def _file_sha256(path: Path) -> str:
+def _sha256_of(f: BinaryIO) -> str:
     sha = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(READ_CHUNK):
-            sha.update(chunk)
+    while chunk := f.read(READ_CHUNK):
+        sha.update(chunk)
     return sha.hexdigest()
 
 
@@ -612,7 +613,9 @@ class CsvFeedConnector:
     # ------------------------------------------------------------------ the protocol
 
     def deals(self, since: str | None) -> Iterator[StreamItem]:
-        """Stream the file's deals and rejected rows, then ``Checkpoint(complete=True)``.
+        """Stream the file's deals and rejected rows, then ``Checkpoint(cursor, complete=True)``.
+
+        The checkpoint is not complete when more rows were rejected than read.
 
         When ``since`` is the cursor of the current file and settings, yields only
         ``Checkpoint(since, complete=False)``.
@@ -623,9 +626,9 @@ class CsvFeedConnector:
         started = time.perf_counter()
         shift = self._shift_days()
         if since is not None:
-            with self._open():
-                pass
-            if self._cursor(_file_sha256(self.path), shift) == since:
+            with self._open() as f:
+                unchanged = self._cursor(_sha256_of(f), shift) == since
+            if unchanged:
                 log.debug("csv_feed.unchanged", source=self.name, path=str(self.path))
                 yield Checkpoint(cursor=since, complete=False)
                 return
@@ -646,11 +649,20 @@ class CsvFeedConnector:
             while hashing.read(READ_CHUNK):  # hash any bytes the reader left unread
                 pass
             cursor = self._cursor(hashing.sha.hexdigest(), shift)
+        # A file that is mostly unreadable (say, a wrong date_format) must not delete the
+        # deals the store has: the pull only counts as complete when most rows were read.
+        complete = rejected <= deals
         log.info(
             "csv_feed.read", source=self.name, path=str(self.path), deals=deals, rejected=rejected,
-            duration_s=round(time.perf_counter() - started, 3),
+            complete=complete, duration_s=round(time.perf_counter() - started, 3),
         )
-        yield Checkpoint(cursor=cursor, complete=True)
+        if not complete:
+            log.warning(
+                "csv_feed.mostly_rejected", source=self.name, path=str(self.path), deals=deals,
+                rejected=rejected, advice="more rows were rejected than read: deals missing from the "
+                "file are not marked deleted this time",
+            )
+        yield Checkpoint(cursor=cursor, complete=complete)
 
     def _read_row(
         self, parser: _RowParser, first_line: dict[str, int], line: int, fields: list[str] | csv.Error,

@@ -414,7 +414,7 @@ class TestRejects:
         assert [r.external_id for r in rejects] == [
             "B-2", "B-3", "B-4", None, "B-1", "B-5", "B-6", "B-7", "B-9",
         ]
-        assert checkpoints[-1].complete is True
+        assert checkpoints[-1].complete is False  # more bad rows than good: deletes nothing
 
     def test_report_lines_golden(self) -> None:
         """The human-readable report of the bad rows matches the golden file."""
@@ -552,6 +552,16 @@ class TestCursor:
         assert len(deals) == 151
         assert checkpoints[-1].cursor != cursor
         assert checkpoints[-1].complete is True
+
+    def test_mostly_rejected_file_is_not_complete(self, tmp_path: Path) -> None:
+        """More bad rows than good ones: the checkpoint is not complete, and a warning says why."""
+        path = write(tmp_path, "id,stage,created_at\nX-1,Demo,2026-01-01\nX-2,Demo,1/2/26\nX-3,Demo,1/3\n")
+        with capture_logs() as logs:
+            deals, rejects, checkpoints = pull(feed(path))
+        assert (len(deals), len(rejects)) == (1, 2)
+        assert checkpoints[-1].complete is False
+        warning = next(e for e in logs if e["event"] == "csv_feed.mostly_rejected")
+        assert (warning["log_level"], warning["deals"], warning["rejected"]) == ("warning", 1, 2)
 
     def test_changed_settings_change_the_cursor(self) -> None:
         """A new mapping or zone re-reads the same file (the cursor covers the settings too)."""
@@ -835,6 +845,13 @@ class TestEngine:
         assert missing.status == "failed"
         assert missing.error == f"{seed_copy}: file not found"
         assert statuses(store) == before
+
+    def test_wrong_mapping_deletes_nothing(self, store: sa.Engine, seed_copy: Path) -> None:
+        """A mapping that makes every row unreadable rejects them all and deletes no deal."""
+        sync(store, seed_copy)
+        broken = sync_source(store, feed(seed_copy, columns={"amount": "title"}))
+        assert (broken.status, broken.seen, broken.rejected, broken.deleted) == ("ok", 0, 150, 0)
+        assert Counter(statuses(store).values()) == {"open": 100, "lost": 40, "won": 10}
 
     def test_missing_column_leaves_an_empty_store_empty(self, store: sa.Engine, tmp_path: Path) -> None:
         """A file without required columns fails the source and writes no deal."""
