@@ -49,6 +49,30 @@ class TestSeedThroughStore:
         assert (report.window_days, report.currency, report.timezone) == (30, "NOK", "UTC")
 
 
+    def test_three_aggregate_queries(self, store: sa.Engine) -> None:
+        """The report costs one aggregate query per scope kind, however many deals there are."""
+        insert_deals(store, seed_deals(utc(2026, 11, 1, 12), pipeline="p1"))
+        statements: list[str] = []
+
+        def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+            statements.append(statement)
+
+        sa.event.listen(store, "before_cursor_execute", record)
+        try:
+            compute_velocity(store, UTC_SETTINGS, dt.date(2026, 11, 26))
+        finally:
+            sa.event.remove(store, "before_cursor_execute", record)
+        assert len(statements) == 3
+        assert all("GROUP BY" in s and "sum(" in s for s in statements)
+
+    def test_window_override(self, store: sa.Engine) -> None:
+        """An explicit window replaces the configured one; a window under one day is refused."""
+        insert_deals(store, seed_deals(utc(2026, 11, 1, 12)))
+        assert scope(compute_velocity(store, UTC_SETTINGS, dt.date(2026, 11, 26), 20)).levers.won == 0
+        with pytest.raises(ValueError, match="at least 1"):
+            compute_velocity(store, UTC_SETTINGS, dt.date(2026, 11, 26), 0)
+
+
 class TestOpenAtPastDate:
     def test_open_is_rebuilt_from_dates(self, store: sa.Engine) -> None:
         """For a past T, deals are counted as they were then, not by today's status."""
