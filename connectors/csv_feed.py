@@ -57,7 +57,15 @@ from typing import Any, BinaryIO, ClassVar, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from connectors.base import (
     Checkpoint,
@@ -143,6 +151,8 @@ class StatusMapping(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    _folded: dict[str, DealStatus] = PrivateAttr(default_factory=dict)
+
     won: list[str] = Field(default_factory=lambda: ["Won", "Closed Won"])
     lost: list[str] = Field(default_factory=lambda: ["Lost", "Closed Lost"])
 
@@ -153,14 +163,15 @@ class StatusMapping(BaseModel):
             raise ValueError(f"stages both won and lost: {', '.join(sorted(both))}")
         return self
 
+    def model_post_init(self, context: Any, /) -> None:
+        """Fold the stage names once; rows are looked up by the folded name."""
+        folded: dict[str, DealStatus] = {s.casefold(): "won" for s in self.won}
+        folded.update({s.casefold(): "lost" for s in self.lost})
+        self._folded = folded
+
     def status_of(self, stage: str | None) -> DealStatus:
         """Return the status a stage value implies: won, lost, else open."""
-        key = (stage or "").casefold()
-        if key and key in {s.casefold() for s in self.won}:
-            return "won"
-        if key and key in {s.casefold() for s in self.lost}:
-            return "lost"
-        return "open"
+        return self._folded.get((stage or "").casefold(), "open")
 
 
 class CsvFeedSettings(SourceSettings):
