@@ -1,0 +1,418 @@
+"""Delivery channels: stdout, file, Slack, webhook and e-mail, and their registry.
+
+Channels are found through the entry-point group ``sales_velocity.channels``;
+the entry point's name is the ``kind`` of a ``[[notify.channels]]`` table. Each
+class has a pydantic ``settings_model`` (``kind``, ``name``, ``send``; secrets
+as ``SecretStr``), is built as ``Cls(settings)`` and delivers with
+``send(message)``, raising :class:`DeliveryError` on failure. Channels never
+touch the store: the outbox (``notify.outbox``) decides what to send.
+
+Errors say whether the channel itself is down (``channel_down``: connection
+refused, timeout, 5xx after retries), in which case the notifier stops using it
+for this run, or only this message failed (a refused recipient, a 4xx).
+"""
+
+from __future__ import annotations
+
+import json
+import smtplib
+import ssl
+import sys
+import time
+from collections.abc import Callable, Mapping
+from email.message import EmailMessage
+from email.utils import formatdate
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, ClassVar, Literal, Protocol, TextIO, runtime_checkable
+
+import requests
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+
+from connectors import validate_settings
+from connectors.base import ConfigError, ConnectorError, RetriableAPIError, VelocityError
+from connectors.http import RetryPolicy, new_session, request
+from notify.message import Message, MessageKind
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "Channel",
+    "ChannelSettings",
+    "DeliveryError",
+    "EmailChannel",
+    "EmailSettings",
+    "FileChannel",
+    "FileSettings",
+    "SlackChannel",
+    "SlackSettings",
+    "StdoutChannel",
+    "StdoutSettings",
+    "WebhookChannel",
+    "WebhookSettings",
+    "build_channel",
+    "installed_channel_kinds",
+]
+
+ENTRY_POINT_GROUP = "sales_velocity.channels"
+SLACK_TEXT_LIMIT = 3000
+
+
+class DeliveryError(VelocityError):
+    """A message could not be delivered; ``channel_down`` says the channel itself is unusable now."""
+
+    def __init__(self, message: str, *, channel_down: bool = True) -> None:
+        super().__init__(message)
+        self.channel_down = channel_down
+
+
+# --------------------------------------------------------------------------- settings
+
+
+class ChannelSettings(BaseModel):
+    """Settings every channel has."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    name: str = Field(min_length=1, max_length=100, description="Unique name; the outbox keys by it.")
+    kind: str = Field(description="The channel kind (entry-point name).")
+    send: tuple[MessageKind, ...] = Field(default=("digest",), description='"digest" and/or "reminders".')
+
+    @field_validator("send")
+    @classmethod
+    def _some(cls, value: tuple[MessageKind, ...]) -> tuple[MessageKind, ...]:
+        if not value:
+            raise ValueError('must name at least one of "digest", "reminders"')
+        return tuple(dict.fromkeys(value))
+
+
+class StdoutSettings(ChannelSettings):
+    """``kind = "stdout"``: print messages (plain text or Markdown)."""
+
+    format: Literal["text", "markdown"] = "text"
+
+
+class FileSettings(ChannelSettings):
+    """``kind = "file"``: write each message as a file into a folder."""
+
+    path: Path = Field(description="Folder for the files (relative to the config file).")
+    format: Literal["markdown", "json"] = "markdown"
+
+    @field_validator("path")
+    @classmethod
+    def _resolve(cls, value: Path, info: ValidationInfo) -> Path:
+        base = (info.context or {}).get("config_dir")
+        return value if value.is_absolute() or base is None else Path(base) / value
+
+
+class _HttpSettings(ChannelSettings):
+    timeout_seconds: float = Field(default=10.0, gt=0, le=300)
+    max_attempts: int = Field(default=4, ge=1, le=10, description="Attempts on timeouts, 429 and 5xx.")
+
+
+def _http_url(value: SecretStr) -> SecretStr:
+    if not value.get_secret_value().startswith(("https://", "http://")):
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+class SlackSettings(_HttpSettings):
+    """``kind = "slack"``: an incoming webhook (the URL is a secret)."""
+
+    webhook_url: SecretStr
+
+    _check_url = field_validator("webhook_url")(_http_url)
+
+
+class WebhookSettings(_HttpSettings):
+    """``kind = "webhook"``: a JSON POST to any URL."""
+
+    url: SecretStr
+    headers: dict[str, SecretStr] = Field(default_factory=dict, description="Extra headers (Authorization).")
+
+    _check_url = field_validator("url")(_http_url)
+
+
+class EmailSettings(ChannelSettings):
+    """``kind = "email"``: SMTP with STARTTLS or SSL and optional login."""
+
+    smtp_host: str
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    starttls: bool = True
+    ssl: bool = False
+    username: str | None = None
+    password: SecretStr | None = None
+    from_: str = Field(alias="from", pattern=r"^[^@\s]+@[^@\s]+$")
+    to: tuple[str, ...] = Field(default=(), description="Digest recipients; reminders go to each owner.")
+    timeout_seconds: float = Field(default=30.0, gt=0, le=300)
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [a for a in value if "@" not in a or any(c.isspace() for c in a)]
+        if bad:
+            raise ValueError(f"not an e-mail address: {', '.join(bad)}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> EmailSettings:
+        if self.ssl and self.starttls and "starttls" in self.model_fields_set:
+            raise ValueError("set either ssl (implicit TLS, port 465) or starttls, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        if "digest" in self.send and not self.to:
+            raise ValueError("`to` is required to send the digest")
+        return self
+
+
+# --------------------------------------------------------------------------- protocol
+
+
+@runtime_checkable
+class Channel(Protocol):
+    """What the notifier needs from a channel."""
+
+    settings: Any
+
+    def send(self, message: Message) -> None:
+        """Deliver one message; raise (preferably ``DeliveryError``) on failure."""
+        ...
+
+
+# --------------------------------------------------------------------------- channels
+
+
+class StdoutChannel:
+    """Print each message to the run's output (plain text or Markdown)."""
+
+    settings_model: ClassVar[type[ChannelSettings]] = StdoutSettings
+
+    def __init__(self, settings: StdoutSettings, *, stream: TextIO | None = None) -> None:
+        self.settings = settings
+        self.stream = stream
+
+    def bind_output(self, out: TextIO) -> None:
+        """Print to ``out`` (the CLI's output) instead of ``sys.stdout``."""
+        self.stream = out
+
+    def send(self, message: Message) -> None:
+        """Write the message with a subject line."""
+        body = message.markdown if self.settings.format == "markdown" else message.text
+        stream = self.stream or sys.stdout
+        stream.write(body.rstrip("\n") + "\n\n")
+        stream.flush()
+
+
+class FileChannel:
+    """Write each message to ``<path>/<dedupe key>.md`` or ``.json`` (atomically)."""
+
+    settings_model: ClassVar[type[ChannelSettings]] = FileSettings
+
+    def __init__(self, settings: FileSettings) -> None:
+        self.settings = settings
+
+    def check(self) -> str:
+        """Check that the folder exists or can be created."""
+        self.settings.path.mkdir(parents=True, exist_ok=True)
+        return f"writing to {self.settings.path}"
+
+    def send(self, message: Message) -> None:
+        """Write the message; a retry overwrites the same file."""
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in message.key)
+        if self.settings.format == "json":
+            target = self.settings.path / f"{safe}.json"
+            body = json.dumps({"kind": message.kind, "key": message.key, "subject": message.subject,
+                               "recipient": message.recipient, "data": message.data},
+                              ensure_ascii=False, indent=2) + "\n"
+        else:
+            target = self.settings.path / f"{safe}.md"
+            body = message.markdown
+        try:
+            self.settings.path.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(target.suffix + ".tmp")
+            tmp.write_text(body, encoding="utf-8")
+            tmp.replace(target)
+        except OSError as exc:
+            raise DeliveryError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+class _HttpChannel:
+    settings: _HttpSettings
+
+    def __init__(self, settings: Any, *, session: requests.Session | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.settings = settings
+        self._session = session or new_session()
+        self._sleep = sleep
+
+    def _post(self, url: str, payload: Mapping[str, Any], headers: Mapping[str, str]) -> None:
+        what = f"{self.settings.kind} channel {self.settings.name!r}"
+        policy = RetryPolicy(max_attempts=self.settings.max_attempts, base_delay=1.0, max_delay=30.0)
+        try:
+            request(self._session, "POST", url, what=what, policy=policy, sleep=self._sleep,
+                    timeout=(min(10.0, self.settings.timeout_seconds), self.settings.timeout_seconds),
+                    json=payload, headers=dict(headers))
+        except RetriableAPIError as exc:
+            raise DeliveryError(str(exc), channel_down=True) from None
+        except ConnectorError as exc:
+            raise DeliveryError(str(exc), channel_down=False) from None
+
+
+class SlackChannel(_HttpChannel):
+    """Post Block Kit messages to a Slack incoming webhook."""
+
+    settings_model: ClassVar[type[ChannelSettings]] = SlackSettings
+    settings: SlackSettings
+
+    def send(self, message: Message) -> None:
+        """Post the message's blocks (with a plain-text fallback)."""
+        self._post(self.settings.webhook_url.get_secret_value(), message.slack, {})
+
+
+class WebhookChannel(_HttpChannel):
+    """POST the message as JSON; ``Idempotency-Key`` lets the receiver drop a duplicate."""
+
+    settings_model: ClassVar[type[ChannelSettings]] = WebhookSettings
+    settings: WebhookSettings
+
+    def send(self, message: Message) -> None:
+        """Post ``{kind, key, subject, recipient, text, data}``."""
+        headers = {k: v.get_secret_value() for k, v in self.settings.headers.items()}
+        headers["Idempotency-Key"] = message.message_id
+        payload = {"kind": message.kind, "key": message.key, "subject": message.subject,
+                   "recipient": message.recipient, "text": message.text, "data": message.data}
+        self._post(self.settings.url.get_secret_value(), payload, headers)
+
+
+class EmailChannel:
+    """Send multipart e-mail (text + HTML with inline images) over SMTP."""
+
+    settings_model: ClassVar[type[ChannelSettings]] = EmailSettings
+    needs_recipient: ClassVar[bool] = True
+    """Reminders need an owner address (or the fallback) to go through this channel."""
+
+    def __init__(self, settings: EmailSettings, *, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.settings = settings
+        self._ssl_context = ssl_context
+
+    def recipients(self, message: Message) -> list[str]:
+        """The digest goes to ``to``; a reminder to its owner (or the fallback)."""
+        if message.kind == "digest":
+            return list(self.settings.to)
+        return [message.recipient] if message.recipient else []
+
+    def build(self, message: Message) -> EmailMessage:
+        """The MIME message: text and HTML alternatives, images related to the HTML."""
+        mail = EmailMessage()
+        mail["Subject"] = message.subject
+        mail["From"] = self.settings.from_
+        mail["To"] = ", ".join(self.recipients(message))
+        mail["Date"] = formatdate(localtime=False)
+        domain = self.settings.from_.rsplit("@", 1)[-1]
+        mail["Message-ID"] = f"<{message.message_id}@{domain}>"
+        mail.set_content(message.text)
+        mail.add_alternative(message.html, subtype="html")
+        html_part = mail.get_body(preferencelist=("html",))
+        for image in message.images:
+            assert html_part is not None  # noqa: S101 - just added above
+            html_part.add_related(image.png, "image", "png", cid=f"<{image.cid}>",
+                                  filename=f"{image.cid}.png", disposition="inline")
+        return mail
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        context = self._ssl_context or ssl.create_default_context()
+        smtp: smtplib.SMTP
+        if s.ssl:
+            smtp = smtplib.SMTP_SSL(s.smtp_host, s.smtp_port, timeout=s.timeout_seconds, context=context)
+        else:
+            smtp = smtplib.SMTP(s.smtp_host, s.smtp_port, timeout=s.timeout_seconds)
+            if s.starttls:  # (ignored with ssl: the connection is already encrypted)
+                smtp.starttls(context=context)
+        if s.username is not None and s.password is not None:
+            smtp.login(s.username, s.password.get_secret_value())
+        return smtp
+
+    def check(self) -> str:
+        """Connect, log in and say hello, without sending anything."""
+        try:
+            with self._connect() as smtp:
+                smtp.noop()
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(_smtp_reason(exc)) from None
+        return f"{self.settings.smtp_host}:{self.settings.smtp_port} answered"
+
+    def send(self, message: Message) -> None:
+        """Send one e-mail; a refused recipient fails this message only."""
+        to = self.recipients(message)
+        if not to:
+            raise DeliveryError(f"no recipient for {message.key}", channel_down=False)
+        mail = self.build(message)
+        try:
+            with self._connect() as smtp:
+                smtp.send_message(mail, from_addr=self.settings.from_, to_addrs=to)
+        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as exc:
+            raise DeliveryError(_smtp_reason(exc), channel_down=False) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise DeliveryError(_smtp_reason(exc), channel_down=True) from None
+
+
+def _smtp_reason(exc: BaseException) -> str:
+    """A short reason; SMTP replies carry server text, never our password."""
+    if isinstance(exc, smtplib.SMTPRecipientsRefused):
+        return "recipient refused: " + ", ".join(sorted(exc.recipients))
+    if isinstance(exc, smtplib.SMTPResponseException):
+        error = exc.smtp_error
+        text = error.decode("utf-8", "replace") if isinstance(error, bytes) else error
+        return f"SMTP {exc.smtp_code}: {str(text)[:200]}"
+    if isinstance(exc, OSError) and not isinstance(exc, smtplib.SMTPException):
+        return f"cannot reach the SMTP server: {type(exc).__name__}: {exc.strerror or exc}"
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+# --------------------------------------------------------------------------- registry
+
+
+def installed_channel_kinds() -> list[str]:
+    """Return the sorted names of every installed channel kind."""
+    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+
+
+_FACTORIES: dict[str, Any] = {}
+
+
+def _load(kind: str) -> Any:
+    if kind not in _FACTORIES:
+        matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
+        if not matches:
+            kinds = ", ".join(installed_channel_kinds()) or "none"
+            raise LookupError(f"no channel of kind {kind!r} is installed (installed: {kinds})")
+        factory = matches[0].load()
+        if not hasattr(factory, "settings_model"):
+            raise LookupError(f"channel {kind!r} ({factory!r}) has no settings_model")
+        _FACTORIES[kind] = factory
+    return _FACTORIES[kind]
+
+
+def build_channel(raw: Mapping[str, Any], path: str, context: Mapping[str, Any] | None = None) -> Channel:
+    """Validate one ``[[notify.channels]]`` table and build its channel.
+
+    Args:
+        raw: the table as read from TOML, environment variables already expanded.
+        path: its key path for error messages, e.g. ``notify.channels[1]``.
+        context: validation context (``config_dir``: the config file's folder).
+
+    Raises:
+        ConfigError: unknown kind (listing the installed ones) or invalid settings,
+            every problem with its key path.
+    """
+    kind = raw.get("kind")
+    if not isinstance(kind, str) or not kind:
+        kinds = ", ".join(installed_channel_kinds())
+        raise ConfigError.single(f"{path}.kind", f"field required (installed: {kinds})")
+    try:
+        factory = _load(kind)
+    except LookupError as exc:
+        raise ConfigError.single(f"{path}.kind", str(exc)) from None
+    settings = validate_settings(factory.settings_model, raw, path, context)
+    channel: Channel = factory(settings)
+    return channel
