@@ -96,6 +96,8 @@ DEAL_INCLUDE_FIELDS = "next_activity_id,last_activity_id"
 BURST_WINDOW_SECONDS = 2.0
 """Pipedrive's burst limits count requests per rolling 2-second window."""
 MAX_PAUSE_SECONDS = 60.0
+BUDGET_RECHECK_SECONDS = 900.0
+"""After a response said the daily budget is at 0, requests are refused locally this long."""
 _DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
 Clock = Callable[[], dt.datetime]
@@ -220,14 +222,14 @@ class PipedriveConnector:
         self._session.headers["x-api-token"] = settings.api_token.get_secret_value()
         self._session.headers["Accept"] = "application/json"
         self._sleep = sleep
+        self._clock = clock
         self._now = now
         self._limiter = RateLimiter(settings.requests_per_window, BURST_WINDOW_SECONDS,
                                     clock=clock, sleep=sleep)
         self._policy = RetryPolicy(max_attempts=settings.max_attempts)
-        self._budget_spent = False
+        self._budget_spent_at: float | None = None
         self._activities_allowed = settings.fetch_activities
-        self._custom: tuple[CustomField, ...] | None = None
-        self.requests_sent = 0
+        self.responses_seen = 0
 
     def __repr__(self) -> str:
         return f"PipedriveConnector(name={self.name!r}, company_domain={self.settings.company_domain!r})"
@@ -236,6 +238,7 @@ class PipedriveConnector:
 
     def _on_response(self, response: requests.Response) -> None:
         """Pace by the rate-limit headers; stop on a spent budget or a block."""
+        self.responses_seen += 1
         status = response.status_code
         daily_tokens = _header_number(response, "x-daily-ratelimit-token-remaining")
         daily_requests = _header_number(response, "x-daily-requests-left")
@@ -260,18 +263,18 @@ class PipedriveConnector:
             self._limiter.pause(wait)
             log.info("pipedrive.paced", source=self.name, status=status, wait_s=wait)
         if 200 <= status < 300 and daily_tokens is not None and daily_tokens <= 0:
-            self._budget_spent = True
+            self._budget_spent_at = self._clock()
 
     def _get(self, api: str, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """GET one JSON page; ``api`` is ``v1`` or ``v2``."""
         what = f"Pipedrive GET /api/{api}{path}"
-        if self._budget_spent:
+        spent_at = self._budget_spent_at
+        if spent_at is not None and self._clock() - spent_at < BUDGET_RECHECK_SECONDS:
             raise BudgetExhaustedError(
                 f"Pipedrive source {self.name!r}: the company's daily API budget is spent "
                 "(x-daily-ratelimit-token-remaining: 0); the next run resumes from the last checkpoint",
                 status=429,
             )
-        self.requests_sent += 1
         response = request(
             self._session, "GET", f"{self.settings.root_url}/api/{api}{path}",
             what=what, policy=self._policy, limiter=self._limiter,
@@ -323,23 +326,22 @@ class PipedriveConnector:
         return [map_owner(user) for user in users if isinstance(user, dict) and "id" in user]
 
     def custom_fields(self) -> tuple[CustomField, ...]:
-        """The configured custom fields, resolved by name (cached; no call when none are set).
+        """The configured custom fields, resolved by name (no call when none are configured).
+
+        Read once per pull, so a renamed field is noticed on the next sync.
 
         Raises:
             FatalAPIError: a configured name matches no custom deal field, or several.
         """
-        if self._custom is None:
-            if not self.settings.custom_fields:
-                self._custom = ()
-            else:
-                try:
-                    self._custom = resolve_custom_fields(self.settings.custom_fields,
-                                                         self._list("/dealFields"))
-                except LookupError as exc:
-                    raise FatalAPIError(f"Pipedrive source {self.name!r}: custom_fields: {exc}") from None
-                log.info("pipedrive.custom_fields", source=self.name,
-                         fields={c.name: c.canonical for c in self._custom})
-        return self._custom
+        if not self.settings.custom_fields:
+            return ()
+        try:
+            resolved = resolve_custom_fields(self.settings.custom_fields, self._list("/dealFields"))
+        except LookupError as exc:
+            raise FatalAPIError(f"Pipedrive source {self.name!r}: custom_fields: {exc}") from None
+        log.debug("pipedrive.custom_fields", source=self.name,
+                  fields={c.name: c.canonical for c in resolved})
+        return resolved
 
     # ----------------------------------------------------------------- deals
 
@@ -360,8 +362,9 @@ class PipedriveConnector:
         if updated_since is not None:
             params["updated_since"] = updated_since
         custom = self.custom_fields()
+        self._activities_allowed = self.settings.fetch_activities
         counts = {"deals": 0, "archived": 0, "rejected": 0, "pages": 0}
-        started = self.requests_sent
+        started = self.responses_seen
         log.info("pipedrive.pull", source=self.name, full=full, updated_since=updated_since)
         for page in self._pages("/deals/archived", params):
             yield from self._page_items(page, archived=True, custom=custom, mark=mark, counts=counts)
@@ -372,7 +375,7 @@ class PipedriveConnector:
         if not mark.in_order:
             log.warning("pipedrive.unsorted", source=self.name,
                         detail="deals arrived out of update_time order; cursor moved only at the end")
-        log.info("pipedrive.pulled", source=self.name, full=full, requests=self.requests_sent - started,
+        log.info("pipedrive.pulled", source=self.name, full=full, responses=self.responses_seen - started,
                  **counts)
         yield Checkpoint(mark.cursor(final=True), complete=full)
 

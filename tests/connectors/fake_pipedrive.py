@@ -19,7 +19,7 @@ import datetime as dt
 import itertools
 import json
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,7 +186,7 @@ class FakePipedrive:
     def serve(self) -> Iterator[str]:
         """Run the fake on 127.0.0.1 in a thread; yields its base URL."""
         server = make_server("127.0.0.1", 0, self.wsgi, threaded=True)
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         thread.start()
         try:
             yield f"http://127.0.0.1:{server.server_port}"
@@ -223,7 +223,7 @@ class FakePipedrive:
                     return self._json(body, 429, {**headers, "x-daily-ratelimit-token-remaining": "0"})
                 self.daily_tokens = max(0, self.daily_tokens - TOKEN_COST.get(request.path, 10))
                 headers["x-daily-ratelimit-token-remaining"] = str(self.daily_tokens)
-            handler = {
+            handlers: dict[str, Callable[[], Any]] = {
                 "/api/v2/deals": lambda: self._deals(request, archived=False),
                 "/api/v2/deals/archived": lambda: self._deals(request, archived=True),
                 "/api/v2/pipelines": lambda: self._page(request, self.pipelines, "id"),
@@ -231,7 +231,8 @@ class FakePipedrive:
                 "/api/v2/dealFields": lambda: self._page(request, self.deal_fields, "field_code"),
                 "/api/v2/activities": lambda: self._activities(request),
                 "/api/v1/users": lambda: {"success": True, "data": self.users},
-            }.get(request.path)
+            }
+            handler = handlers.get(request.path)
             if handler is None:
                 unknown = {"success": False, "error": "Unknown method", "errorCode": 404}
                 return self._json(unknown, 404, headers)

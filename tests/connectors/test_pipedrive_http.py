@@ -223,6 +223,21 @@ class TestErrors:
         assert [type(i).__name__ for i in got] == ["Deal", "Checkpoint"]
         assert len(rsps.calls) == 1
 
+    def test_a_spent_budget_is_checked_again_later(self, rsps, fake_time):
+        """A long-lived connector refuses calls for a while, then asks the API again."""
+        rsps.get(f"{V2}/pipelines", json=fixture("pipelines.json"),
+                 headers={"x-daily-ratelimit-token-remaining": "0"})
+        rsps.get(f"{V2}/stages", json=fixture("stages.json"))
+        conn = connector(fake_time)
+        with pytest.raises(BudgetExhaustedError):
+            conn.pipelines()
+        with pytest.raises(BudgetExhaustedError):
+            conn.owners()
+        assert len(rsps.calls) == 1
+        fake_time.now += 901
+        rsps.get(f"{ROOT}/api/v1/users", json=fixture("users.json"))
+        assert len(conn.owners()) == 2
+
     def test_server_errors_are_retried_then_reported(self, rsps, fake_time):
         """5xx is retried with backoff up to max_attempts, then a RetriableAPIError."""
         rsps.get(f"{V2}/pipelines", json={"success": False, "error": "Internal"}, status=502)
@@ -270,15 +285,15 @@ class TestCatalogAndContract:
         assert len(rsps.calls) == before + 1
         assert query(rsps.calls[-1]) == {"limit": "1"}
 
-    def test_the_custom_field_lookup_is_made_once(self, rsps, fake_time):
-        """The deal fields are read once per connector, however many pulls."""
+    def test_the_custom_fields_are_resolved_once_per_pull(self, rsps, fake_time):
+        """The deal fields are read once per pull (a renamed field is noticed next time)."""
         rsps.get(f"{V2}/dealFields", json=fixture("deal_fields.json"))
         rsps.get(f"{V2}/deals/archived", json=EMPTY)
         rsps.get(f"{V2}/deals", json=EMPTY)
         conn = connector(fake_time, custom_fields={"Next step": "next_step"})
         list(conn.deals(None))
         list(conn.deals(None))
-        assert sum(1 for c in rsps.calls if "dealFields" in c.request.url) == 1
+        assert sum(1 for c in rsps.calls if "dealFields" in c.request.url) == 2
 
 
 class TestSecrets:

@@ -110,9 +110,7 @@ class TestCursorPaginator:
         assert pager.cursor == fixture("deals_page1.json")["additional_data"]["next_cursor"]
         assert not pager.finished
         pager.advance(fixture("deals_page2.json"))
-        assert pager.finished
-        assert pager.cursor is None
-        assert pager.pages == 2
+        assert (pager.finished, pager.cursor, pager.pages) == (True, None, 2)
 
     def test_a_repeated_cursor_stops_instead_of_looping(self):
         """An API that hands out the same cursor twice raises a fatal error."""
