@@ -161,12 +161,15 @@ class _Writer:
         self.batch_size = batch_size
         self.deals: dict[str, Deal] = {}
         self.rejects: list[Rejected] = []
+        self.rejected_ids: list[str] = []
         self.result = SyncResult(source=source)
         self.track_seen = False
 
     def add(self, item: Deal | Rejected) -> None:
         if isinstance(item, Rejected):
             self.rejects.append(item)
+            if item.external_id:  # still in the source, just unreadable: not a deletion
+                self.rejected_ids.append(item.external_id)
             self.result.rejected += 1
             if len(self.result.rejects) < MAX_LOGGED_REJECTS:
                 self.result.rejects.append(item)
@@ -192,6 +195,12 @@ class _Writer:
                 ],
             )
             self.rejects = []
+        if self.track_seen and self.rejected_ids:
+            self.conn.execute(
+                _insert(self.conn, seen_t).on_conflict_do_nothing(),
+                [{"external_id": key} for key in self.rejected_ids],
+            )
+            self.rejected_ids = []
         if not self.deals:
             return
         batch = self.deals

@@ -34,6 +34,7 @@ class StoreSettings(BaseModel):
 
     url: str = Field(
         default=DEFAULT_STORE_URL,
+        validate_default=True,  # the default is relative too: resolve it against the config file
         description="SQLAlchemy URL: sqlite:///file.db (default) or postgresql+psycopg://user@host/db. "
         "Overridden by the VELOCITY_DATABASE_URL environment variable.",
     )

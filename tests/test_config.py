@@ -128,3 +128,9 @@ class TestEnvAndSecrets:
     def test_redactor_prefers_longest_secret(self) -> None:
         """Overlapping secrets are masked whole."""
         assert SecretRedactor(["abcd", "abcdefgh"]).redact("x abcdefgh y") == "x *** y"
+
+
+def test_default_store_sits_next_to_the_config_file(tmp_path: Path) -> None:
+    """Without [store], the default SQLite file is next to the config file, not in the cwd."""
+    config = load_config(write(tmp_path, '[[sources]]\nname = "a"\nkind = "csv"\npath = "a.csv"\n'), env={})
+    assert config.store.url == f"sqlite:///{tmp_path.resolve() / 'velocity.db'}"

@@ -228,6 +228,18 @@ class TestFaults:
             reject = conn.execute(sa.select(SyncReject.__table__)).one()
         assert (reject.location, reject.reason) == ("line 3", "amount 'x' is not a number")
 
+    def test_rejected_deal_with_an_id_is_not_deleted(self, store: sa.Engine) -> None:
+        """A deal whose record is unreadable this time is still in the source: not marked deleted."""
+        from connectors.base import Rejected
+
+        sync_source(store, ScriptedConnector([deal("1"), deal("2"), Checkpoint("a", complete=True)]),
+                    now=clock())
+        items: list[StreamItem] = [deal("1"), Rejected("line 3", "bad amount", external_id="2"),
+                                   Checkpoint("b", complete=True)]
+        result = sync_source(store, ScriptedConnector(items), now=clock())
+        assert result.deleted == 0
+        assert deals_in(store)["2"].status == "open"
+
     def test_batches_commit_across_many_deals(self, store: sa.Engine) -> None:
         """Streams longer than a batch are written in several batches with the right counts."""
         items: list[StreamItem] = [deal(str(n)) for n in range(25)]
