@@ -16,13 +16,14 @@ How deals are pulled (``deals(since)``; cursor rules in ``connectors.hubspot_cur
   ``deleted``). A checkpoint after every page records the list position, so a
   crash resumes the sweep. An uninterrupted sweep ends with ``complete=True``
   (deals the store has that HubSpot no longer lists at all become deleted); the
-  cursor is the latest modification seen, capped at the sweep's start.
+  cursor is the sweep's start time.
 * **Incremental** (a cursor): first the archived list, yielding only deals
   archived since ``cursor - lookback`` as deleted (the list is HubSpot's recycle
   bin, so this costs one request per 100 recently deleted deals, and running
   it *before* the search means a crash can never move the cursor past a delete
   not yet recorded); then the search walk from ``cursor - lookback``, 200 per
-  page, checkpointing after every page. A sync with nothing changed costs four
+  page, checkpointing after every page at the last fully delivered modification
+  time, and finally at this sync's start. A sync with nothing changed costs four
   requests: pipelines, owners, one archived page, one search page.
 """
 
@@ -352,18 +353,17 @@ class HubSpotConnector:
         counts: collections.Counter[str] = collections.Counter()
         while not sweep.live_done:
             page = self._list_page(properties, sweep.after, archived=False)
-            max_ms = sweep.max_ms
             for result in page.get("results") or []:
                 item = mapper.map(str(result["id"]), result.get("properties") or {})
                 counts[type(item).__name__] += 1
-                max_ms = _max(max_ms, _modified_ms(result))
                 yield item
             after = _next_after(page, sweep.after)
-            sweep = replace(sweep, after=after, live_done=after is None, max_ms=max_ms)
+            sweep = replace(sweep, after=after, live_done=after is None)
             yield Checkpoint(HubSpotCursor(sweep=sweep).encode())
         counts["deleted"] += yield from self._archived(mapper, properties, since_ms=None)
-        modified_ms = sweep.start_ms if sweep.max_ms is None else min(sweep.max_ms, sweep.start_ms)
-        cursor = HubSpotCursor(modified_ms=modified_ms, full_ms=sweep.start_ms)
+        # everything changed before the sweep started has been listed; later changes
+        # are found by the next search (from start - lookback)
+        cursor = HubSpotCursor(modified_ms=sweep.start_ms, full_ms=sweep.start_ms)
         log.info("hubspot.deals.swept", source=self.name, complete=complete,
                  deals=counts["Deal"], rejected=counts["Rejected"], deleted=counts["deleted"],
                  requests=sum(self.requests.values()))
@@ -417,7 +417,7 @@ class HubSpotConnector:
             if not walk.finished and (new or advanced != covered):
                 covered = advanced
                 yield Checkpoint(replace(cursor, modified_ms=covered).encode())
-        covered = max(covered, min(walk.covered_ms, start_ms))
+        covered = max(covered, start_ms)  # a finished walk saw every change indexed by the start
         log.info("hubspot.deals.searched", source=self.name, changed=changed, rejected=rejected,
                  deleted=deleted, requests=sum(self.requests.values()))
         yield Checkpoint(replace(cursor, modified_ms=covered).encode())
@@ -477,7 +477,3 @@ def _modified_ms(result: dict[str, Any]) -> int | None:
     """A deal's ``hs_lastmodifieddate`` in epoch ms (``updatedAt`` if it is unreadable)."""
     found = _ms_of((result.get("properties") or {}).get("hs_lastmodifieddate"))
     return found if found is not None else _ms_of(result.get("updatedAt"))
-
-
-def _max(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else max(a, b)

@@ -3,9 +3,12 @@
 Cursor
     ``HubSpotCursor`` is what the store keeps between runs, as compact JSON
     (``{"v":1,"modified_ms":...}``). ``modified_ms`` means "every change with
-    ``hs_lastmodifieddate`` before this instant has been delivered"; the next run
-    searches from ``modified_ms - lookback``. ``full_ms`` is when the last full
-    sweep started (for the periodic reconciliation), and ``sweep`` holds the
+    ``hs_lastmodifieddate`` before this instant has been delivered": the start
+    of the last finished sync (a finished sweep or search has seen everything
+    indexed by then), or, mid-search, the last modification time whose ties are
+    all delivered. The next run searches from ``modified_ms - lookback``, which
+    absorbs late indexing and small clock differences; upserts absorb the overlap.
+    ``full_ms`` is when the last full sweep started (for the periodic reconciliation), and ``sweep`` holds the
     position of a full sweep in progress, so a crash in a long first sync resumes
     where it stopped instead of starting over. A plain epoch-ms string is read
     as ``modified_ms``, so a person can set a cursor by hand.
@@ -54,7 +57,7 @@ class WalkError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class FullSweep:
-    """A full sweep in progress: where the live listing stands and what it has seen.
+    """A full sweep in progress: when it started and where the live listing stands.
 
     ``after`` is the list endpoint's token for the next page (``None``: the
     first page); ``live_done`` says the live listing is finished and only the
@@ -82,8 +85,7 @@ class HubSpotCursor:
             data["full_ms"] = self.full_ms
         if self.sweep is not None:
             s = self.sweep
-            data["sweep"] = {"start_ms": s.start_ms, "after": s.after, "live_done": s.live_done,
-                             "max_ms": s.max_ms}
+            data["sweep"] = {"start_ms": s.start_ms, "after": s.after, "live_done": s.live_done}
         return json.dumps(data, separators=(",", ":"), sort_keys=True)
 
     @classmethod
@@ -111,7 +113,6 @@ class HubSpotCursor:
                     start_ms=int(sweep["start_ms"]),
                     after=None if sweep.get("after") is None else str(sweep["after"]),
                     live_done=bool(sweep.get("live_done", False)),
-                    max_ms=_opt_int(sweep.get("max_ms")),
                 ),
             )
         except (KeyError, TypeError, ValueError, AttributeError):

@@ -479,7 +479,8 @@ class FakeHubSpot:
         """Serve the portal on 127.0.0.1 (a free port) for the duration of the block."""
         server = make_server("127.0.0.1", 0, self, threaded=True, request_handler=_QuietHandler)
         self.url = f"http://127.0.0.1:{server.server_port}"
-        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                                  daemon=True)
         thread.start()
         try:
             yield self
