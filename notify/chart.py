@@ -1,0 +1,80 @@
+"""A small PNG of velocity over time for the HTML e-mail, and a text sparkline.
+
+matplotlib draws headless (the Agg canvas, never ``pyplot``, so no display and
+no global state). Undefined days are gaps in the line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import warnings
+from collections.abc import Sequence
+from decimal import Decimal
+
+__all__ = ["sparkline", "trend_png"]
+
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def trend_png(
+    series: Sequence[tuple[dt.date, Decimal | None]],
+    *,
+    title: str = "",
+    width_px: int = 560,
+    height_px: int = 180,
+    dpi: int = 80,
+) -> bytes | None:
+    """Render the series as a PNG; ``None`` when fewer than two days have a value."""
+    points = [(day, value) for day, value in series if value is not None]
+    if len(points) < 2:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot(1, 1, 1)
+    days = [day for day, _ in series]
+    values = [float(v) if v is not None else float("nan") for _, v in series]
+    axes.plot(days, values, color="#2563eb", linewidth=1.6)  # type: ignore[arg-type]
+    axes.fill_between(days, values, alpha=0.12, color="#2563eb")  # type: ignore[arg-type]
+    locator = AutoDateLocator(maxticks=6)  # type: ignore[no-untyped-call]
+    axes.xaxis.set_major_locator(locator)
+    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+    axes.set_ylim(bottom=0)
+    axes.grid(axis="y", alpha=0.3)
+    for side in ("top", "right"):
+        axes.spines[side].set_visible(False)
+    axes.tick_params(labelsize=8)
+    if title:
+        axes.set_title(title, fontsize=9, loc="left")
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():  # a few days of history make the date locator complain
+        warnings.simplefilter("ignore", UserWarning)
+        figure.tight_layout()
+        figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def sparkline(series: Sequence[tuple[dt.date, Decimal | None]], width: int = 30) -> str:
+    """A one-line text chart (``▁▂▅█``) of the series, resampled to at most ``width`` marks."""
+    values = [v for _, v in series]
+    if sum(v is not None for v in values) < 2:
+        return ""
+    if len(values) > width:
+        step = len(values) / width
+        values = [values[min(len(values) - 1, int((i + 1) * step) - 1)] for i in range(width)]
+    defined = [v for v in values if v is not None]
+    low, high = min(defined), max(defined)
+    span = high - low
+    marks = []
+    for v in values:
+        if v is None:
+            marks.append(" ")
+        elif not span:
+            marks.append(BARS[len(BARS) // 2])
+        else:
+            marks.append(BARS[int((v - low) / span * (len(BARS) - 1))])
+    return "".join(marks)

@@ -1,0 +1,175 @@
+"""The daily digest as data: one model that every format is rendered from.
+
+It reads what the metrics job stored: today's velocity snapshot per scope
+(``metrics.job.snapshot_for``; computed on the fly, read-only, if the day has no
+snapshot yet), the overall velocity 7 and 30 days earlier (``load_snapshots``;
+"no history yet" when that day has none), the what-ifs, where deals wait
+(``metrics.stage_times``), the hygiene summary and the worst stalled deals
+(``metrics.hygiene``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from metrics.hygiene import (
+    BOTTLENECKS,
+    HygieneSettings,
+    HygieneSummary,
+    StalledDeal,
+    find_stalled,
+    hygiene_summary,
+)
+from metrics.job import load_snapshots, snapshot_for
+from metrics.settings import MetricsSettings
+from metrics.stage_times import StageWait, stage_wait_times
+from metrics.velocity import Levers, ScopeVelocity, Velocity, WhatIf, compute_velocity, what_ifs
+
+__all__ = ["TREND_DAYS", "Digest", "Trend", "build_digest", "digest_data"]
+
+TREND_DAYS = (7, 30)
+
+
+@dataclass(frozen=True, slots=True)
+class Trend:
+    """Overall velocity ``days`` earlier and the change since.
+
+    ``available`` is false when no snapshot exists for that day ("no history
+    yet"); ``previous`` is ``None`` when that day's velocity was undefined.
+    """
+
+    days: int
+    available: bool
+    previous: Decimal | None = None
+    change: Decimal | None = None
+    change_pct: Decimal | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """Everything the daily digest shows."""
+
+    as_of: dt.date
+    currency: str
+    window_days: int
+    overall: ScopeVelocity
+    trends: tuple[Trend, ...]
+    what_ifs: tuple[WhatIf, ...]
+    pipelines: tuple[ScopeVelocity, ...]
+    owners: tuple[ScopeVelocity, ...]
+    more_pipelines: int
+    more_owners: int
+    waits: tuple[StageWait, ...]
+    hygiene: HygieneSummary
+    worst: tuple[StalledDeal, ...]
+    history: tuple[tuple[dt.date, Decimal | None], ...]
+
+
+def _trend(days: int, current: Decimal | None, history: dict[dt.date, Decimal | None], as_of: dt.date) -> Trend:
+    day = as_of - dt.timedelta(days=days)
+    if day not in history:
+        return Trend(days, available=False)
+    previous = history[day]
+    if previous is None or current is None:
+        return Trend(days, available=True, previous=previous)
+    change = current - previous
+    pct = (change / previous * 100).quantize(Decimal("0.1")) if previous else None
+    return Trend(days, available=True, previous=previous, change=change, change_pct=pct)
+
+
+def build_digest(
+    engine: sa.Engine,
+    metrics: MetricsSettings,
+    hygiene: HygieneSettings,
+    *,
+    as_of: dt.date,
+    now: dt.datetime,
+    top_deals: int = 10,
+    top_scopes: int = 15,
+    chart_days: int = 90,
+) -> Digest:
+    """Assemble the digest for ``as_of`` from the store."""
+    window = metrics.window_days
+    report = snapshot_for(engine, as_of, window, timezone=metrics.timezone)
+    if report is None:
+        report = compute_velocity(engine, metrics, as_of)
+    overall = next((s for s in report.scopes if s.scope == "all"), None)
+    if overall is None:
+        levers = Levers(0, 0, 0, None, None, None)
+        overall = ScopeVelocity("all", "", "All pipelines", levers, Velocity(None, "no data"))
+    since = as_of - dt.timedelta(days=max(chart_days, *TREND_DAYS))
+    series = load_snapshots(engine, "all", "", since, as_of, window)
+    by_day = dict(series)
+    trends = tuple(_trend(days, overall.velocity.value, by_day, as_of) for days in TREND_DAYS)
+    chart_start = as_of - dt.timedelta(days=chart_days - 1)
+    history = tuple((day, value) for day, value in series if day >= chart_start)
+    if as_of not in by_day:
+        history += ((as_of, overall.velocity.value),)
+    pipelines = [s for s in report.scopes if s.scope == "pipeline"]
+    owners = sorted((s for s in report.scopes if s.scope == "owner"),
+                    key=lambda s: (s.velocity.value is None, -(s.velocity.value or 0), s.label.casefold()))
+    zone = metrics.zone
+    return Digest(
+        as_of=as_of,
+        currency=report.currency,
+        window_days=window,
+        overall=overall,
+        trends=trends,
+        what_ifs=tuple(what_ifs(overall.levers, metrics.what_if)),
+        pipelines=tuple(pipelines[:top_scopes]),
+        owners=tuple(owners[:top_scopes]),
+        more_pipelines=max(0, len(pipelines) - top_scopes),
+        more_owners=max(0, len(owners) - top_scopes),
+        waits=tuple(stage_wait_times(engine, metrics, as_of)),
+        hygiene=hygiene_summary(engine, hygiene, as_of=as_of, now=now, zone=zone),
+        worst=tuple(find_stalled(engine, hygiene, as_of=as_of, now=now, zone=zone, limit=top_deals))
+        if top_deals else (),
+        history=history,
+    )
+
+
+def _dec(value: Decimal | int | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def _scope(s: ScopeVelocity) -> dict[str, Any]:
+    lv = s.levers
+    return {
+        "scope": s.scope, "key": s.key, "label": s.label, "velocity": _dec(s.velocity.value),
+        "undefined_reason": s.velocity.undefined_reason, "opportunities": _dec(lv.opportunities),
+        "won": lv.won, "lost": lv.lost, "win_rate": _dec(lv.win_rate),
+        "avg_deal_value": _dec(lv.avg_deal_value), "cycle_days": _dec(lv.cycle_days),
+    }
+
+
+def digest_data(d: Digest) -> dict[str, Any]:
+    """The digest as JSON-ready data (decimals as strings), for webhooks and files."""
+    return {
+        "as_of": d.as_of.isoformat(),
+        "currency": d.currency,
+        "window_days": d.window_days,
+        "overall": _scope(d.overall),
+        "trends": [{"days": t.days, "available": t.available, "previous": _dec(t.previous),
+                    "change": _dec(t.change), "change_pct": _dec(t.change_pct)} for t in d.trends],
+        "what_ifs": [{"lever": w.lever, "label": w.label, "velocity": _dec(w.velocity.value),
+                      "change": _dec(w.change)} for w in d.what_ifs],
+        "pipelines": [_scope(s) for s in d.pipelines],
+        "owners": [_scope(s) for s in d.owners],
+        "where_deals_wait": [{"pipeline": w.pipeline_name, "stage": w.stage_name,
+                              "median_days": _dec(w.median_days), "deals": w.deals} for w in d.waits],
+        "hygiene": {
+            "open_deals": d.hygiene.open_deals,
+            "stalled_deals": d.hygiene.stalled_deals,
+            "by_rule": dict(d.hygiene.by_rule),
+            "bottlenecks": {b: {"deals": d.hygiene.by_bottleneck[b], "rules": list(BOTTLENECKS[b]),
+                                "share": _dec(d.hygiene.share(b))} for b in BOTTLENECKS},
+        },
+        "worst_deals": [{"source": s.source, "id": s.external_id, "title": s.title, "owner": s.owner_name,
+                         "amount": _dec(s.amount), "currency": s.currency, "link": s.link,
+                         "rules": list(s.rules)} for s in d.worst],
+    }

@@ -1,0 +1,247 @@
+"""``velocity notify``: build today's digest and reminders, queue them, deliver them.
+
+1. Rows a dead run left ``sending`` become ``unknown`` (never re-sent; see
+   ``notify.outbox``), and pending rows older than ``expire_after_days`` expire.
+2. The digest (``digest:<as_of>``) and the reminder messages (one per owner, one
+   for the fallback) are rendered and queued for every channel that takes them,
+   in one transaction with the reminder state, so a crash before the commit
+   leaves nothing half-done and a rerun the same day queues nothing twice.
+3. Each channel delivers its pending rows, oldest first, each claimed in its own
+   committed transaction. A failure keeps the row pending for the next run; a
+   channel that is down (connection refused, timeout, 5xx) is left alone for the
+   rest of this run, and the other channels go on.
+
+``dry_run`` prints what would be sent and writes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal, TextIO
+
+import sqlalchemy as sa
+import structlog
+
+from metrics.settings import MetricsSettings
+from notify import outbox
+from notify.channels import Channel, DeliveryError
+from notify.chart import trend_png
+from notify.digest import Digest, build_digest, digest_data
+from notify.message import InlineImage, Message, MessageKind
+from notify.reminders import ReminderPlan, plan_reminders, record_plan
+from notify.render import texts
+from notify.settings import NotifySettings, RemindersSettings
+from notify.views import render_digest, render_reminders
+
+__all__ = ["ChannelResult", "NotifyResult", "build_messages", "run_notify"]
+
+log = structlog.get_logger(__name__)
+CHART_CID = "velocity-trend"
+
+
+@dataclass
+class ChannelResult:
+    """What happened on one channel: dedupe keys sent, failed (with reason), skipped (with reason)."""
+
+    channel: str
+    kind: str
+    sent: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+
+
+@dataclass
+class NotifyResult:
+    """The outcome of one notifier run, per channel."""
+
+    channels: list[ChannelResult]
+    dry_run: bool = False
+
+    @property
+    def failed(self) -> list[tuple[str, str, str]]:
+        """``(channel, key, reason)`` for every failed delivery; the run failed if any."""
+        return [(c.channel, key, reason) for c in self.channels for key, reason in c.failed]
+
+    @property
+    def sent(self) -> list[tuple[str, str]]:
+        """``(channel, key)`` for every delivered message."""
+        return [(c.channel, key) for c in self.channels for key in c.sent]
+
+    @property
+    def skipped(self) -> list[tuple[str, str, str]]:
+        """``(channel, key, reason)`` for every message not attempted."""
+        return [(c.channel, key, reason) for c in self.channels for key, reason in c.skipped]
+
+
+def _name(channel: Channel) -> str:
+    return str(channel.settings.name)
+
+
+def _takes(channel: Channel, kind: MessageKind) -> bool:
+    return kind in channel.settings.send
+
+
+def _as_message(kind: MessageKind, key: str, rendered: Any, data: dict[str, Any],
+                recipient: str | None = None, images: tuple[InlineImage, ...] = ()) -> Message:
+    return Message(kind=kind, key=key, subject=rendered.subject, text=rendered.text,
+                   markdown=rendered.markdown, html=rendered.html, slack=rendered.slack, data=data,
+                   recipient=recipient, images=images)
+
+
+def _digest_message(d: Digest, notify: NotifySettings, metrics: MetricsSettings) -> Message:
+    png = trend_png(d.history, title=texts(notify.locale)("chart_alt", days=len(d.history))) if notify.chart else None
+    images = (InlineImage(CHART_CID, png, "velocity trend"),) if png else ()
+    rendered = render_digest(d, notify.locale, metrics.what_if, chart_cid=CHART_CID if png else None)
+    return _as_message("digest", f"digest:{d.as_of.isoformat()}", rendered, digest_data(d), images=images)
+
+
+def _reminder_messages(plan: ReminderPlan, notify: NotifySettings, reminders: RemindersSettings,
+                       currency: str) -> list[Message]:
+    out = []
+    for m in plan.messages:
+        rendered = render_reminders(m, notify.locale, currency=currency,
+                                    remind_every_days=reminders.remind_every_days)
+        data = {"as_of": plan.as_of.isoformat(), "fallback": m.fallback, "owners": [
+            {"owner": o.owner_key, "name": o.owner_name, "email": o.email,
+             "deals": [{"source": d.source, "id": d.external_id, "title": d.title, "link": d.link,
+                        "rules": list(d.rules)} for d in o.deals]} for o in m.owners]}
+        out.append(_as_message("reminders", m.key, rendered, data, recipient=m.recipient))
+    return out
+
+
+def build_messages(
+    engine: sa.Engine, notify: NotifySettings, reminders: RemindersSettings, metrics: MetricsSettings, *,
+    as_of: dt.date, now: dt.datetime, only: Literal["digest", "reminders"] | None = None,
+) -> tuple[list[Message], ReminderPlan | None]:
+    """Render today's digest and reminder messages (and the reminder plan), writing nothing."""
+    channels = notify.channels
+    messages: list[Message] = []
+    plan = None
+    if only in (None, "digest") and any(_takes(c, "digest") for c in channels):
+        d = build_digest(engine, metrics, reminders, as_of=as_of, now=now, top_deals=notify.top_deals,
+                         top_scopes=notify.top_scopes, chart_days=notify.chart_days)
+        messages.append(_digest_message(d, notify, metrics))
+    if only in (None, "reminders") and any(_takes(c, "reminders") for c in channels):
+        plan = plan_reminders(engine, reminders, fallback_to=notify.fallback_to, as_of=as_of, now=now,
+                              zone=metrics.zone)
+        messages += _reminder_messages(plan, notify, reminders, metrics.currency)
+    return messages, plan
+
+
+def _targets(channel: Channel, message: Message) -> str | None:
+    """Why ``channel`` cannot take ``message``, or ``None`` when it can."""
+    if not _takes(channel, message.kind):
+        return "not sent on this channel"
+    if message.kind == "reminders" and getattr(channel, "needs_recipient", False) and not message.recipient:
+        owners = ", ".join(o.get("name") or o.get("owner") or "?" for o in message.data.get("owners", []))
+        return f"no e-mail address for {owners} and no notify.fallback_to"
+    return None
+
+
+def run_notify(
+    engine: sa.Engine,
+    notify: NotifySettings,
+    reminders: RemindersSettings,
+    metrics: MetricsSettings,
+    *,
+    as_of: dt.date,
+    now: dt.datetime,
+    dry_run: bool = False,
+    only: Literal["digest", "reminders"] | None = None,
+    out: TextIO = sys.stdout,
+) -> NotifyResult:
+    """Queue and deliver today's digest and reminders on every configured channel."""
+    channels = list(notify.channels)
+    for channel in channels:
+        bind = getattr(channel, "bind_output", None)
+        if bind is not None:
+            bind(out)
+    results = {_name(c): ChannelResult(_name(c), str(c.settings.kind)) for c in channels}
+    names = list(results)
+    if not dry_run:
+        for row in outbox.recover_interrupted(engine, names):
+            results[row.channel].unknown.append(row.dedupe_key)
+        for row in outbox.expire_old(engine, names, now - dt.timedelta(days=notify.expire_after_days)):
+            results[row.channel].skipped.append((row.dedupe_key, "expired before it could be delivered"))
+    messages, plan = build_messages(engine, notify, reminders, metrics, as_of=as_of, now=now, only=only)
+    if dry_run:
+        return _dry_run(engine, channels, messages, results, out, only)
+    with engine.begin() as conn:
+        for message in messages:
+            for channel in channels:
+                reason = _targets(channel, message)
+                if reason is None:
+                    outbox.enqueue(conn, _name(channel), message, now)
+                elif _takes(channel, message.kind):
+                    results[_name(channel)].skipped.append((message.key, reason))
+        if plan is not None:
+            record_plan(conn, plan, now)
+    kinds: tuple[str, ...] = (only,) if only else ("digest", "reminders")
+    for channel in channels:
+        _deliver(engine, channel, results[_name(channel)], kinds, now)
+    return NotifyResult(list(results.values()))
+
+
+def _deliver(engine: sa.Engine, channel: Channel, result: ChannelResult, kinds: tuple[str, ...],
+             now: dt.datetime) -> None:
+    started = time.monotonic()
+    down: str | None = None
+    for row in outbox.pending(engine, result.channel, kinds):
+        if down is not None:
+            result.skipped.append((row.dedupe_key, f"channel unavailable: {down}"))
+            continue
+        if not outbox.claim(engine, row.id):
+            result.skipped.append((row.dedupe_key, "taken by another run"))
+            continue
+        try:
+            channel.send(row.message())
+        except Exception as exc:  # a channel must never stop the others
+            reason = str(exc) or type(exc).__name__
+            outbox.mark_failed(engine, row.id, reason)
+            result.failed.append((row.dedupe_key, reason))
+            if not isinstance(exc, DeliveryError) or exc.channel_down:
+                down = reason
+            continue
+        outbox.mark_sent(engine, row.id, now)
+        result.sent.append(row.dedupe_key)
+    event = log.warning if result.failed or result.unknown else log.info
+    event("notify.channel", channel=result.channel, kind=result.kind, sent=len(result.sent),
+          failed=len(result.failed), skipped=len(result.skipped), unknown=len(result.unknown),
+          error=result.failed[-1][1] if result.failed else None,
+          duration_ms=round((time.monotonic() - started) * 1000))
+
+
+def _dry_run(engine: sa.Engine, channels: list[Channel], messages: list[Message],
+             results: dict[str, ChannelResult], out: TextIO,
+             only: Literal["digest", "reminders"] | None) -> NotifyResult:
+    kinds: tuple[str, ...] = (only,) if only else ("digest", "reminders")
+    for channel in channels:
+        name = _name(channel)
+        result = results[name]
+        for row in outbox.pending(engine, name, kinds):
+            out.write(f"[dry run] would retry {row.dedupe_key} on {name}\n")
+            result.skipped.append((row.dedupe_key, "dry run"))
+        for message in messages:
+            reason = _targets(channel, message)
+            if reason is not None:
+                if _takes(channel, message.kind):
+                    result.skipped.append((message.key, reason))
+                    out.write(f"[dry run] would skip {message.key} on {name}: {reason}\n")
+                continue
+            if _already_queued(engine, name, message.key):
+                continue
+            to = f" to {message.recipient}" if message.recipient else ""
+            out.write(f"[dry run] would send {message.key} on {name} ({channel.settings.kind}){to}: "
+                      f"{message.subject}\n\n{message.text.rstrip()}\n\n")
+            result.skipped.append((message.key, "dry run"))
+    return NotifyResult(list(results.values()), dry_run=True)
+
+
+def _already_queued(engine: sa.Engine, channel: str, key: str) -> bool:
+    box = outbox.outbox_table.c
+    with engine.connect() as conn:
+        return conn.execute(sa.select(box.id).where(box.channel == channel, box.dedupe_key == key)).first() is not None

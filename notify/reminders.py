@@ -1,0 +1,180 @@
+"""Stalled-deal reminders: who gets which deals today, and the dedupe state behind it.
+
+A ``(deal, rule)`` pair is *due* when the rule holds and it was never sent, or
+was last sent ``remind_every_days`` or more local days before ``as_of``. A pair
+whose rule stops holding is marked resolved (``resolved_at``); if it holds again
+later it counts as new. Only due pairs are listed, so an owner is never told
+today what they were told yesterday.
+
+Deals are grouped per owner (one message per owner with an address). Owners
+without an address (or deals without an owner) go together in one message to
+``fallback_to``, listed by owner.
+
+:func:`record_plan` writes the state in the caller's transaction, the same one
+that queues the messages in the outbox: once the outbox has a message, its pairs
+count as sent, and the outbox guarantees the delivery (see ``notify.outbox``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from metrics.hygiene import StalledDeal, find_stalled
+from notify.settings import RemindersSettings
+from sync.store import reminder_state_table
+
+__all__ = ["OwnerReminders", "ReminderMessage", "ReminderPlan", "plan_reminders", "record_plan"]
+
+Pair = tuple[str, str, str]  # (source, external id, rule)
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerReminders:
+    """One owner's due deals; each deal carries only its due rules."""
+
+    owner_key: str
+    owner_name: str | None
+    email: str | None
+    deals: tuple[StalledDeal, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReminderMessage:
+    """One reminder message: to an owner, or to the fallback listing several owners."""
+
+    key: str
+    recipient: str | None
+    fallback: bool
+    owners: tuple[OwnerReminders, ...]
+
+    @property
+    def deal_count(self) -> int:
+        """Deals listed in the message."""
+        return sum(len(o.deals) for o in self.owners)
+
+
+@dataclass
+class ReminderPlan:
+    """Today's reminder messages and the state changes that go with them."""
+
+    as_of: dt.date
+    messages: list[ReminderMessage] = field(default_factory=list)
+    sent: list[Pair] = field(default_factory=list)
+    """Pairs listed in a message today (new or repeated)."""
+    new: list[Pair] = field(default_factory=list)
+    """Pairs with no open state row (first seen, or holding again after resolving)."""
+    resolved: list[Pair] = field(default_factory=list)
+    """Open pairs whose rule no longer holds."""
+    held: int = 0
+    """Pairs holding today, due or not."""
+
+
+def _open_state(engine: sa.Engine) -> dict[Pair, dt.datetime | None]:
+    """Unresolved pairs and when each was last sent."""
+    rs = reminder_state_table.c
+    query = sa.select(rs.source, rs.external_id, rs.rule, rs.last_sent_at).where(rs.resolved_at.is_(None))
+    with engine.connect() as conn:
+        return {(r.source, r.external_id, r.rule): r.last_sent_at for r in conn.execute(query)}
+
+
+def _key(as_of: dt.date, who: str, pairs: Iterable[Pair]) -> str:
+    digest = hashlib.sha256("\n".join(sorted("\t".join(p) for p in pairs)).encode()).hexdigest()[:10]
+    return f"reminders:{as_of.isoformat()}:{who}:{digest}"
+
+
+def plan_reminders(
+    engine: sa.Engine,
+    settings: RemindersSettings,
+    *,
+    fallback_to: str | None,
+    as_of: dt.date,
+    now: dt.datetime,
+    zone: ZoneInfo,
+) -> ReminderPlan:
+    """Work out today's reminders without writing anything."""
+    state = _open_state(engine)
+    plan = ReminderPlan(as_of)
+    holding: set[Pair] = set()
+    direct: list[OwnerReminders] = []
+    orphans: list[OwnerReminders] = []
+    current: list[StalledDeal] = []
+    current_owner: tuple[str, str | None] | None = None
+
+    def flush() -> None:
+        if not current:
+            return
+        first = current[0]
+        owner_key = f"{first.source}/{first.owner_id}" if first.owner_id else ""
+        group = OwnerReminders(owner_key, first.owner_name, first.owner_email, tuple(current))
+        (direct if first.owner_email and first.owner_id else orphans).append(group)
+        current.clear()
+
+    for deal in find_stalled(engine, settings, as_of=as_of, now=now, zone=zone, by_owner=True):
+        due_hits = []
+        for hit in deal.hits:
+            pair = (deal.source, deal.external_id, hit.rule)
+            holding.add(pair)
+            if pair not in state:
+                plan.new.append(pair)
+                due_hits.append(hit)
+                continue
+            last = state[pair]
+            if last is None or (as_of - last.astimezone(zone).date()).days >= settings.remind_every_days:
+                due_hits.append(hit)
+        if not due_hits:
+            continue
+        plan.sent += [(deal.source, deal.external_id, h.rule) for h in due_hits]
+        owner = (deal.source, deal.owner_id)
+        if owner != current_owner:
+            flush()
+            current_owner = owner
+        current.append(replace(deal, hits=tuple(due_hits)))
+    flush()
+    plan.held = len(holding)
+    plan.resolved = sorted(p for p in state if p not in holding)
+
+    def pairs_of(groups: Iterable[OwnerReminders]) -> list[Pair]:
+        return [(d.source, d.external_id, h.rule) for g in groups for d in g.deals for h in d.hits]
+
+    for group in direct:
+        plan.messages.append(ReminderMessage(_key(as_of, group.owner_key, pairs_of([group])), group.email,
+                                             False, (group,)))
+    if orphans:
+        plan.messages.append(ReminderMessage(_key(as_of, "fallback", pairs_of(orphans)), fallback_to,
+                                             True, tuple(orphans)))
+    return plan
+
+
+def record_plan(conn: sa.Connection, plan: ReminderPlan, now: dt.datetime) -> None:
+    """Write the plan's state changes in the caller's transaction.
+
+    New pairs get a fresh row (a resolved row for the same pair is reopened);
+    sent pairs get ``last_sent_at = now``; resolved pairs get ``resolved_at = now``.
+    """
+    rs = reminder_state_table.c
+    sent = set(plan.sent)
+    for source, external_id, rule in plan.new:
+        key = (rs.source == source) & (rs.external_id == external_id) & (rs.rule == rule)
+        values = {"first_seen_at": now, "resolved_at": None,
+                  "last_sent_at": now if (source, external_id, rule) in sent else None}
+        updated = conn.execute(sa.update(reminder_state_table).where(key).values(**values)).rowcount
+        if not updated:
+            conn.execute(sa.insert(reminder_state_table).values(
+                source=source, external_id=external_id, rule=rule, **values))
+    new = set(plan.new)
+    for source, external_id, rule in plan.sent:
+        if (source, external_id, rule) in new:
+            continue
+        conn.execute(sa.update(reminder_state_table).where(
+            (rs.source == source) & (rs.external_id == external_id) & (rs.rule == rule)
+        ).values(last_sent_at=now))
+    for source, external_id, rule in plan.resolved:
+        conn.execute(sa.update(reminder_state_table).where(
+            (rs.source == source) & (rs.external_id == external_id) & (rs.rule == rule)
+        ).values(resolved_at=now))

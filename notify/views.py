@@ -1,0 +1,188 @@
+"""From the digest and reminder models to localised views, and from views to every format.
+
+A view holds plain strings (already formatted with Babel and translated) and
+links; the templates only arrange them, and escape them for their format (see
+``notify.render``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from metrics.hygiene import BOTTLENECKS, RuleHit, StalledDeal
+from metrics.settings import WhatIfSettings
+from metrics.velocity import ScopeVelocity
+from notify.chart import sparkline
+from notify.digest import Digest
+from notify.formatting import Formatter, Texts
+from notify.reminders import ReminderMessage
+from notify.render import Format, Rendered, render_template, slack_blocks, texts
+
+__all__ = ["digest_view", "reminders_view", "render_digest", "render_reminders", "rule_text"]
+
+FORMATS: dict[Format, str] = {"text": "txt", "markdown": "md", "slack": "slack", "html": "html"}
+
+
+def _velocity_text(s: ScopeVelocity, t: Texts, f: Formatter, window_days: int) -> str:
+    if s.velocity.value is not None:
+        return t("per_day", amount=f.money(s.velocity.value))
+    lv = s.levers
+    if lv.won == 0:
+        reason = t("reason_no_won", days=window_days)
+    elif lv.avg_deal_value is None:
+        reason = t("reason_no_value", days=window_days)
+    elif not lv.cycle_days:
+        reason = t("reason_no_cycle")
+    else:
+        reason = t("reason_other", reason=s.velocity.undefined_reason or "")
+    return t("undefined", reason=reason)
+
+
+def _cycle(value: Any, t: Texts, f: Formatter) -> str:
+    if value is None:
+        return t("not_known")
+    return t("n_days_one" if value == 1 else "n_days_other", n=f.days(value))
+
+
+def _row(s: ScopeVelocity, t: Texts, f: Formatter) -> list[str]:
+    lv = s.levers
+    return [s.label, f.money(s.velocity.value), f.number(lv.opportunities), f.rate(lv.win_rate),
+            f.money(lv.avg_deal_value), _cycle(lv.cycle_days, t, f)]
+
+
+def rule_text(hit: RuleHit, deal: StalledDeal, t: Texts, f: Formatter) -> str:
+    """One reason, e.g. ``45 days in Proposal (limit 30)`` / ``45 dager i «Tilbud» (grense 30)``."""
+    if hit.rule == "stuck_in_stage":
+        return t("rule_stuck_in_stage", days=hit.days, limit=hit.limit,
+                 stage=deal.stage_name or deal.stage_id or t("this_stage"))
+    if hit.rule == "inactive":
+        return t("rule_inactive", days=hit.days)
+    if hit.rule in ("next_step_overdue", "close_date_passed") and hit.since is not None:
+        return t(f"rule_{hit.rule}", date=f.short_date(hit.since))
+    return t(f"rule_{hit.rule}")
+
+
+def _deal(deal: StalledDeal, t: Texts, f: Formatter) -> dict[str, Any]:
+    return {
+        "title": deal.title or t("untitled"),
+        "link": deal.link,
+        "owner": deal.owner_name or deal.owner_email or deal.owner_id or t("no_owner"),
+        "amount": f.money(deal.amount, deal.currency) if deal.amount is not None else "",
+        "where": " / ".join(x for x in (deal.pipeline_name or deal.pipeline_id, deal.stage_name or deal.stage_id)
+                            if x),
+        "reasons": ", ".join(rule_text(h, deal, t, f) for h in deal.hits),
+    }
+
+
+def _what_if_label(lever: str, what_if: WhatIfSettings, t: Texts, f: Formatter) -> str:
+    values = {
+        "win_rate": {"points": f.number(what_if.win_rate_points, "#,##0.#")},
+        "cycle_days": {"days": f.number(what_if.cycle_days, "#,##0.#")},
+        "deal_value": {"pct": f.number(what_if.deal_value_pct, "#,##0.#")},
+        "opportunities": {"pct": f.number(what_if.opportunities_pct, "#,##0.#")},
+    }
+    key = "what_if_cycle" if lever == "cycle_days" else f"what_if_{lever}"
+    return t(key, **values.get(lever, {}))
+
+
+def digest_view(d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: str | None = None) -> dict[str, Any]:
+    """The digest as localised strings for the templates."""
+    t, f = texts(locale), Formatter(locale, d.currency)
+    lv = d.overall.levers
+    defined = d.overall.velocity.value is not None
+    trends = []
+    for trend in d.trends:
+        if not trend.available:
+            value = t("no_history")
+        elif trend.change is None:
+            value = t("was_undefined")
+        else:
+            pct = f" ({f.signed_percent(trend.change_pct)})" if trend.change_pct is not None else ""
+            value = f.signed_money(trend.change) + pct
+        trends.append({"label": t("change_over", days=trend.days), "value": value})
+    what_ifs = [
+        t("what_if_line", label=_what_if_label(w.lever, what_if, t, f), amount=f.money(w.velocity.value),
+          change=f.signed_money(w.change))
+        for w in d.what_ifs if w.velocity.value is not None
+    ]
+    headers = [t("col_name"), t("col_velocity"), t("col_open"), t("col_win_rate"), t("col_value"), t("col_cycle")]
+    waits: dict[str, list[str]] = {}
+    for w in d.waits:
+        waits.setdefault(w.pipeline_name, []).append(t(
+            "wait_line", stage=w.stage_name, days=_cycle(w.median_days, t, f),
+            deals=t.plural("n_deals", w.deals)))
+    h = d.hygiene
+    bottlenecks = [
+        t("bottleneck_line", label=t(b), share=f.share(h.share(b)), deals=t.plural("n_deals", h.by_bottleneck[b]))
+        for b in BOTTLENECKS
+    ]
+    date = f.date(d.as_of)
+    subject = (t("subject", date=date, amount=f.money(d.overall.velocity.value)) if defined
+               else t("subject_undefined", date=date))
+    return {
+        "t": t,
+        "subject": subject,
+        "title": t("velocity"),
+        "date": date,
+        "headline": _velocity_text(d.overall, t, f, d.window_days),
+        "defined": defined,
+        "levers": [(t("opportunities"), f.number(lv.opportunities)), (t("win_rate"), f.rate(lv.win_rate)),
+                   (t("avg_value"), f.money(lv.avg_deal_value)), (t("cycle"), _cycle(lv.cycle_days, t, f))],
+        "trends": trends,
+        "sparkline": sparkline(d.history),
+        "what_ifs": what_ifs,
+        "headers": headers,
+        "pipelines": [_row(s, t, f) for s in d.pipelines],
+        "more_pipelines": t("more_rows", n=d.more_pipelines) if d.more_pipelines else "",
+        "owners": [_row(s, t, f) for s in d.owners],
+        "more_owners": t("more_rows", n=d.more_owners) if d.more_owners else "",
+        "waits": list(waits.items()),
+        "waits_note": t("waits_note", days=d.window_days),
+        "hygiene_line": t("hygiene_line", stalled=h.stalled_deals, open=h.open_deals),
+        "bottlenecks": bottlenecks,
+        "worst": [_deal(s, t, f) for s in d.worst],
+        "formula": t("formula", days=d.window_days),
+        "chart_cid": chart_cid,
+        "chart_alt": t("chart_alt", days=len(d.history)),
+    }
+
+
+def reminders_view(message: ReminderMessage, locale: str, *, currency: str,
+                   remind_every_days: int) -> dict[str, Any]:
+    """One reminder message as localised strings for the templates."""
+    t, f = texts(locale), Formatter(locale, currency)
+    n = message.deal_count
+    subject = (t("reminders_fallback_subject", n=n) if message.fallback
+               else t.plural("reminders_subject", n))
+    owners = []
+    for group in message.owners:
+        first = group.deals[0]
+        name = group.owner_name or group.email or first.owner_id or t("no_owner")
+        owners.append({"name": name, "greeting": t("greeting", name=name.split()[0] if name else ""),
+                       "deals": [_deal(deal, t, f) for deal in group.deals]})
+    return {
+        "t": t,
+        "subject": subject,
+        "fallback": message.fallback,
+        "intro": t("fallback_intro") if message.fallback else t("reminders_intro"),
+        "owners": owners,
+        "open_in_crm": t("open_in_crm"),
+        "footer": t("reminders_footer", days=remind_every_days),
+    }
+
+
+def _render(stem: str, view: dict[str, Any]) -> Rendered:
+    out = {fmt: render_template(f"{stem}.{ext}.j2", fmt, **view) for fmt, ext in FORMATS.items()}
+    return Rendered(view["subject"], out["text"], out["markdown"], out["html"],
+                    slack_blocks(view["subject"], out["slack"]))
+
+
+def render_digest(d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: str | None = None) -> Rendered:
+    """The digest in every format."""
+    return _render("digest", digest_view(d, locale, what_if, chart_cid=chart_cid))
+
+
+def render_reminders(message: ReminderMessage, locale: str, *, currency: str, remind_every_days: int) -> Rendered:
+    """One reminder message in every format."""
+    return _render("reminders", reminders_view(message, locale, currency=currency,
+                                               remind_every_days=remind_every_days))

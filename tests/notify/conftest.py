@@ -1,0 +1,51 @@
+"""Fixtures for notifier tests: a small store with deals, snapshots and stage history."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+
+from metrics.job import run_metrics
+from metrics.settings import MetricsSettings
+from tests.notify.factory import AS_OF, NOW, add_deal, add_event, add_owner, add_pipeline, days_ago
+
+METRICS = MetricsSettings(timezone="Europe/Oslo", currency="NOK")
+
+
+def seed(engine) -> None:
+    """Two sellers (one without an address), stalled and healthy deals, 31 days of snapshots."""
+    add_pipeline(engine)
+    add_owner(engine, "o1", "Kari Nordmann", "kari@example.com")
+    add_owner(engine, "o2", "Ola <Hansen>", None)
+    add_deal(engine, "a", title="<!channel> *x* <script>", next_step=None, next_activity_at=None,
+             amount=Decimal("120000"))
+    add_deal(engine, "b", title="Fjord & Co – renewal", owner_id="o2", amount=None,
+             stage_entered_at=days_ago(40), created_at=days_ago(60))
+    add_deal(engine, "c", title="Healthy deal", amount=Decimal("80000"))
+    for i, (lead, proposal) in enumerate([(10, 20), (30, 10), (5, 15)]):
+        closed = days_ago(2 + 9 * i)
+        start = closed - dt.timedelta(days=lead + proposal)
+        add_deal(engine, f"w{i}", status="won", stage_id="won", amount=Decimal("50000"),
+                 created_at=start, closed_at=closed)
+        add_event(engine, f"w{i}", "lead", start)
+        add_event(engine, f"w{i}", "proposal", closed - dt.timedelta(days=proposal))
+        add_event(engine, f"w{i}", "won", closed)
+    add_deal(engine, "l", status="lost", closed_at=days_ago(40))
+    for back in range(30, -1, -1):
+        run_metrics(engine, METRICS, AS_OF - dt.timedelta(days=back), now=NOW)
+
+
+@pytest.fixture
+def seeded(store):
+    """The seeded store, once per backend."""
+    seed(store)
+    return store
+
+
+@pytest.fixture
+def seeded_sqlite(sqlite_store):
+    """The seeded store on SQLite only (for channel and rendering tests)."""
+    seed(sqlite_store)
+    return sqlite_store
