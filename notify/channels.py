@@ -220,9 +220,20 @@ class FileChannel:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in message.key)
         if self.settings.format == "json":
             target = self.settings.path / f"{safe}.json"
-            body = json.dumps({"kind": message.kind, "key": message.key, "subject": message.subject,
-                               "recipient": message.recipient, "data": message.data},
-                              ensure_ascii=False, indent=2) + "\n"
+            body = (
+                json.dumps(
+                    {
+                        "kind": message.kind,
+                        "key": message.key,
+                        "subject": message.subject,
+                        "recipient": message.recipient,
+                        "data": message.data,
+                    },
+                    ensure_ascii=False,
+                    indent=2,
+                )
+                + "\n"
+            )
         else:
             target = self.settings.path / f"{safe}.md"
             body = message.markdown
@@ -238,8 +249,13 @@ class FileChannel:
 class _HttpChannel:
     settings: _HttpSettings
 
-    def __init__(self, settings: Any, *, session: requests.Session | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        *,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.settings = settings
         self._session = session or new_session()
         self._sleep = sleep
@@ -248,9 +264,17 @@ class _HttpChannel:
         what = f"{self.settings.kind} channel {self.settings.name!r}"
         policy = RetryPolicy(max_attempts=self.settings.max_attempts, base_delay=1.0, max_delay=30.0)
         try:
-            request(self._session, "POST", url, what=what, policy=policy, sleep=self._sleep,
-                    timeout=(min(10.0, self.settings.timeout_seconds), self.settings.timeout_seconds),
-                    json=payload, headers=dict(headers))
+            request(
+                self._session,
+                "POST",
+                url,
+                what=what,
+                policy=policy,
+                sleep=self._sleep,
+                timeout=(min(10.0, self.settings.timeout_seconds), self.settings.timeout_seconds),
+                json=payload,
+                headers=dict(headers),
+            )
         except RetriableAPIError as exc:
             raise DeliveryError(str(exc), channel_down=True) from None
         except ConnectorError as exc:
@@ -278,8 +302,14 @@ class WebhookChannel(_HttpChannel):
         """Post ``{kind, key, subject, recipient, text, data}``."""
         headers = {k: v.get_secret_value() for k, v in self.settings.headers.items()}
         headers["Idempotency-Key"] = message.message_id
-        payload = {"kind": message.kind, "key": message.key, "subject": message.subject,
-                   "recipient": message.recipient, "text": message.text, "data": message.data}
+        payload = {
+            "kind": message.kind,
+            "key": message.key,
+            "subject": message.subject,
+            "recipient": message.recipient,
+            "text": message.text,
+            "data": message.data,
+        }
         self._post(self.settings.url.get_secret_value(), payload, headers)
 
 
@@ -314,8 +344,14 @@ class EmailChannel:
         html_part = mail.get_body(preferencelist=("html",))
         for image in message.images:
             assert html_part is not None  # noqa: S101 - just added above
-            html_part.add_related(image.png, "image", "png", cid=f"<{image.cid}>",
-                                  filename=f"{image.cid}.png", disposition="inline")
+            html_part.add_related(
+                image.png,
+                "image",
+                "png",
+                cid=f"<{image.cid}>",
+                filename=f"{image.cid}.png",
+                disposition="inline",
+            )
         return mail
 
     def _connect(self) -> smtplib.SMTP:

@@ -70,7 +70,9 @@ class Digest:
     history: tuple[tuple[dt.date, Decimal | None], ...]
 
 
-def _trend(days: int, current: Decimal | None, history: dict[dt.date, Decimal | None], as_of: dt.date) -> Trend:
+def _trend(
+    days: int, current: Decimal | None, history: dict[dt.date, Decimal | None], as_of: dt.date
+) -> Trend:
     day = as_of - dt.timedelta(days=days)
     if day not in history:
         return Trend(days, available=False)
@@ -111,8 +113,10 @@ def build_digest(
     if as_of not in by_day:
         history += ((as_of, overall.velocity.value),)
     pipelines = [s for s in report.scopes if s.scope == "pipeline"]
-    owners = sorted((s for s in report.scopes if s.scope == "owner"),
-                    key=lambda s: (s.velocity.value is None, -(s.velocity.value or 0), s.label.casefold()))
+    owners = sorted(
+        (s for s in report.scopes if s.scope == "owner"),
+        key=lambda s: (s.velocity.value is None, -(s.velocity.value or 0), s.label.casefold()),
+    )
     zone = metrics.zone
     return Digest(
         as_of=as_of,
@@ -128,7 +132,8 @@ def build_digest(
         waits=tuple(stage_wait_times(engine, metrics, as_of)),
         hygiene=hygiene_summary(engine, hygiene, as_of=as_of, now=now, zone=zone),
         worst=tuple(find_stalled(engine, hygiene, as_of=as_of, now=now, zone=zone, limit=top_deals))
-        if top_deals else (),
+        if top_deals
+        else (),
         history=history,
     )
 
@@ -140,10 +145,17 @@ def _dec(value: Decimal | int | None) -> str | None:
 def _scope(s: ScopeVelocity) -> dict[str, Any]:
     lv = s.levers
     return {
-        "scope": s.scope, "key": s.key, "label": s.label, "velocity": _dec(s.velocity.value),
-        "undefined_reason": s.velocity.undefined_reason, "opportunities": _dec(lv.opportunities),
-        "won": lv.won, "lost": lv.lost, "win_rate": _dec(lv.win_rate),
-        "avg_deal_value": _dec(lv.avg_deal_value), "cycle_days": _dec(lv.cycle_days),
+        "scope": s.scope,
+        "key": s.key,
+        "label": s.label,
+        "velocity": _dec(s.velocity.value),
+        "undefined_reason": s.velocity.undefined_reason,
+        "opportunities": _dec(lv.opportunities),
+        "won": lv.won,
+        "lost": lv.lost,
+        "win_rate": _dec(lv.win_rate),
+        "avg_deal_value": _dec(lv.avg_deal_value),
+        "cycle_days": _dec(lv.cycle_days),
     }
 
 
@@ -154,22 +166,55 @@ def digest_data(d: Digest) -> dict[str, Any]:
         "currency": d.currency,
         "window_days": d.window_days,
         "overall": _scope(d.overall),
-        "trends": [{"days": t.days, "available": t.available, "previous": _dec(t.previous),
-                    "change": _dec(t.change), "change_pct": _dec(t.change_pct)} for t in d.trends],
-        "what_ifs": [{"lever": w.lever, "label": w.label, "velocity": _dec(w.velocity.value),
-                      "change": _dec(w.change)} for w in d.what_ifs],
+        "trends": [
+            {
+                "days": t.days,
+                "available": t.available,
+                "previous": _dec(t.previous),
+                "change": _dec(t.change),
+                "change_pct": _dec(t.change_pct),
+            }
+            for t in d.trends
+        ],
+        "what_ifs": [
+            {"lever": w.lever, "label": w.label, "velocity": _dec(w.velocity.value), "change": _dec(w.change)}
+            for w in d.what_ifs
+        ],
         "pipelines": [_scope(s) for s in d.pipelines],
         "owners": [_scope(s) for s in d.owners],
-        "where_deals_wait": [{"pipeline": w.pipeline_name, "stage": w.stage_name,
-                              "median_days": _dec(w.median_days), "deals": w.deals} for w in d.waits],
+        "where_deals_wait": [
+            {
+                "pipeline": w.pipeline_name,
+                "stage": w.stage_name,
+                "median_days": _dec(w.median_days),
+                "deals": w.deals,
+            }
+            for w in d.waits
+        ],
         "hygiene": {
             "open_deals": d.hygiene.open_deals,
             "stalled_deals": d.hygiene.stalled_deals,
             "by_rule": dict(d.hygiene.by_rule),
-            "bottlenecks": {b: {"deals": d.hygiene.by_bottleneck[b], "rules": list(BOTTLENECKS[b]),
-                                "share": _dec(d.hygiene.share(b))} for b in BOTTLENECKS},
+            "bottlenecks": {
+                b: {
+                    "deals": d.hygiene.by_bottleneck[b],
+                    "rules": list(BOTTLENECKS[b]),
+                    "share": _dec(d.hygiene.share(b)),
+                }
+                for b in BOTTLENECKS
+            },
         },
-        "worst_deals": [{"source": s.source, "id": s.external_id, "title": s.title, "owner": s.owner_name,
-                         "amount": _dec(s.amount), "currency": s.currency, "link": s.link,
-                         "rules": list(s.rules)} for s in d.worst],
+        "worst_deals": [
+            {
+                "source": s.source,
+                "id": s.external_id,
+                "title": s.title,
+                "owner": s.owner_name,
+                "amount": _dec(s.amount),
+                "currency": s.currency,
+                "link": s.link,
+                "rules": list(s.rules),
+            }
+            for s in d.worst
+        ],
     }

@@ -55,8 +55,11 @@ class Formatter:
             return "–"
         whole = Decimal(value).quantize(Decimal(1), ROUND_HALF_UP)
         pattern = _MONEY_PATTERNS.get(self.locale, _MONEY_PATTERNS["en"])
-        return self._clean(format_currency(whole, currency or self.currency, format=pattern,
-                                           locale=self.locale, currency_digits=False))
+        return self._clean(
+            format_currency(
+                whole, currency or self.currency, format=pattern, locale=self.locale, currency_digits=False
+            )
+        )
 
     def signed_money(self, value: Decimal | None) -> str:
         """Money with an explicit sign: ``+NOK 1,234`` / ``+1 234 kr``."""
@@ -91,8 +94,9 @@ class Formatter:
         """A change already in percent, signed (``+5.2%`` / ``+5,2 %``)."""
         if value is None:
             return "–"
-        text = self._clean(format_percent(Decimal(value) / 100, format="#,##0.0" + self._pct,
-                                             locale=self.locale))
+        text = self._clean(
+            format_percent(Decimal(value) / 100, format="#,##0.0" + self._pct, locale=self.locale)
+        )
         return "+" + text if value > 0 else text
 
     def date(self, day: dt.date) -> str:

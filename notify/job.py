@@ -35,6 +35,7 @@ from notify.reminders import ReminderPlan, plan_reminders, record_plan
 from notify.render import texts
 from notify.settings import NotifySettings, RemindersSettings
 from notify.views import render_digest, render_reminders
+from sync.store import outbox_table
 
 __all__ = ["ChannelResult", "NotifyResult", "build_messages", "run_notify"]
 
@@ -85,49 +86,103 @@ def _takes(channel: Channel, kind: MessageKind) -> bool:
     return kind in channel.settings.send
 
 
-def _as_message(kind: MessageKind, key: str, rendered: Any, data: dict[str, Any],
-                recipient: str | None = None, images: tuple[InlineImage, ...] = ()) -> Message:
-    return Message(kind=kind, key=key, subject=rendered.subject, text=rendered.text,
-                   markdown=rendered.markdown, html=rendered.html, slack=rendered.slack, data=data,
-                   recipient=recipient, images=images)
+def _as_message(
+    kind: MessageKind,
+    key: str,
+    rendered: Any,
+    data: dict[str, Any],
+    recipient: str | None = None,
+    images: tuple[InlineImage, ...] = (),
+) -> Message:
+    return Message(
+        kind=kind,
+        key=key,
+        subject=rendered.subject,
+        text=rendered.text,
+        markdown=rendered.markdown,
+        html=rendered.html,
+        slack=rendered.slack,
+        data=data,
+        recipient=recipient,
+        images=images,
+    )
 
 
 def _digest_message(d: Digest, notify: NotifySettings, metrics: MetricsSettings) -> Message:
-    png = trend_png(d.history, title=texts(notify.locale)("chart_alt", days=len(d.history))) if notify.chart else None
+    png = (
+        trend_png(d.history, title=texts(notify.locale)("chart_alt", days=len(d.history)))
+        if notify.chart
+        else None
+    )
     images = (InlineImage(CHART_CID, png, "velocity trend"),) if png else ()
     rendered = render_digest(d, notify.locale, metrics.what_if, chart_cid=CHART_CID if png else None)
     return _as_message("digest", f"digest:{d.as_of.isoformat()}", rendered, digest_data(d), images=images)
 
 
-def _reminder_messages(plan: ReminderPlan, notify: NotifySettings, reminders: RemindersSettings,
-                       currency: str) -> list[Message]:
+def _reminder_messages(
+    plan: ReminderPlan, notify: NotifySettings, reminders: RemindersSettings, currency: str
+) -> list[Message]:
     out = []
     for m in plan.messages:
-        rendered = render_reminders(m, notify.locale, currency=currency,
-                                    remind_every_days=reminders.remind_every_days)
-        data = {"as_of": plan.as_of.isoformat(), "fallback": m.fallback, "owners": [
-            {"owner": o.owner_key, "name": o.owner_name, "email": o.email,
-             "deals": [{"source": d.source, "id": d.external_id, "title": d.title, "link": d.link,
-                        "rules": list(d.rules)} for d in o.deals]} for o in m.owners]}
+        rendered = render_reminders(
+            m, notify.locale, currency=currency, remind_every_days=reminders.remind_every_days
+        )
+        data = {
+            "as_of": plan.as_of.isoformat(),
+            "fallback": m.fallback,
+            "owners": [
+                {
+                    "owner": o.owner_key,
+                    "name": o.owner_name,
+                    "email": o.email,
+                    "deals": [
+                        {
+                            "source": d.source,
+                            "id": d.external_id,
+                            "title": d.title,
+                            "link": d.link,
+                            "rules": list(d.rules),
+                        }
+                        for d in o.deals
+                    ],
+                }
+                for o in m.owners
+            ],
+        }
         out.append(_as_message("reminders", m.key, rendered, data, recipient=m.recipient))
     return out
 
 
 def build_messages(
-    engine: sa.Engine, notify: NotifySettings, reminders: RemindersSettings, metrics: MetricsSettings, *,
-    as_of: dt.date, now: dt.datetime, only: Literal["digest", "reminders"] | None = None,
+    engine: sa.Engine,
+    notify: NotifySettings,
+    reminders: RemindersSettings,
+    metrics: MetricsSettings,
+    *,
+    as_of: dt.date,
+    now: dt.datetime,
+    only: Literal["digest", "reminders"] | None = None,
 ) -> tuple[list[Message], ReminderPlan | None]:
     """Render today's digest and reminder messages (and the reminder plan), writing nothing."""
     channels = notify.channels
     messages: list[Message] = []
     plan = None
     if only in (None, "digest") and any(_takes(c, "digest") for c in channels):
-        d = build_digest(engine, metrics, reminders, as_of=as_of, now=now, top_deals=notify.top_deals,
-                         top_scopes=notify.top_scopes, chart_days=notify.chart_days)
+        d = build_digest(
+            engine,
+            metrics,
+            reminders,
+            as_of=as_of,
+            now=now,
+            top_deals=notify.top_deals,
+            top_scopes=notify.top_scopes,
+            chart_days=notify.chart_days,
+        )
         messages.append(_digest_message(d, notify, metrics))
     if only in (None, "reminders") and any(_takes(c, "reminders") for c in channels):
-        plan = plan_reminders(engine, reminders, fallback_to=notify.fallback_to, as_of=as_of, now=now,
-                              zone=metrics.zone)
+        plan = plan_reminders(
+            engine, reminders, fallback_to=notify.fallback_to, as_of=as_of, now=now, zone=metrics.zone
+        )
         messages += _reminder_messages(plan, notify, reminders, metrics.currency)
     return messages, plan
 
@@ -186,8 +241,9 @@ def run_notify(
     return NotifyResult(list(results.values()))
 
 
-def _deliver(engine: sa.Engine, channel: Channel, result: ChannelResult, kinds: tuple[str, ...],
-             now: dt.datetime) -> None:
+def _deliver(
+    engine: sa.Engine, channel: Channel, result: ChannelResult, kinds: tuple[str, ...], now: dt.datetime
+) -> None:
     started = time.monotonic()
     down: str | None = None
     for row in outbox.pending(engine, result.channel, kinds):
@@ -209,15 +265,27 @@ def _deliver(engine: sa.Engine, channel: Channel, result: ChannelResult, kinds: 
         outbox.mark_sent(engine, row.id, now)
         result.sent.append(row.dedupe_key)
     event = log.warning if result.failed or result.unknown else log.info
-    event("notify.channel", channel=result.channel, kind=result.kind, sent=len(result.sent),
-          failed=len(result.failed), skipped=len(result.skipped), unknown=len(result.unknown),
-          error=result.failed[-1][1] if result.failed else None,
-          duration_ms=round((time.monotonic() - started) * 1000))
+    event(
+        "notify.channel",
+        channel=result.channel,
+        kind=result.kind,
+        sent=len(result.sent),
+        failed=len(result.failed),
+        skipped=len(result.skipped),
+        unknown=len(result.unknown),
+        error=result.failed[-1][1] if result.failed else None,
+        duration_ms=round((time.monotonic() - started) * 1000),
+    )
 
 
-def _dry_run(engine: sa.Engine, channels: list[Channel], messages: list[Message],
-             results: dict[str, ChannelResult], out: TextIO,
-             only: Literal["digest", "reminders"] | None) -> NotifyResult:
+def _dry_run(
+    engine: sa.Engine,
+    channels: list[Channel],
+    messages: list[Message],
+    results: dict[str, ChannelResult],
+    out: TextIO,
+    only: Literal["digest", "reminders"] | None,
+) -> NotifyResult:
     kinds: tuple[str, ...] = (only,) if only else ("digest", "reminders")
     for channel in channels:
         name = _name(channel)
@@ -235,13 +303,18 @@ def _dry_run(engine: sa.Engine, channels: list[Channel], messages: list[Message]
             if _already_queued(engine, name, message.key):
                 continue
             to = f" to {message.recipient}" if message.recipient else ""
-            out.write(f"[dry run] would send {message.key} on {name} ({channel.settings.kind}){to}: "
-                      f"{message.subject}\n\n{message.text.rstrip()}\n\n")
+            out.write(
+                f"[dry run] would send {message.key} on {name} ({channel.settings.kind}){to}: "
+                f"{message.subject}\n\n{message.text.rstrip()}\n\n"
+            )
             result.skipped.append((message.key, "dry run"))
     return NotifyResult(list(results.values()), dry_run=True)
 
 
 def _already_queued(engine: sa.Engine, channel: str, key: str) -> bool:
-    box = outbox.outbox_table.c
+    box = outbox_table.c
     with engine.connect() as conn:
-        return conn.execute(sa.select(box.id).where(box.channel == channel, box.dedupe_key == key)).first() is not None
+        return (
+            conn.execute(sa.select(box.id).where(box.channel == channel, box.dedupe_key == key)).first()
+            is not None
+        )

@@ -55,20 +55,37 @@ class Message:
     def to_payload(self) -> dict[str, Any]:
         """The JSON form stored in the outbox."""
         return {
-            "kind": self.kind, "key": self.key, "subject": self.subject, "text": self.text,
-            "markdown": self.markdown, "html": self.html, "slack": self.slack, "data": self.data,
+            "kind": self.kind,
+            "key": self.key,
+            "subject": self.subject,
+            "text": self.text,
+            "markdown": self.markdown,
+            "html": self.html,
+            "slack": self.slack,
+            "data": self.data,
             "recipient": self.recipient,
-            "images": [{"cid": i.cid, "alt": i.alt, "png": base64.b64encode(i.png).decode("ascii")}
-                       for i in self.images],
+            "images": [
+                {"cid": i.cid, "alt": i.alt, "png": base64.b64encode(i.png).decode("ascii")}
+                for i in self.images
+            ],
         }
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> Message:
         """Rebuild a message from its outbox JSON."""
-        images = tuple(InlineImage(i["cid"], base64.b64decode(i["png"]), i.get("alt", ""))
-                       for i in payload.get("images", []))
+        images = tuple(
+            InlineImage(i["cid"], base64.b64decode(i["png"]), i.get("alt", ""))
+            for i in payload.get("images", [])
+        )
         return cls(
-            kind=payload["kind"], key=payload["key"], subject=payload["subject"], text=payload["text"],
-            markdown=payload["markdown"], html=payload["html"], slack=payload["slack"], data=payload["data"],
-            recipient=payload.get("recipient"), images=images,
+            kind=payload["kind"],
+            key=payload["key"],
+            subject=payload["subject"],
+            text=payload["text"],
+            markdown=payload["markdown"],
+            html=payload["html"],
+            slack=payload["slack"],
+            data=payload["data"],
+            recipient=payload.get("recipient"),
+            images=images,
         )

@@ -32,7 +32,14 @@ from notify.message import Message
 from sync.store import outbox_table
 
 __all__ = [
-    "OutboxRow", "claim", "enqueue", "expire_old", "mark_failed", "mark_sent", "pending", "recover_interrupted",
+    "OutboxRow",
+    "claim",
+    "enqueue",
+    "expire_old",
+    "mark_failed",
+    "mark_sent",
+    "pending",
+    "recover_interrupted",
 ]
 
 log = structlog.get_logger(__name__)
@@ -67,11 +74,20 @@ def enqueue(conn: sa.Connection, channel: str, message: Message, now: dt.datetim
         return False
     try:
         with conn.begin_nested():
-            conn.execute(sa.insert(outbox_table).values(
-                channel=channel, kind=message.kind, dedupe_key=message.key, recipient=message.recipient,
-                payload=message.to_payload(), status="pending", attempts=0, last_error=None,
-                created_at=now, sent_at=None,
-            ))
+            conn.execute(
+                sa.insert(outbox_table).values(
+                    channel=channel,
+                    kind=message.kind,
+                    dedupe_key=message.key,
+                    recipient=message.recipient,
+                    payload=message.to_payload(),
+                    status="pending",
+                    attempts=0,
+                    last_error=None,
+                    created_at=now,
+                    sent_at=None,
+                )
+            )
     except IntegrityError:  # queued by a concurrent run in the meantime
         return False
     return True
@@ -83,10 +99,14 @@ def recover_interrupted(engine: sa.Engine, channels: list[str]) -> list[OutboxRo
     with engine.begin() as conn:
         rows = _rows(conn, sa.and_(box.status == "sending", box.channel.in_(channels)))
         for row in rows:
-            conn.execute(sa.update(outbox_table).where(box.id == row.id, box.status == "sending").values(
-                status="unknown",
-                last_error="delivery was interrupted; not re-sent, since it may have arrived",
-            ))
+            conn.execute(
+                sa.update(outbox_table)
+                .where(box.id == row.id, box.status == "sending")
+                .values(
+                    status="unknown",
+                    last_error="delivery was interrupted; not re-sent, since it may have arrived",
+                )
+            )
             log.warning("notify.outbox.interrupted", channel=row.channel, key=row.dedupe_key)
     return rows
 
@@ -95,9 +115,13 @@ def expire_old(engine: sa.Engine, channels: list[str], before: dt.datetime) -> l
     """Mark pending rows created before ``before`` as ``expired``; return them."""
     box = outbox_table.c
     with engine.begin() as conn:
-        rows = _rows(conn, sa.and_(box.status == "pending", box.channel.in_(channels), box.created_at < before))
+        rows = _rows(
+            conn, sa.and_(box.status == "pending", box.channel.in_(channels), box.created_at < before)
+        )
         if rows:
-            conn.execute(sa.update(outbox_table).where(box.id.in_([r.id for r in rows])).values(status="expired"))
+            conn.execute(
+                sa.update(outbox_table).where(box.id.in_([r.id for r in rows])).values(status="expired")
+            )
     return rows
 
 
@@ -110,8 +134,20 @@ def pending(engine: sa.Engine, channel: str, kinds: tuple[str, ...]) -> list[Out
 
 def _rows(conn: sa.Connection, where: sa.ColumnElement[bool]) -> list[OutboxRow]:
     box = outbox_table.c
-    query = sa.select(box.id, box.channel, box.kind, box.dedupe_key, box.recipient, box.payload,
-                      box.attempts, box.created_at).where(where).order_by(box.id)
+    query = (
+        sa.select(
+            box.id,
+            box.channel,
+            box.kind,
+            box.dedupe_key,
+            box.recipient,
+            box.payload,
+            box.attempts,
+            box.created_at,
+        )
+        .where(where)
+        .order_by(box.id)
+    )
     return [OutboxRow(*row) for row in conn.execute(query)]
 
 
@@ -120,7 +156,8 @@ def claim(engine: sa.Engine, row_id: int) -> bool:
     box = outbox_table.c
     with engine.begin() as conn:
         result = conn.execute(
-            sa.update(outbox_table).where(box.id == row_id, box.status == "pending")
+            sa.update(outbox_table)
+            .where(box.id == row_id, box.status == "pending")
             .values(status="sending", attempts=box.attempts + 1)
         )
     return result.rowcount == 1
@@ -129,12 +166,18 @@ def claim(engine: sa.Engine, row_id: int) -> bool:
 def mark_sent(engine: sa.Engine, row_id: int, now: dt.datetime) -> None:
     """Record a delivery."""
     with engine.begin() as conn:
-        conn.execute(sa.update(outbox_table).where(outbox_table.c.id == row_id)
-                     .values(status="sent", sent_at=now, last_error=None))
+        conn.execute(
+            sa.update(outbox_table)
+            .where(outbox_table.c.id == row_id)
+            .values(status="sent", sent_at=now, last_error=None)
+        )
 
 
 def mark_failed(engine: sa.Engine, row_id: int, error: str) -> None:
     """Record a failed attempt; the row goes back to ``pending`` for the next run."""
     with engine.begin() as conn:
-        conn.execute(sa.update(outbox_table).where(outbox_table.c.id == row_id)
-                     .values(status="pending", last_error=error[:ERROR_LIMIT]))
+        conn.execute(
+            sa.update(outbox_table)
+            .where(outbox_table.c.id == row_id)
+            .values(status="pending", last_error=error[:ERROR_LIMIT])
+        )

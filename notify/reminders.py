@@ -143,11 +143,13 @@ def plan_reminders(
         return [(d.source, d.external_id, h.rule) for g in groups for d in g.deals for h in d.hits]
 
     for group in direct:
-        plan.messages.append(ReminderMessage(_key(as_of, group.owner_key, pairs_of([group])), group.email,
-                                             False, (group,)))
+        plan.messages.append(
+            ReminderMessage(_key(as_of, group.owner_key, pairs_of([group])), group.email, False, (group,))
+        )
     if orphans:
-        plan.messages.append(ReminderMessage(_key(as_of, "fallback", pairs_of(orphans)), fallback_to,
-                                             True, tuple(orphans)))
+        plan.messages.append(
+            ReminderMessage(_key(as_of, "fallback", pairs_of(orphans)), fallback_to, True, tuple(orphans))
+        )
     return plan
 
 
@@ -161,20 +163,30 @@ def record_plan(conn: sa.Connection, plan: ReminderPlan, now: dt.datetime) -> No
     sent = set(plan.sent)
     for source, external_id, rule in plan.new:
         key = (rs.source == source) & (rs.external_id == external_id) & (rs.rule == rule)
-        values = {"first_seen_at": now, "resolved_at": None,
-                  "last_sent_at": now if (source, external_id, rule) in sent else None}
+        values = {
+            "first_seen_at": now,
+            "resolved_at": None,
+            "last_sent_at": now if (source, external_id, rule) in sent else None,
+        }
         updated = conn.execute(sa.update(reminder_state_table).where(key).values(**values)).rowcount
         if not updated:
-            conn.execute(sa.insert(reminder_state_table).values(
-                source=source, external_id=external_id, rule=rule, **values))
+            conn.execute(
+                sa.insert(reminder_state_table).values(
+                    source=source, external_id=external_id, rule=rule, **values
+                )
+            )
     new = set(plan.new)
     for source, external_id, rule in plan.sent:
         if (source, external_id, rule) in new:
             continue
-        conn.execute(sa.update(reminder_state_table).where(
-            (rs.source == source) & (rs.external_id == external_id) & (rs.rule == rule)
-        ).values(last_sent_at=now))
+        conn.execute(
+            sa.update(reminder_state_table)
+            .where((rs.source == source) & (rs.external_id == external_id) & (rs.rule == rule))
+            .values(last_sent_at=now)
+        )
     for source, external_id, rule in plan.resolved:
-        conn.execute(sa.update(reminder_state_table).where(
-            (rs.source == source) & (rs.external_id == external_id) & (rs.rule == rule)
-        ).values(resolved_at=now))
+        conn.execute(
+            sa.update(reminder_state_table)
+            .where((rs.source == source) & (rs.external_id == external_id) & (rs.rule == rule))
+            .values(resolved_at=now)
+        )

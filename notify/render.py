@@ -76,8 +76,13 @@ def _url_for(fmt: Format, url: str | None) -> Raw:
     if not url:
         return Raw("")
     if fmt == "markdown":
-        return Raw(url.replace(" ", "%20").replace("(", "%28").replace(")", "%29").replace("<", "%3C")
-                   .replace(">", "%3E"))
+        return Raw(
+            url.replace(" ", "%20")
+            .replace("(", "%28")
+            .replace(")", "%29")
+            .replace("<", "%3C")
+            .replace(">", "%3E")
+        )
     if fmt == "slack":
         return Raw(url.replace("&", "&amp;").replace("<", "%3C").replace(">", "%3E").replace("|", "%7C"))
     return Raw(url)
@@ -99,7 +104,7 @@ def environment(fmt: Format) -> jinja2.Environment:
     """The Jinja environment of one format (cached)."""
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("notify", "templates"),
-        autoescape=fmt == "html",
+        autoescape=fmt == "html",  # noqa: S701 - the other formats escape in `finalize` (see above)
         finalize=None if fmt == "html" else _finalize_for(fmt),
         trim_blocks=True,
         lstrip_blocks=True,
@@ -150,4 +155,3 @@ def texts(locale: str) -> Texts:
     """The message catalog of ``locale`` (``notify/locales/<locale>.toml``)."""
     data = resources.files("notify").joinpath("locales", f"{locale}.toml").read_text(encoding="utf-8")
     return Texts(locale, tomllib.loads(data))
-

@@ -41,7 +41,8 @@ class NotifySettings(BaseModel):
 
     locale: Locale = Field(default="en", description='Language of every message: "en" or "nb".')
     fallback_to: str | None = Field(
-        default=None, description="Address for reminders of owners without one (listed by owner).",
+        default=None,
+        description="Address for reminders of owners without one (listed by owner).",
     )
     channels: SkipValidation[tuple[Channel, ...]] = Field(default=(), description="From [[notify.channels]].")
     top_deals: int = Field(default=10, ge=0, le=100, description="Worst stalled deals in the digest.")
@@ -49,7 +50,10 @@ class NotifySettings(BaseModel):
     chart: bool = Field(default=True, description="Embed a velocity trend chart in the HTML e-mail.")
     chart_days: int = Field(default=90, ge=7, le=730, description="Days of history in the trend chart.")
     expire_after_days: int = Field(
-        default=7, ge=1, le=90, description="Undelivered messages older than this are dropped, not sent.",
+        default=7,
+        ge=1,
+        le=90,
+        description="Undelivered messages older than this are dropped, not sent.",
     )
 
     @field_validator("fallback_to")
@@ -64,12 +68,17 @@ class RemindersSettings(HygieneSettings):
     """The ``[reminders]`` table: the hygiene thresholds plus how often to repeat."""
 
     remind_every_days: int = Field(
-        default=3, ge=1, le=365, description="Repeat a (deal, rule) reminder this often while it holds.",
+        default=3,
+        ge=1,
+        le=365,
+        description="Repeat a (deal, rule) reminder this often while it holds.",
     )
 
 
 def load_notify_settings(
-    raw_notify: Mapping[str, Any], raw_reminders: Mapping[str, Any], context: Mapping[str, Any] | None = None,
+    raw_notify: Mapping[str, Any],
+    raw_reminders: Mapping[str, Any],
+    context: Mapping[str, Any] | None = None,
 ) -> tuple[NotifySettings, RemindersSettings]:
     """Validate ``[notify]`` (building each channel) and ``[reminders]``.
 
@@ -96,8 +105,12 @@ def load_notify_settings(
         name = table.get("name")
         if isinstance(name, str):
             if name in names:
-                problems.append(ConfigProblem(f"{path}.name", f"duplicate channel name {name!r} "
-                                              f"(also notify.channels[{names[name]}])"))
+                problems.append(
+                    ConfigProblem(
+                        f"{path}.name",
+                        f"duplicate channel name {name!r} (also notify.channels[{names[name]}])",
+                    )
+                )
             names.setdefault(name, i)
         try:
             channels.append(build_channel(table, path, context))
@@ -106,8 +119,9 @@ def load_notify_settings(
     notify: NotifySettings | None = None
     rest = {k: v for k, v in raw_notify.items() if k != "channels"}
     try:
-        notify = NotifySettings.model_validate({**rest, "channels": tuple(channels)},
-                                               context=dict(context or {}))
+        notify = NotifySettings.model_validate(
+            {**rest, "channels": tuple(channels)}, context=dict(context or {})
+        )
     except ValidationError as exc:
         problems.extend(validation_problems(exc, "notify"))
     reminders: RemindersSettings | None = None

@@ -46,15 +46,25 @@ def _cycle(value: Any, t: Texts, f: Formatter) -> str:
 
 def _row(s: ScopeVelocity, t: Texts, f: Formatter) -> list[str]:
     lv = s.levers
-    return [s.label, f.money(s.velocity.value), f.number(lv.opportunities), f.rate(lv.win_rate),
-            f.money(lv.avg_deal_value), _cycle(lv.cycle_days, t, f)]
+    return [
+        s.label,
+        f.money(s.velocity.value),
+        f.number(lv.opportunities),
+        f.rate(lv.win_rate),
+        f.money(lv.avg_deal_value),
+        _cycle(lv.cycle_days, t, f),
+    ]
 
 
 def rule_text(hit: RuleHit, deal: StalledDeal, t: Texts, f: Formatter) -> str:
     """One reason, e.g. ``45 days in Proposal (limit 30)`` / ``45 dager i «Tilbud» (grense 30)``."""
     if hit.rule == "stuck_in_stage":
-        return t("rule_stuck_in_stage", days=hit.days, limit=hit.limit,
-                 stage=deal.stage_name or deal.stage_id or t("this_stage"))
+        return t(
+            "rule_stuck_in_stage",
+            days=hit.days,
+            limit=hit.limit,
+            stage=deal.stage_name or deal.stage_id or t("this_stage"),
+        )
     if hit.rule == "inactive":
         return t("rule_inactive", days=hit.days)
     if hit.rule in ("next_step_overdue", "close_date_passed") and hit.since is not None:
@@ -68,8 +78,9 @@ def _deal(deal: StalledDeal, t: Texts, f: Formatter) -> dict[str, Any]:
         "link": deal.link,
         "owner": deal.owner_name or deal.owner_email or deal.owner_id or t("no_owner"),
         "amount": f.money(deal.amount, deal.currency) if deal.amount is not None else "",
-        "where": " / ".join(x for x in (deal.pipeline_name or deal.pipeline_id, deal.stage_name or deal.stage_id)
-                            if x),
+        "where": " / ".join(
+            x for x in (deal.pipeline_name or deal.pipeline_id, deal.stage_name or deal.stage_id) if x
+        ),
         "reasons": ", ".join(rule_text(h, deal, t, f) for h in deal.hits),
     }
 
@@ -85,7 +96,9 @@ def _what_if_label(lever: str, what_if: WhatIfSettings, t: Texts, f: Formatter) 
     return t(key, **values.get(lever, {}))
 
 
-def digest_view(d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: str | None = None) -> dict[str, Any]:
+def digest_view(
+    d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: str | None = None
+) -> dict[str, Any]:
     """The digest as localised strings for the templates."""
     t, f = texts(locale), Formatter(locale, d.currency)
     lv = d.overall.levers
@@ -101,24 +114,49 @@ def digest_view(d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: s
             value = f.signed_money(trend.change) + pct
         trends.append({"label": t("change_over", days=trend.days), "value": value})
     what_ifs = [
-        t("what_if_line", label=_what_if_label(w.lever, what_if, t, f), amount=f.money(w.velocity.value),
-          change=f.signed_money(w.change))
-        for w in d.what_ifs if w.velocity.value is not None
+        t(
+            "what_if_line",
+            label=_what_if_label(w.lever, what_if, t, f),
+            amount=f.money(w.velocity.value),
+            change=f.signed_money(w.change),
+        )
+        for w in d.what_ifs
+        if w.velocity.value is not None
     ]
-    headers = [t("col_name"), t("col_velocity"), t("col_open"), t("col_win_rate"), t("col_value"), t("col_cycle")]
+    headers = [
+        t("col_name"),
+        t("col_velocity"),
+        t("col_open"),
+        t("col_win_rate"),
+        t("col_value"),
+        t("col_cycle"),
+    ]
     waits: dict[str, list[str]] = {}
     for w in d.waits:
-        waits.setdefault(w.pipeline_name, []).append(t(
-            "wait_line", stage=w.stage_name, days=_cycle(w.median_days, t, f),
-            deals=t.plural("n_deals", w.deals)))
+        waits.setdefault(w.pipeline_name, []).append(
+            t(
+                "wait_line",
+                stage=w.stage_name,
+                days=_cycle(w.median_days, t, f),
+                deals=t.plural("n_deals", w.deals),
+            )
+        )
     h = d.hygiene
     bottlenecks = [
-        t("bottleneck_line", label=t(b), share=f.share(h.share(b)), deals=t.plural("n_deals", h.by_bottleneck[b]))
+        t(
+            "bottleneck_line",
+            label=t(b),
+            share=f.share(h.share(b)),
+            deals=t.plural("n_deals", h.by_bottleneck[b]),
+        )
         for b in BOTTLENECKS
     ]
     date = f.date(d.as_of)
-    subject = (t("subject", date=date, amount=f.money(d.overall.velocity.value)) if defined
-               else t("subject_undefined", date=date))
+    subject = (
+        t("subject", date=date, amount=f.money(d.overall.velocity.value))
+        if defined
+        else t("subject_undefined", date=date)
+    )
     return {
         "t": t,
         "subject": subject,
@@ -126,8 +164,12 @@ def digest_view(d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: s
         "date": date,
         "headline": _velocity_text(d.overall, t, f, d.window_days),
         "defined": defined,
-        "levers": [(t("opportunities"), f.number(lv.opportunities)), (t("win_rate"), f.rate(lv.win_rate)),
-                   (t("avg_value"), f.money(lv.avg_deal_value)), (t("cycle"), _cycle(lv.cycle_days, t, f))],
+        "levers": [
+            (t("opportunities"), f.number(lv.opportunities)),
+            (t("win_rate"), f.rate(lv.win_rate)),
+            (t("avg_value"), f.money(lv.avg_deal_value)),
+            (t("cycle"), _cycle(lv.cycle_days, t, f)),
+        ],
         "trends": trends,
         "sparkline": sparkline(d.history),
         "what_ifs": what_ifs,
@@ -147,19 +189,24 @@ def digest_view(d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: s
     }
 
 
-def reminders_view(message: ReminderMessage, locale: str, *, currency: str,
-                   remind_every_days: int) -> dict[str, Any]:
+def reminders_view(
+    message: ReminderMessage, locale: str, *, currency: str, remind_every_days: int
+) -> dict[str, Any]:
     """One reminder message as localised strings for the templates."""
     t, f = texts(locale), Formatter(locale, currency)
     n = message.deal_count
-    subject = (t("reminders_fallback_subject", n=n) if message.fallback
-               else t.plural("reminders_subject", n))
+    subject = t("reminders_fallback_subject", n=n) if message.fallback else t.plural("reminders_subject", n)
     owners = []
     for group in message.owners:
         first = group.deals[0]
         name = group.owner_name or group.email or first.owner_id or t("no_owner")
-        owners.append({"name": name, "greeting": t("greeting", name=name.split()[0] if name else ""),
-                       "deals": [_deal(deal, t, f) for deal in group.deals]})
+        owners.append(
+            {
+                "name": name,
+                "greeting": t("greeting", name=name.split()[0] if name else ""),
+                "deals": [_deal(deal, t, f) for deal in group.deals],
+            }
+        )
     return {
         "t": t,
         "subject": subject,
@@ -173,16 +220,26 @@ def reminders_view(message: ReminderMessage, locale: str, *, currency: str,
 
 def _render(stem: str, view: dict[str, Any]) -> Rendered:
     out = {fmt: render_template(f"{stem}.{ext}.j2", fmt, **view) for fmt, ext in FORMATS.items()}
-    return Rendered(view["subject"], out["text"], out["markdown"], out["html"],
-                    slack_blocks(view["subject"], out["slack"]))
+    return Rendered(
+        view["subject"],
+        out["text"],
+        out["markdown"],
+        out["html"],
+        slack_blocks(view["subject"], out["slack"]),
+    )
 
 
-def render_digest(d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: str | None = None) -> Rendered:
+def render_digest(
+    d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: str | None = None
+) -> Rendered:
     """The digest in every format."""
     return _render("digest", digest_view(d, locale, what_if, chart_cid=chart_cid))
 
 
-def render_reminders(message: ReminderMessage, locale: str, *, currency: str, remind_every_days: int) -> Rendered:
+def render_reminders(
+    message: ReminderMessage, locale: str, *, currency: str, remind_every_days: int
+) -> Rendered:
     """One reminder message in every format."""
-    return _render("reminders", reminders_view(message, locale, currency=currency,
-                                               remind_every_days=remind_every_days))
+    return _render(
+        "reminders", reminders_view(message, locale, currency=currency, remind_every_days=remind_every_days)
+    )

@@ -19,16 +19,36 @@ def seed(engine) -> None:
     add_pipeline(engine)
     add_owner(engine, "o1", "Kari Nordmann", "kari@example.com")
     add_owner(engine, "o2", "Ola <Hansen>", None)
-    add_deal(engine, "a", title="<!channel> *x* <script>", next_step=None, next_activity_at=None,
-             amount=Decimal("120000"))
-    add_deal(engine, "b", title="Fjord & Co – renewal", owner_id="o2", amount=None,
-             stage_entered_at=days_ago(40), created_at=days_ago(60))
+    add_deal(
+        engine,
+        "a",
+        title="<!channel> *x* <script>",
+        next_step=None,
+        next_activity_at=None,
+        amount=Decimal("120000"),
+    )
+    add_deal(
+        engine,
+        "b",
+        title="Fjord & Co – renewal",
+        owner_id="o2",
+        amount=None,
+        stage_entered_at=days_ago(40),
+        created_at=days_ago(60),
+    )
     add_deal(engine, "c", title="Healthy deal", amount=Decimal("80000"))
     for i, (lead, proposal) in enumerate([(10, 20), (30, 10), (5, 15)]):
         closed = days_ago(2 + 9 * i)
         start = closed - dt.timedelta(days=lead + proposal)
-        add_deal(engine, f"w{i}", status="won", stage_id="won", amount=Decimal("50000"),
-                 created_at=start, closed_at=closed)
+        add_deal(
+            engine,
+            f"w{i}",
+            status="won",
+            stage_id="won",
+            amount=Decimal("50000"),
+            created_at=start,
+            closed_at=closed,
+        )
         add_event(engine, f"w{i}", "lead", start)
         add_event(engine, f"w{i}", "proposal", closed - dt.timedelta(days=proposal))
         add_event(engine, f"w{i}", "won", closed)

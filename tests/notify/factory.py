@@ -27,22 +27,40 @@ def days_ago(n: float, now: dt.datetime = NOW) -> dt.datetime:
     return now - dt.timedelta(days=n)
 
 
-def add_pipeline(engine: sa.Engine, pipeline: str = "new", name: str = "New Business",
-                 stages: tuple[tuple[str, str, int | None], ...] = (
-                     ("lead", "Lead", None), ("proposal", "Proposal", None), ("won", "Won", None)),
-                 source: str = SOURCE) -> None:
+def add_pipeline(
+    engine: sa.Engine,
+    pipeline: str = "new",
+    name: str = "New Business",
+    stages: tuple[tuple[str, str, int | None], ...] = (
+        ("lead", "Lead", None),
+        ("proposal", "Proposal", None),
+        ("won", "Won", None),
+    ),
+    source: str = SOURCE,
+) -> None:
     """A pipeline with stages ``(id, name, rotting_days)``; a stage named Won is the won stage."""
     with engine.begin() as conn:
-        conn.execute(sa.insert(pipelines_table).values(
-            source=source, external_id=pipeline, name=name, display_order=0))
+        conn.execute(
+            sa.insert(pipelines_table).values(source=source, external_id=pipeline, name=name, display_order=0)
+        )
         for order, (sid, sname, rotting) in enumerate(stages):
-            conn.execute(sa.insert(stages_table).values(
-                source=source, pipeline_id=pipeline, external_id=sid, name=sname, display_order=order,
-                is_won=sname == "Won", is_lost=sname == "Lost", rotting_days=rotting))
+            conn.execute(
+                sa.insert(stages_table).values(
+                    source=source,
+                    pipeline_id=pipeline,
+                    external_id=sid,
+                    name=sname,
+                    display_order=order,
+                    is_won=sname == "Won",
+                    is_lost=sname == "Lost",
+                    rotting_days=rotting,
+                )
+            )
 
 
-def add_owner(engine: sa.Engine, owner: str, name: str | None, email: str | None,
-              source: str = SOURCE) -> None:
+def add_owner(
+    engine: sa.Engine, owner: str, name: str | None, email: str | None, source: str = SOURCE
+) -> None:
     """An owner row."""
     with engine.begin() as conn:
         conn.execute(sa.insert(owners_table).values(source=source, external_id=owner, name=name, email=email))
@@ -51,14 +69,30 @@ def add_owner(engine: sa.Engine, owner: str, name: str | None, email: str | None
 def add_deal(engine: sa.Engine, external_id: str, **values: Any) -> None:
     """A deal that breaks no hygiene rule unless ``values`` say otherwise."""
     row: dict[str, Any] = {
-        "source": SOURCE, "external_id": external_id, "title": f"Deal {external_id}",
-        "amount": Decimal("1000"), "currency": "NOK", "pipeline_id": "new", "stage_id": "lead",
-        "status": "open", "archived": False, "owner_id": "o1", "created_at": days_ago(5),
-        "closed_at": None, "expected_close_date": AS_OF + dt.timedelta(days=30),
-        "stage_entered_at": days_ago(2), "next_step": "Call", "next_activity_at": NOW + dt.timedelta(days=2),
-        "last_activity_at": days_ago(1), "updated_at": days_ago(1),
-        "link": f"https://crm.example.com/deal/{external_id}", "whole_days": False, "raw": None,
-        "content_hash": "x", "first_seen_at": days_ago(5), "synced_at": NOW,
+        "source": SOURCE,
+        "external_id": external_id,
+        "title": f"Deal {external_id}",
+        "amount": Decimal("1000"),
+        "currency": "NOK",
+        "pipeline_id": "new",
+        "stage_id": "lead",
+        "status": "open",
+        "archived": False,
+        "owner_id": "o1",
+        "created_at": days_ago(5),
+        "closed_at": None,
+        "expected_close_date": AS_OF + dt.timedelta(days=30),
+        "stage_entered_at": days_ago(2),
+        "next_step": "Call",
+        "next_activity_at": NOW + dt.timedelta(days=2),
+        "last_activity_at": days_ago(1),
+        "updated_at": days_ago(1),
+        "link": f"https://crm.example.com/deal/{external_id}",
+        "whole_days": False,
+        "raw": None,
+        "content_hash": "x",
+        "first_seen_at": days_ago(5),
+        "synced_at": NOW,
     }
     row.update(values)
     with engine.begin() as conn:
@@ -68,29 +102,68 @@ def add_deal(engine: sa.Engine, external_id: str, **values: Any) -> None:
 def update_deal(engine: sa.Engine, external_id: str, **values: Any) -> None:
     """Change a deal (as a later sync would)."""
     with engine.begin() as conn:
-        conn.execute(sa.update(deals_table).where(
-            deals_table.c.source == SOURCE, deals_table.c.external_id == external_id).values(**values))
+        conn.execute(
+            sa.update(deals_table)
+            .where(deals_table.c.source == SOURCE, deals_table.c.external_id == external_id)
+            .values(**values)
+        )
 
 
-def add_event(engine: sa.Engine, external_id: str, stage: str, entered_at: dt.datetime,
-              pipeline: str = "new") -> None:
+def add_event(
+    engine: sa.Engine, external_id: str, stage: str, entered_at: dt.datetime, pipeline: str = "new"
+) -> None:
     """A stage entry event."""
     with engine.begin() as conn:
-        conn.execute(sa.insert(stage_events_table).values(
-            source=SOURCE, external_id=external_id, pipeline_id=pipeline, stage_id=stage,
-            entered_at=entered_at, observed=False))
+        conn.execute(
+            sa.insert(stage_events_table).values(
+                source=SOURCE,
+                external_id=external_id,
+                pipeline_id=pipeline,
+                stage_id=stage,
+                entered_at=entered_at,
+                observed=False,
+            )
+        )
 
 
-def add_snapshot(engine: sa.Engine, as_of: dt.date, velocity: Decimal | None, *, scope: str = "all",
-                 key: str = "", label: str = "All pipelines", opportunities: int = 100, won: int = 20,
-                 lost: int = 80, win_rate: Decimal | None = Decimal("0.2"),
-                 avg_deal_value: Decimal | None = Decimal("50000"),
-                 cycle_days: Decimal | None = Decimal("90"),
-                 window_days: int = 90, currency: str = "NOK", reason: str | None = None) -> None:
+def add_snapshot(
+    engine: sa.Engine,
+    as_of: dt.date,
+    velocity: Decimal | None,
+    *,
+    scope: str = "all",
+    key: str = "",
+    label: str = "All pipelines",
+    opportunities: int = 100,
+    won: int = 20,
+    lost: int = 80,
+    win_rate: Decimal | None = Decimal("0.2"),
+    avg_deal_value: Decimal | None = Decimal("50000"),
+    cycle_days: Decimal | None = Decimal("90"),
+    window_days: int = 90,
+    currency: str = "NOK",
+    reason: str | None = None,
+) -> None:
     """A velocity snapshot row, as ``metrics.job.run_metrics`` stores it."""
     with engine.begin() as conn:
-        conn.execute(sa.insert(snapshots_table).values(
-            as_of=as_of, window_days=window_days, scope=scope, key=key, label=label, currency=currency,
-            opportunities=opportunities, won=won, lost=lost, win_rate=win_rate,
-            avg_deal_value=avg_deal_value, cycle_days=cycle_days, velocity=velocity,
-            undefined_reason=reason, excluded_no_amount=0, excluded_currency=0, computed_at=NOW))
+        conn.execute(
+            sa.insert(snapshots_table).values(
+                as_of=as_of,
+                window_days=window_days,
+                scope=scope,
+                key=key,
+                label=label,
+                currency=currency,
+                opportunities=opportunities,
+                won=won,
+                lost=lost,
+                win_rate=win_rate,
+                avg_deal_value=avg_deal_value,
+                cycle_days=cycle_days,
+                velocity=velocity,
+                undefined_reason=reason,
+                excluded_no_amount=0,
+                excluded_currency=0,
+                computed_at=NOW,
+            )
+        )

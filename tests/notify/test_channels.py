@@ -7,7 +7,14 @@ import responses
 from responses import matchers
 
 from connectors.base import ConfigError
-from notify.channels import DeliveryError, EmailChannel, FileChannel, SlackChannel, WebhookChannel, build_channel
+from notify.channels import (
+    DeliveryError,
+    EmailChannel,
+    FileChannel,
+    SlackChannel,
+    WebhookChannel,
+    build_channel,
+)
 from notify.message import InlineImage, Message
 from notify.settings import load_notify_settings
 from tests.notify.smtp import free_port, smtp_server
@@ -18,11 +25,18 @@ PNG = b"\x89PNG\r\n\x1a\nfake"
 
 def message(kind="digest", recipient=None, key="digest:2026-11-26") -> Message:
     """A small rendered message."""
-    return Message(kind=kind, key=key, subject="Sales velocity", text="plain body", markdown="# md body",
-                   html='<p>html body <img src="cid:velocity-trend"></p>',
-                   slack={"text": "t", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "x"}}]},
-                   data={"as_of": "2026-11-26"}, recipient=recipient,
-                   images=(InlineImage("velocity-trend", PNG),))
+    return Message(
+        kind=kind,
+        key=key,
+        subject="Sales velocity",
+        text="plain body",
+        markdown="# md body",
+        html='<p>html body <img src="cid:velocity-trend"></p>',
+        slack={"text": "t", "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": "x"}}]},
+        data={"as_of": "2026-11-26"},
+        recipient=recipient,
+        images=(InlineImage("velocity-trend", PNG),),
+    )
 
 
 def build(raw, context=None):
@@ -42,17 +56,28 @@ class TestRegistry:
         """load_notify_settings reports every problem of both tables with key paths, no secrets."""
         with pytest.raises(ConfigError) as info:
             load_notify_settings(
-                {"locale": "de", "channels": [
-                    {"kind": "stdout", "name": "a"},
-                    {"kind": "webhook", "name": "b"},
-                    {"kind": "slack", "name": "a", "webhook_url": "ftp://" + "SECRETTOKEN"},
-                    {"kind": "email", "name": "m", "smtp_host": "h", "from": "x@y", "send": ["digest"]},
-                ]},
-                {"remind_every_days": 0, "overrides": [{"stage": "x"}]}, {})
+                {
+                    "locale": "de",
+                    "channels": [
+                        {"kind": "stdout", "name": "a"},
+                        {"kind": "webhook", "name": "b"},
+                        {"kind": "slack", "name": "a", "webhook_url": "ftp://" + "SECRETTOKEN"},
+                        {"kind": "email", "name": "m", "smtp_host": "h", "from": "x@y", "send": ["digest"]},
+                    ],
+                },
+                {"remind_every_days": 0, "overrides": [{"stage": "x"}]},
+                {},
+            )
         paths = [p.path for p in info.value.problems]
-        assert paths == ["notify.channels[1].url", "notify.channels[2].name", "notify.channels[2].webhook_url",
-                         "notify.channels[3]", "notify.locale", "reminders.overrides[0].pipeline",
-                         "reminders.remind_every_days"]
+        assert paths == [
+            "notify.channels[1].url",
+            "notify.channels[2].name",
+            "notify.channels[2].webhook_url",
+            "notify.channels[3]",
+            "notify.locale",
+            "reminders.overrides[0].pipeline",
+            "reminders.remind_every_days",
+        ]
         assert "SECRETTOKEN" not in str(info.value)
 
     def test_file_path_is_relative_to_the_config(self, tmp_path):
@@ -77,7 +102,8 @@ class TestSlack:
         sleeps = []
         settings = build({"kind": "slack", "name": "s", "webhook_url": HOOK}).settings
         SlackChannel(settings, sleep=sleeps.append).send(message())
-        assert len(responses.calls) == 2 and len(sleeps) == 1
+        assert len(responses.calls) == 2
+        assert len(sleeps) == 1
 
     @responses.activate
     def test_gives_up_as_channel_down_without_leaking_the_url(self):
@@ -86,7 +112,8 @@ class TestSlack:
         settings = build({"kind": "slack", "name": "s", "webhook_url": HOOK, "max_attempts": 2}).settings
         with pytest.raises(DeliveryError) as info:
             SlackChannel(settings, sleep=lambda _s: None).send(message())
-        assert info.value.channel_down and "SECRETTOKEN" not in str(info.value)
+        assert info.value.channel_down
+        assert "SECRETTOKEN" not in str(info.value)
 
     @responses.activate
     def test_4xx_fails_only_the_message(self):
@@ -95,7 +122,8 @@ class TestSlack:
         settings = build({"kind": "slack", "name": "s", "webhook_url": HOOK}).settings
         with pytest.raises(DeliveryError) as info:
             SlackChannel(settings, sleep=lambda _s: None).send(message())
-        assert not info.value.channel_down and len(responses.calls) == 1
+        assert not info.value.channel_down
+        assert len(responses.calls) == 1
 
 
 class TestWebhook:
@@ -103,14 +131,28 @@ class TestWebhook:
     def test_json_with_idempotency_key_and_headers(self):
         """The webhook gets kind, key, subject, text and data, plus an Idempotency-Key header."""
         url = "https://example.com/hook"
-        responses.post(url, json={}, match=[matchers.header_matcher(
-            {"Idempotency-Key": "velocity-digest-2026-11-26", "Authorization": "Bearer t0k"})])
-        settings = build({"kind": "webhook", "name": "w", "url": url,
-                          "headers": {"Authorization": "Bearer t0k"}}).settings
+        responses.post(
+            url,
+            json={},
+            match=[
+                matchers.header_matcher(
+                    {"Idempotency-Key": "velocity-digest-2026-11-26", "Authorization": "Bearer t0k"}
+                )
+            ],
+        )
+        settings = build(
+            {"kind": "webhook", "name": "w", "url": url, "headers": {"Authorization": "Bearer t0k"}}
+        ).settings
         WebhookChannel(settings).send(message())
         body = json.loads(responses.calls[0].request.body)
-        assert body == {"kind": "digest", "key": "digest:2026-11-26", "subject": "Sales velocity",
-                        "recipient": None, "text": "plain body", "data": {"as_of": "2026-11-26"}}
+        assert body == {
+            "kind": "digest",
+            "key": "digest:2026-11-26",
+            "subject": "Sales velocity",
+            "recipient": None,
+            "text": "plain body",
+            "data": {"as_of": "2026-11-26"},
+        }
 
 
 class TestFile:
@@ -120,15 +162,25 @@ class TestFile:
         assert (tmp_path / "digest_2026-11-26.md").read_text() == "# md body"
         settings = build({"kind": "file", "name": "j", "path": str(tmp_path), "format": "json"}).settings
         FileChannel(settings).send(message())
-        assert json.loads((tmp_path / "digest_2026-11-26.json").read_text())["data"] == {"as_of": "2026-11-26"}
+        assert json.loads((tmp_path / "digest_2026-11-26.json").read_text())["data"] == {
+            "as_of": "2026-11-26"
+        }
 
 
 class TestEmail:
     def settings(self, port, **extra):
         """E-mail settings for the loopback server."""
-        raw = {"kind": "email", "name": "mail", "smtp_host": "127.0.0.1", "smtp_port": port, "starttls": False,
-               "from": "velocity@example.com", "to": ["team@example.com", "lead@example.com"],
-               "send": ["digest", "reminders"], **extra}
+        raw = {
+            "kind": "email",
+            "name": "mail",
+            "smtp_host": "127.0.0.1",
+            "smtp_port": port,
+            "starttls": False,
+            "from": "velocity@example.com",
+            "to": ["team@example.com", "lead@example.com"],
+            "send": ["digest", "reminders"],
+            **extra,
+        }
         return build(raw).settings
 
     def test_digest_multipart_with_inline_chart(self):
@@ -144,7 +196,8 @@ class TestEmail:
         html = mail.get_body(("html",))
         assert "cid:velocity-trend" in html.get_content()
         [image] = [p for p in mail.walk() if p.get_content_type() == "image/png"]
-        assert image["Content-ID"] == "<velocity-trend>" and image.get_payload(decode=True) == PNG
+        assert image["Content-ID"] == "<velocity-trend>"
+        assert image.get_payload(decode=True) == PNG
 
     def test_reminder_goes_to_its_owner(self):
         """A reminder is sent to the message's recipient only."""
@@ -156,7 +209,8 @@ class TestEmail:
         """A refused connection is a DeliveryError that marks the channel down."""
         with pytest.raises(DeliveryError) as info:
             EmailChannel(self.settings(free_port(), timeout_seconds=2)).send(message())
-        assert info.value.channel_down and "cannot reach the SMTP server" in str(info.value)
+        assert info.value.channel_down
+        assert "cannot reach the SMTP server" in str(info.value)
 
     def test_ssl_and_starttls_conflict(self):
         """Explicit ssl and starttls together is a configuration error."""

@@ -29,8 +29,15 @@ def golden(name: str, actual: str) -> None:
 def messages(engine, locale: str, chart: bool = False):
     """Digest and reminder messages for the seeded store, by key prefix."""
     notify, reminders = load_notify_settings(
-        {"locale": locale, "chart": chart, "fallback_to": "lead@example.com",
-         "channels": [{"kind": "stdout", "name": "out", "send": ["digest", "reminders"]}]}, {}, {})
+        {
+            "locale": locale,
+            "chart": chart,
+            "fallback_to": "lead@example.com",
+            "channels": [{"kind": "stdout", "name": "out", "send": ["digest", "reminders"]}],
+        },
+        {},
+        {},
+    )
     found, _ = build_messages(engine, notify, reminders, METRICS, as_of=AS_OF, now=NOW)
     return {m.key.split(":")[0] + (":fallback" if ":fallback:" in m.key else ""): m for m in found}
 
@@ -50,8 +57,10 @@ class TestGolden:
         for name, message in (("owner", found["reminders"]), ("fallback", found["reminders:fallback"])):
             golden(f"reminders_{name}_{locale}.txt", message.text)
             golden(f"reminders_{name}_{locale}.md", message.markdown)
-            golden(f"reminders_{name}_{locale}.slack.json",
-                   json.dumps(message.slack, ensure_ascii=False, indent=2) + "\n")
+            golden(
+                f"reminders_{name}_{locale}.slack.json",
+                json.dumps(message.slack, ensure_ascii=False, indent=2) + "\n",
+            )
 
 
 class TestLocales:
@@ -70,9 +79,11 @@ class TestEscaping:
         m = messages(seeded_sqlite, "en")["reminders"]
         assert TITLE in m.text
         assert "\\<!channel\\> \\*x\\* \\<script\\>" in m.markdown
-        assert "&lt;!channel&gt; *x* &lt;script&gt;" in m.html and "<script>" not in m.html
+        assert "&lt;!channel&gt; *x* &lt;script&gt;" in m.html
+        assert "<script>" not in m.html
         slack = json.dumps(m.slack, ensure_ascii=False)
-        assert "<!channel>" not in slack and "*x*" not in slack
+        assert "<!channel>" not in slack
+        assert "*x*" not in slack
         assert "&lt;!channel&gt; ∗x∗ &lt;script&gt;" in slack
 
     def test_escape_rules(self):
@@ -94,7 +105,8 @@ class TestChart:
         """The digest carries a small PNG chart for the HTML e-mail, referenced by its CID."""
         digest = messages(seeded_sqlite, "en", chart=True)["digest"]
         [image] = digest.images
-        assert image.png.startswith(b"\x89PNG") and len(image.png) < 60_000
+        assert image.png.startswith(b"\x89PNG")
+        assert len(image.png) < 60_000
         assert f'src="cid:{image.cid}"' in digest.html
 
     def test_no_chart_without_history(self):
