@@ -1,0 +1,202 @@
+"""``python -m bench --deals N [--store URL] [--seed S]``: every benchmark, one process, same data.
+
+Parts, in order, on one store: (0) generate N deals to a page file (untimed);
+(1) ingest them through the sync engine; (2) re-sync with no change, with 1 %
+changed in a full re-pull, and with 1 % changed incrementally; (3) the daily
+recompute; (4) the pandas baseline on the same store, compared to the cent;
+(5) HubSpot and Pipedrive end to end against rate-limited fakes (own stores).
+Then a memory probe with tracemalloc on a scratch store. Prints a table for
+people and, as the last line, one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from bench.generator import build_catalog
+from bench.measure import AS_OF, SETTINGS, Rss, ingest, open_store, recompute, resync, timed, traced_ingest
+from bench.pages import write_pages
+
+BUDGETS = {
+    "ingest_deals_per_s_min": 50_000,
+    "ingest_peak_rss_mb_max": 400,
+    "recompute_s_max": 5.0,
+    "crm_ratio_to_floor_max": 1.2,
+    "no_change_requests_max": 3,
+}
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--deals", type=int, default=100_000, help="deals to generate (default 100,000)")
+    parser.add_argument("--store", default=None,
+                        help="sqlite:///PATH or postgresql+psycopg://... (default: a temporary SQLite file)")
+    parser.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
+    parser.add_argument("--page-size", type=int, default=1000, help="deals per fetched page (default 1000)")
+    parser.add_argument("--crm-deals", type=int, default=None,
+                        help="deals in each fake CRM (default min(N, 20,000)); 0 skips part 5")
+    parser.add_argument("--trace-deals", type=int, default=None,
+                        help="deals ingested under tracemalloc (default min(N, 100,000)); 0 skips")
+    return parser.parse_args(argv)
+
+
+def _quiet_logs() -> None:
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+
+def _crm(args: argparse.Namespace, work: Path, deals: int) -> dict[str, Any]:
+    from bench.fakes import run_hubspot, run_pipedrive
+
+    out: dict[str, Any] = {}
+    for name, run in (("hubspot", run_hubspot), ("pipedrive", run_pipedrive)):
+        try:
+            with open_store(args.store, work, f"crm_{name}") as engine:
+                out[name] = run(engine, deals, args.seed)
+        except ImportError as exc:
+            out[name] = {"measured": False, "reason": f"connector or fake server missing: {exc}"}
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run every part; return the figures."""
+    from bench.measure import workdir
+
+    catalog = build_catalog()
+    started = time.perf_counter()
+    report: dict[str, Any] = {
+        "deals": args.deals, "seed": args.seed, "page_size": args.page_size,
+        "store": "sqlite (temporary file)" if args.store is None else args.store.split("://", 1)[0],
+        "as_of": AS_OF.isoformat(), "timezone": SETTINGS.timezone, "window_days": SETTINGS.window_days,
+        "python": platform.python_version(), "cpus": os.cpu_count(),
+    }
+    with workdir() as tmp:
+        work = Path(tmp)
+        pages = work / "pages.pkl"
+        seconds, changed = timed(lambda: write_pages(pages, args.deals, args.seed, args.page_size))
+        report["generate_s"] = round(seconds, 2)
+        with open_store(args.store, work) as engine:
+            report["ingest"] = ingest(engine, catalog, pages, args.deals)
+            report["resync_no_change"] = resync(engine, catalog, pages, changed=None, incremental=False)
+            report["resync_1pct_full"] = resync(engine, catalog, pages, changed=changed["full"],
+                                                incremental=False)
+            report["resync_1pct_incremental"] = resync(engine, catalog, pages,
+                                                       changed=changed["incremental"], incremental=True)
+            report["recompute"], velocity = recompute(engine)
+            from bench.baseline import compare, pandas_velocity
+
+            Rss.reset()
+            seconds, baseline = timed(lambda: pandas_velocity(engine, SETTINGS, AS_OF))
+            report["baseline"] = {"seconds": round(seconds, 3), "peak_rss_mb": Rss.peak_mb(),
+                                  **compare(velocity, baseline)}
+        crm_deals = min(args.deals, 20_000) if args.crm_deals is None else args.crm_deals
+        report["crm"] = _crm(args, work, crm_deals) if crm_deals else {"measured": False,
+                                                                        "reason": "--crm-deals 0"}
+        trace = min(args.deals, 100_000) if args.trace_deals is None else args.trace_deals
+        if trace:
+            report["tracemalloc"] = traced_ingest(args.store, work, catalog, pages, trace)
+    report["process_max_rss_mb"] = Rss.maxrss_mb()
+    report["total_s"] = round(time.perf_counter() - started, 1)
+    report["ratios"] = _ratios(report)
+    report["budgets"] = _budgets(report)
+    return report
+
+
+def _ratios(r: dict[str, Any]) -> dict[str, Any]:
+    rec, base = r["recompute"], r["baseline"]
+    out: dict[str, Any] = {
+        "velocity_ours_over_baseline": round(rec["velocity_only_s"] / base["seconds"], 3),
+        "recompute_ours_over_baseline": round(rec["total_s"] / base["seconds"], 3),
+    }
+    for name, crm in r["crm"].items():
+        if isinstance(crm, dict) and "full" in crm:
+            out[f"{name}_sync_over_rate_limit_floor"] = crm["full"]["ratio_to_floor"]
+    return out
+
+
+def _budgets(r: dict[str, Any]) -> dict[str, Any]:
+    b: dict[str, Any] = {
+        "ingest_deals_per_s": r["ingest"]["deals_per_s"] >= BUDGETS["ingest_deals_per_s_min"],
+        "ingest_peak_rss": r["ingest"]["peak_rss_mb"] < BUDGETS["ingest_peak_rss_mb_max"],
+        "recompute_under_5s": r["recompute"]["total_s"] < BUDGETS["recompute_s_max"],
+        "recompute_faster_than_baseline": r["recompute"]["total_s"] < r["baseline"]["seconds"],
+        "baseline_agrees_to_the_cent": r["baseline"]["agree_to_the_cent"],
+    }
+    for name, crm in r["crm"].items():
+        if isinstance(crm, dict) and "full" in crm:
+            ratio = crm["full"]["ratio_to_floor"]
+            limit = BUDGETS["crm_ratio_to_floor_max"]
+            b[f"{name}_within_1.2x_floor"] = None if ratio is None else ratio <= limit
+            requests = crm["no_change"]["requests"]
+            b[f"{name}_no_change_requests"] = requests <= BUDGETS["no_change_requests_max"]
+        else:
+            b[f"{name}_within_1.2x_floor"] = None
+    b["note"] = "budgets are set for N=1,000,000 on SQLite; None = not measurable at this size"
+    return b
+
+
+def _table(r: dict[str, Any]) -> str:
+    ing, rec, base = r["ingest"], r["recompute"], r["baseline"]
+    rows = [
+        ("deals / store / seed", f"{r['deals']:,} / {r['store']} / {r['seed']}"),
+        ("generate (untimed prep)", f"{r['generate_s']:.1f} s"),
+        ("1. ingest", f"{ing['seconds']:.2f} s = {ing['deals_per_s']:,} deals/s, "
+                      f"peak RSS {ing['peak_rss_mb']} MB"),
+    ]
+    for key, label in (("resync_no_change", "2. re-sync, no change (full)"),
+                       ("resync_1pct_full", "2. re-sync, 1 % changed (full)"),
+                       ("resync_1pct_incremental", "2. re-sync, 1 % changed (incr.)")):
+        s = r[key]
+        rows.append((label, f"{s['seconds']:.2f} s (seen {s['seen']:,}, updated {s['updated']:,})"))
+    rows += [
+        ("3. recompute (total)", f"{rec['total_s']:.2f} s: velocity+snapshots "
+                                 f"{rec['velocity_and_snapshots_s']}, what-ifs {rec['what_ifs_s']}"
+                                 f", hygiene {rec['hygiene_s']}"
+                                 f", stage waits {rec['stage_waits_s']}"),
+        ("   velocity only", f"{rec['velocity_only_s']:.2f} s ({rec['scopes']} scopes)"),
+        ("4. pandas baseline", f"{base['seconds']:.2f} s, peak RSS {base['peak_rss_mb']} MB, "
+                               f"agrees to the cent: {base['agree_to_the_cent']}"),
+        ("   ours / baseline", f"velocity {r['ratios']['velocity_ours_over_baseline']}, "
+                              f"recompute {r['ratios']['recompute_ours_over_baseline']}"),
+    ]
+    for name, crm in r["crm"].items():
+        if not isinstance(crm, dict) or "full" not in crm:
+            reason = crm.get("reason") if isinstance(crm, dict) else crm
+            rows.append((f"5. {name}", f"not measured: {reason}"))
+            continue
+        full, quiet = crm["full"], crm["no_change"]
+        rows.append((f"5. {name} ({crm['deals']:,} deals)",
+                     f"{full['wall_s']} s for {full['requests']} requests, floor {full['floor_s']} s, "
+                     f"ratio {full['ratio_to_floor']}; no-change re-sync {quiet['requests']} requests"))
+    if "tracemalloc" in r:
+        t = r["tracemalloc"]
+        rows.append(("memory probe",
+                     f"tracemalloc peak {t['tracemalloc_peak_mb']} MB over {t['deals']:,} deals"))
+    rows.append(("budgets", ", ".join(f"{k}={v}" for k, v in r["budgets"].items() if k != "note")))
+    width = max(len(label) for label, _ in rows)
+    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the table, then the JSON line."""
+    args = _parse(argv)
+    _quiet_logs()
+    report = run(args)
+    print(_table(report))
+    sys.stdout.flush()
+    print(json.dumps(report, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,224 @@
+"""The timed parts: the store, ingest, re-syncs, the daily recompute and memory probes.
+
+Every function returns plain dicts of figures (seconds, counts, MB) so
+``bench.__main__`` can print them for people and as one JSON line.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import resource
+import tempfile
+import time
+import tracemalloc
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import sqlalchemy as sa
+
+from bench.generator import NOW, SOURCE, Catalog, DealRow
+from bench.pages import PagedConnector, read_pages
+from metrics.settings import MetricsSettings
+from sync.engine import sync_source
+from sync.store import make_engine, upgrade
+
+__all__ = [
+    "AS_OF",
+    "SETTINGS",
+    "Rss",
+    "ingest",
+    "open_store",
+    "recompute",
+    "resync",
+    "timed",
+    "traced_ingest",
+]
+
+SETTINGS = MetricsSettings(
+    timezone="Europe/Oslo", currency="EUR",
+    rates={"USD": Decimal("0.92"), "GBP": Decimal("1.17")},  # SEK has no rate on purpose
+)
+AS_OF = NOW.astimezone(SETTINGS.zone).date()
+
+
+@contextmanager
+def open_store(url: str | None, workdir: Path, label: str = "main") -> Iterator[sa.Engine]:
+    """A migrated, empty store: a SQLite file in ``workdir``, or a fresh PostgreSQL schema.
+
+    On PostgreSQL a dedicated schema ``bench_<random>`` is created and dropped
+    afterwards (through ``search_path``), so the run never touches other data.
+    """
+    if url is None or url.startswith("sqlite"):
+        path = workdir / f"{label}.db" if url is None else Path(url.split("///", 1)[1])
+        if url is not None and label != "main":
+            path = path.with_name(f"{path.stem}-{label}{path.suffix}")
+        engine = make_engine(f"sqlite:///{path}")
+        try:
+            upgrade(engine)
+            yield engine
+        finally:
+            engine.dispose()
+        return
+    schema = f"bench_{label}_{uuid.uuid4().hex[:8]}"
+    admin = make_engine(url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in url else "?"
+    engine = make_engine(f"{url}{sep}options={quote(f'-csearch_path={schema}')}")
+    try:
+        upgrade(engine)
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+class Rss:
+    """Peak resident memory of this process, resettable per phase on Linux."""
+
+    @staticmethod
+    def reset() -> bool:
+        """Reset the kernel's high-water mark to the current RSS (``/proc/self/clear_refs``)."""
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+        except OSError:
+            return False
+        return True
+
+    @staticmethod
+    def peak_mb() -> float:
+        """Peak RSS since the last reset (``VmHWM``), else since the start (``ru_maxrss``)."""
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            pass
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    @staticmethod
+    def maxrss_mb() -> float:
+        """``getrusage`` max RSS of the process."""
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Run ``fn``; return (seconds, result)."""
+    started = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - started, result
+
+
+def _connector(catalog: Catalog, pages: Callable[[], Iterator[list[DealRow]]], *, complete: bool,
+               replace: dict[str, DealRow] | None = None) -> PagedConnector:
+    return PagedConnector(SOURCE, catalog, pages, complete=complete, replace=replace)
+
+
+def ingest(engine: sa.Engine, catalog: Catalog, pages_file: Path, count: int) -> dict[str, Any]:
+    """The first full pull of every deal: deals per second and peak RSS."""
+    reset = Rss.reset()
+    seconds, result = timed(lambda: sync_source(
+        engine, _connector(catalog, lambda: read_pages(pages_file), complete=True),
+        full=True, now=lambda: NOW,
+    ))
+    if result.status != "ok" or result.inserted != count:
+        raise RuntimeError(f"ingest failed: {result}")
+    return {
+        "deals": count, "seconds": round(seconds, 3), "deals_per_s": round(count / seconds),
+        "peak_rss_mb": Rss.peak_mb(), "peak_rss_is_per_phase": reset,
+    }
+
+
+def traced_ingest(url: str | None, workdir: Path, catalog: Catalog, pages_file: Path,
+                  limit: int) -> dict[str, Any]:
+    """Peak Python allocations (tracemalloc) while ingesting the first ``limit`` deals into a scratch store.
+
+    tracemalloc slows allocation-heavy code several times, so it runs apart
+    from the timed ingest, on a store of its own.
+    """
+    def first_pages() -> Iterator[list[DealRow]]:
+        seen = 0
+        for page in read_pages(pages_file):
+            if seen >= limit:
+                return
+            yield page[: limit - seen]
+            seen += len(page)
+
+    with open_store(url, workdir, "traced") as engine:
+        tracemalloc.start()
+        try:
+            result = sync_source(engine, _connector(catalog, first_pages, complete=True),
+                                 full=True, now=lambda: NOW)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    return {"deals": result.seen, "tracemalloc_peak_mb": round(peak / 2**20, 1)}
+
+
+def resync(engine: sa.Engine, catalog: Catalog, pages_file: Path, *, changed: list[DealRow] | None,
+           incremental: bool) -> dict[str, Any]:
+    """A re-sync: a full re-pull (all pages, optionally with changed rows) or only the changed rows."""
+    if incremental:
+        rows = changed or []
+        page_size = 1000
+
+        def pages() -> Iterator[list[DealRow]]:
+            for start in range(0, len(rows), page_size):
+                yield rows[start:start + page_size]
+
+        connector = _connector(catalog, pages, complete=False)
+    else:
+        replace = {row[1]: row for row in changed or []}
+        connector = _connector(catalog, lambda: read_pages(pages_file), complete=True, replace=replace)
+    Rss.reset()
+    seconds, result = timed(lambda: sync_source(engine, connector, full=not incremental,
+                                                now=lambda: NOW + dt.timedelta(hours=1)))
+    if result.status != "ok":
+        raise RuntimeError(f"re-sync failed: {result}")
+    return {
+        "seconds": round(seconds, 3), "seen": result.seen, "inserted": result.inserted,
+        "updated": result.updated, "unchanged": result.unchanged, "deleted": result.deleted,
+        "peak_rss_mb": Rss.peak_mb(),
+    }
+
+
+def recompute(engine: sa.Engine) -> tuple[dict[str, Any], Any]:
+    """The daily recompute: velocity of all scopes (stored), what-ifs, hygiene, stage waits.
+
+    Returns:
+        The timings, and the velocity report (for the baseline comparison).
+    """
+    from metrics.hygiene import HygieneSettings, hygiene_summary
+    from metrics.job import run_metrics
+    from metrics.stage_times import stage_wait_times
+    from metrics.velocity import compute_velocity, what_ifs
+
+    out: dict[str, Any] = {}
+    out["velocity_only_s"], _ = timed(lambda: compute_velocity(engine, SETTINGS, AS_OF))
+    out["velocity_and_snapshots_s"], report = timed(lambda: run_metrics(engine, SETTINGS, AS_OF, now=NOW))
+    out["what_ifs_s"], _ = timed(lambda: [
+        what_ifs(s.levers, SETTINGS.what_if, window_days=SETTINGS.window_days) for s in report.scopes
+    ])
+    out["hygiene_s"], summary = timed(lambda: hygiene_summary(
+        engine, HygieneSettings(), as_of=AS_OF, now=NOW, zone=SETTINGS.zone))
+    out["stage_waits_s"], waits = timed(lambda: stage_wait_times(engine, SETTINGS, AS_OF))
+    total = sum(out[k] for k in ("velocity_and_snapshots_s", "what_ifs_s", "hygiene_s", "stage_waits_s"))
+    out = {k: round(v, 3) for k, v in out.items()}
+    out["total_s"] = round(total, 3)
+    out["scopes"] = len(report.scopes)
+    out["open_deals"] = summary.open_deals
+    out["stalled_deals"] = summary.stalled_deals
+    out["stage_wait_rows"] = len(waits)
+    return out, report
+
+
+def workdir() -> tempfile.TemporaryDirectory[str]:
+    """A scratch directory for the page file and SQLite stores."""
+    return tempfile.TemporaryDirectory(prefix="velocity-bench-")
