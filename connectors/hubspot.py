@@ -14,7 +14,8 @@ How deals are pulled (``deals(since)``; cursor rules in ``connectors.hubspot_cur
   reconciliation every ``full_sync_every_days``): the list endpoint, 100 deals
   per page, then the archived list (``archived=true``: those deals are
   ``deleted``). A checkpoint after every page records the list position, so a
-  crash resumes the sweep. An uninterrupted sweep ends with ``complete=True``
+  crash resumes the sweep (and then searches for changes since it began, which
+  the pages listed before the crash cannot show). An uninterrupted sweep ends with ``complete=True``
   (deals the store has that HubSpot no longer lists at all become deleted); the
   cursor is the sweep's start time.
 * **Incremental** (a cursor): first the archived list, yielding only deals
@@ -334,8 +335,13 @@ class HubSpotConnector:
         if cursor is None or (cursor.modified_ms is None and cursor.sweep is None):
             yield from self._full_sweep(mapper, properties, FullSweep(start_ms), complete=True)
         elif cursor.sweep is not None:
+            # finish the interrupted sweep, then search for what changed on the pages the
+            # first attempt had already listed (everything since the sweep's start)
             log.info("hubspot.sweep.resume", source=self.name, after=cursor.sweep.after)
             yield from self._full_sweep(mapper, properties, cursor.sweep, complete=False)
+            catch_up = HubSpotCursor(modified_ms=cursor.sweep.start_ms,
+                                     full_ms=cursor.sweep.start_ms)
+            yield from self._incremental(mapper, properties, catch_up, start_ms, archived=False)
         elif self._full_due(cursor, start_ms):
             log.info("hubspot.sweep.periodic", source=self.name, full_ms=cursor.full_ms)
             yield from self._full_sweep(mapper, properties, FullSweep(start_ms), complete=True)
@@ -387,12 +393,14 @@ class HubSpotConnector:
                 return yielded
 
     def _incremental(self, mapper: DealMapper, properties: list[str], cursor: HubSpotCursor,
-                     start_ms: int) -> Iterator[StreamItem]:
+                     start_ms: int, *, archived: bool = True) -> Iterator[StreamItem]:
         covered = cursor.modified_ms or 0
         since_ms = covered - self.settings.lookback_minutes * 60_000
-        deleted = yield from self._archived(mapper, properties, since_ms=since_ms)
-        if deleted:
-            yield Checkpoint(cursor.encode())
+        deleted = 0
+        if archived:
+            deleted = yield from self._archived(mapper, properties, since_ms=since_ms)
+            if deleted:
+                yield Checkpoint(cursor.encode())
         walk = ModifiedWalk(since_ms, SEARCH_PAGE_SIZE)
         changed = rejected = 0
         while not walk.finished:

@@ -28,6 +28,7 @@ import datetime as dt
 import json
 import random
 import threading
+import time
 import zlib
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -91,6 +92,35 @@ class FakeClock:
     def advance(self, seconds: float) -> None:
         """Let time pass."""
         self.ms += round(seconds * 1000)
+
+    def stamp(self) -> int:
+        """The time of a new change: 1 ms after the previous one (so none share a time)."""
+        self.ms += 1
+        return self.ms
+
+
+class RealClock(FakeClock):
+    """Wall-clock time for the portal, when the connector under test uses real time (the CLI).
+
+    Changes are stamped with the wall clock, so several may share a millisecond.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._floor = 0
+
+    @property
+    def ms(self) -> int:
+        """Now in epoch ms, never before the last stamp."""
+        return max(time.time_ns() // 1_000_000, self._floor)
+
+    @ms.setter
+    def ms(self, value: int) -> None:
+        self._floor = value
+
+    def stamp(self) -> int:
+        """Now, never before an earlier stamp."""
+        return self.ms
 
 
 @dataclass
@@ -190,9 +220,7 @@ class FakeHubSpot:
     # ------------------------------------------------------------------ changing the portal
 
     def _stamp(self, same_time: bool) -> int:
-        if not same_time:
-            self.clock.ms += 1
-        return self.clock.ms
+        return self.clock.ms if same_time else self.clock.stamp()
 
     def add_deals(self, n: int, *, same_time: bool = False, stage: str | None = None,
                   **props: str | None) -> list[str]:
@@ -555,11 +583,11 @@ def _holds(actual: Any, f: dict[str, Any]) -> bool:
     """Whether one filter holds for a property value (``None``: no value)."""
     op = f["operator"]
     if op in ("HAS_PROPERTY", "NOT_HAS_PROPERTY"):
-        return (actual is not None) == (op == "HAS_PROPERTY")
+        return bool((actual is not None) == (op == "HAS_PROPERTY"))
     if actual is None:
         return False
     if op == "IN":
-        return actual in {_coerce(actual, v) for v in f.get("values") or []}
+        return bool(actual in {_coerce(actual, v) for v in f.get("values") or []})
     wanted = _coerce(actual, f.get("value"))
     if op == "BETWEEN":
         return bool(wanted <= actual <= _coerce(actual, f.get("highValue")))
@@ -568,7 +596,7 @@ def _holds(actual: Any, f: dict[str, Any]) -> bool:
         "GT": lambda a, b: a > b, "GTE": lambda a, b: a >= b,
         "LT": lambda a, b: a < b, "LTE": lambda a, b: a <= b,
     }
-    return compare[op](actual, wanted)
+    return bool(compare[op](actual, wanted))
 
 
 def _coerce(actual: Any, value: Any) -> Any:

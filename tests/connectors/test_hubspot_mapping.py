@@ -50,7 +50,8 @@ def catalog() -> Catalog:
 @pytest.fixture(scope="module")
 def page() -> list[dict[str, Any]]:
     """The fixture list page's results."""
-    return json.loads((HUBSPOT / "deals_page.json").read_text())["results"]
+    results: list[dict[str, Any]] = json.loads((HUBSPOT / "deals_page.json").read_text())["results"]
+    return results
 
 
 class TestParseAmount:
