@@ -47,6 +47,8 @@ class ChannelStatus:
     pending: int = 0
     failed_attempts: int = 0
     last_error: str | None = None
+    unknown: int = 0
+    """Messages whose delivery is uncertain (the process died mid-send): check by hand."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +99,8 @@ def collect_status(
             row = conn.execute(
                 sa.select(
                     sa.func.max(box.c.sent_at),
-                    sa.func.sum(sa.case((box.c.status != "sent", 1), else_=0)),
+                    sa.func.sum(sa.case((box.c.status.in_(("pending", "sending")), 1), else_=0)),
+                    sa.func.sum(sa.case((box.c.status == "unknown", 1), else_=0)),
                 ).where(box.c.channel == channel)
             ).one()
             err = conn.execute(
@@ -108,7 +111,8 @@ def collect_status(
             ).first()
             channel_states.append(ChannelStatus(
                 channel, _aware(row[0]), int(row[1] or 0),
-                int(err.attempts) if err else 0, err.last_error if err else None))
+                int(err.attempts) if err else 0, err.last_error if err else None,
+                unknown=int(row[2] or 0)))
     zone = ZoneInfo(timezone)
     next_runs = []
     for job, expr in schedule.items():
@@ -155,6 +159,8 @@ def render_status(status: Status) -> str:
     cwidth = max((len(c.channel) for c in status.channels), default=6)
     for c in status.channels:
         waiting = f", {c.pending} waiting" if c.pending else ""
+        if c.unknown:
+            waiting += f", {c.unknown} of uncertain delivery (check by hand)"
         lines.append(f"  {c.channel:<{cwidth}}  last sent {_when(c.last_sent_at, zone)}{waiting}")
         if c.last_error:
             lines.append(f"  {'':<{cwidth}}  last error (attempt {c.failed_attempts}): {c.last_error}")
@@ -178,6 +184,8 @@ def write_prometheus(status: Status, path: Path) -> None:
                   registry=registry)
     pending = Gauge("velocity_outbox_pending_messages", "Messages not yet delivered", ["channel"],
                     registry=registry)
+    unknown = Gauge("velocity_outbox_unknown_messages", "Messages of uncertain delivery",
+                    ["channel"], registry=registry)
     for s in status.sources:
         if s.started_at is not None:
             last_run.labels(s.source).set(s.started_at.timestamp())
@@ -188,4 +196,5 @@ def write_prometheus(status: Status, path: Path) -> None:
             deals.labels(s.source, kind).set(getattr(s, kind))
     for c in status.channels:
         pending.labels(c.channel).set(c.pending)
+        unknown.labels(c.channel).set(c.unknown)
     write_to_textfile(str(path), registry)
