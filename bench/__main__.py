@@ -100,8 +100,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["baseline"] = {"seconds": round(seconds, 3), "peak_rss_mb": Rss.peak_mb(),
                                   **compare(velocity, baseline)}
         crm_deals = min(args.deals, 20_000) if args.crm_deals is None else args.crm_deals
-        report["crm"] = _crm(args, work, crm_deals) if crm_deals else {"measured": False,
-                                                                        "reason": "--crm-deals 0"}
+        skipped = {"measured": False, "reason": "skipped with --crm-deals 0"}
+        report["crm"] = _crm(args, work, crm_deals) if crm_deals else {
+            "hubspot": skipped, "pipedrive": skipped}
         trace = min(args.deals, 100_000) if args.trace_deals is None else args.trace_deals
         if trace:
             report["tracemalloc"] = traced_ingest(args.store, work, catalog, pages, trace)

@@ -67,7 +67,8 @@ def _units(amount: Any) -> Any:
     import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 
     if amount.dtype == object:  # PostgreSQL NUMERIC arrives as Decimal
-        return amount.map(lambda v: None if v is None else int(v.scaleb(4))).astype("Int64")
+        units = [None if v is None or v != v else int(Decimal(v).scaleb(4)) for v in amount]
+        return pd.Series(pd.array(units, dtype="Int64"), index=amount.index)
     return pd.to_numeric(amount).astype("Int64")  # SQLite: already integer units
 
 
@@ -77,7 +78,7 @@ def pandas_velocity(engine: sa.Engine, settings: MetricsSettings, as_of: dt.date
     import pandas as pd  # type: ignore[import-untyped,unused-ignore]
 
     with engine.connect() as conn:
-        df = pd.read_sql(sa.text(DEALS_SQL), conn)
+        df = pd.read_sql(sa.text(DEALS_SQL), conn, coerce_float=False)  # keep NUMERIC exact
     for column in ("created_at", "closed_at", "updated_at", "deleted_at"):
         df[column] = pd.to_datetime(df[column], utc=True, format="ISO8601")
     df["archived"] = df["archived"].astype(bool)
