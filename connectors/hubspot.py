@@ -15,9 +15,9 @@ How deals are pulled (``deals(since)``; cursor rules in ``connectors.hubspot_cur
   per page, then the archived list (``archived=true``: those deals are
   ``deleted``). A checkpoint after every page records the list position, so a
   crash resumes the sweep (and then searches for changes since it began, which
-  the pages listed before the crash cannot show). An uninterrupted sweep ends with ``complete=True``
-  (deals the store has that HubSpot no longer lists at all become deleted); the
-  cursor is the sweep's start time.
+  the pages listed before the crash cannot show). An uninterrupted sweep ends
+  with ``complete=True`` (deals the store has that HubSpot no longer lists at all
+  become deleted); the cursor is the sweep's start time.
 * **Incremental** (a cursor): first the archived list, yielding only deals
   archived since ``cursor - lookback`` as deleted (the list is HubSpot's recycle
   bin, so this costs one request per 100 recently deleted deals, and running
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
-import json
 import random
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -40,21 +39,17 @@ from dataclasses import replace
 from typing import Any, ClassVar, Literal, TypeVar
 
 import structlog
-import urllib3
 from hubspot import HubSpot
 from hubspot.crm.deals import Filter, FilterGroup, PublicObjectSearchRequest
 from pydantic import Field, SecretStr, field_validator
 
 from connectors.base import (
-    BudgetExhaustedError,
     Checkpoint,
-    ConnectorError,
     Deal,
     FatalAPIError,
     Owner,
     Pipeline,
     Rejected,
-    RetriableAPIError,
     SourceSettings,
     StreamItem,
 )
@@ -63,15 +58,21 @@ from connectors.http import (
     RateLimiter,
     RetryPolicy,
     call_with_retry,
-    classify_status,
-    parse_retry_after,
+)
+from connectors.hubspot_client import (
+    DEALS_SCOPE_HINT,
+    OWNERS_SCOPE_HINT,
+    classify_hubspot_error,
+    json_body,
+    modified_ms,
+    ms_of,
+    next_after,
 )
 from connectors.hubspot_cursor import FullSweep, HubSpotCursor, ModifiedWalk, SearchQuery, WalkError
 from connectors.hubspot_mapping import (
     Catalog,
     DealMapper,
     deal_properties,
-    parse_datetime,
     parse_owner,
     parse_pipelines,
     to_ms,
@@ -83,7 +84,6 @@ __all__ = [
     "SEARCH_PAGE_SIZE",
     "HubSpotConnector",
     "HubSpotSettings",
-    "classify_hubspot_error",
 ]
 
 T = TypeVar("T")
@@ -96,8 +96,6 @@ SEARCH_PAGE_SIZE = 200
 OWNERS_PAGE_SIZE = 100
 PIPELINES_TTL_S = 600.0
 """``deals()`` reuses pipelines fetched by ``pipelines()`` this recently (seconds)."""
-DEALS_SCOPE_HINT = "token rejected or missing scope crm.objects.deals.read"
-OWNERS_SCOPE_HINT = "token rejected or missing scope crm.objects.owners.read"
 DEFAULT_RETRY_POLICY = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=60.0)
 
 
@@ -138,50 +136,6 @@ class HubSpotSettings(SourceSettings):
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def classify_hubspot_error(
-    exc: BaseException, *, what: str, auth_hint: str = DEALS_SCOPE_HINT, secret: str = ""
-) -> ConnectorError | None:
-    """Turn a HubSpot client or urllib3 failure into one of our errors (``None``: not ours).
-
-    Every API area of the client has its own ``ApiException`` class, so they are
-    recognised by shape (``status``, ``headers``, ``body``), not by type. The
-    message keeps HubSpot's ``message`` and ``policyName`` (with ``secret``
-    masked), never headers.
-    """
-    if isinstance(exc, urllib3.exceptions.HTTPError):
-        return RetriableAPIError(f"{what}: connection failed ({type(exc).__name__})", status=0)
-    status = getattr(exc, "status", None)
-    if not isinstance(status, int) or not hasattr(exc, "body"):
-        return None
-    body = _error_body(getattr(exc, "body", None))
-    message = str(body.get("message") or "")[:200]
-    if secret:
-        message = message.replace(secret, "***")
-    policy = str(body.get("policyName") or "")
-    detail = f"{message} [{policy}]" if policy else message
-    if status == 429 and policy.upper() == "DAILY":
-        return BudgetExhaustedError(f"{what}: HubSpot daily request limit reached: {message}",
-                                    status=status)
-    if status == 530:  # HubSpot's edge answers 530 to a malformed token
-        status = 401
-    headers = getattr(exc, "headers", None) or {}
-    retry_after = headers.get("Retry-After") if hasattr(headers, "get") else None
-    return classify_status(status, what=what, retry_after=parse_retry_after(retry_after),
-                           auth_hint=auth_hint, detail=detail)
-
-
-def _error_body(raw: Any) -> dict[str, Any]:
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "replace")
-    if not isinstance(raw, str) or not raw:
-        return {}
-    try:
-        body = json.loads(raw)
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 class HubSpotConnector:
@@ -247,7 +201,7 @@ class HubSpotConnector:
     def _list_page(self, properties: list[str], after: str | None, *,
                    archived: bool) -> dict[str, Any]:
         endpoint = "GET /crm/v3/objects/deals" + ("?archived=true" if archived else "")
-        return self._call(endpoint, lambda: _json_body(self._deals_api.get_page(
+        return self._call(endpoint, lambda: json_body(self._deals_api.get_page(
             limit=LIST_PAGE_SIZE, after=after, properties=properties, archived=archived,
             _request_timeout=DEFAULT_TIMEOUT, _preload_content=False,
         )))
@@ -262,7 +216,7 @@ class HubSpotConnector:
             properties=properties,
             limit=SEARCH_PAGE_SIZE,
         )
-        return self._call("POST /crm/v3/objects/deals/search", lambda: _json_body(
+        return self._call("POST /crm/v3/objects/deals/search", lambda: json_body(
             self._search_api.do_search(public_object_search_request=request,
                                        _request_timeout=DEFAULT_TIMEOUT, _preload_content=False),
         ), search=True)
@@ -300,7 +254,7 @@ class HubSpotConnector:
             for result in page.results or []:
                 owner = parse_owner(result)
                 owners[owner.external_id] = owner
-            after = _next_after(page, after)
+            after = next_after(page, after)
             if after is None:
                 return list(owners.values())
 
@@ -363,7 +317,7 @@ class HubSpotConnector:
                 item = mapper.map(str(result["id"]), result.get("properties") or {})
                 counts[type(item).__name__] += 1
                 yield item
-            after = _next_after(page, sweep.after)
+            after = next_after(page, sweep.after)
             sweep = replace(sweep, after=after, live_done=after is None)
             yield Checkpoint(HubSpotCursor(sweep=sweep).encode())
         counts["deleted"] += yield from self._archived(mapper, properties, since_ms=None)
@@ -383,12 +337,12 @@ class HubSpotConnector:
         while True:
             page = self._list_page(properties, after, archived=True)
             for result in page.get("results") or []:
-                archived_ms = _ms_of(result.get("archivedAt"))
+                archived_ms = ms_of(result.get("archivedAt"))
                 if since_ms is not None and archived_ms is not None and archived_ms < since_ms:
                     continue
                 yielded += 1
                 yield mapper.map(str(result["id"]), result.get("properties") or {}, deleted=True)
-            after = _next_after(page, after)
+            after = next_after(page, after)
             if after is None:
                 return yielded
 
@@ -408,7 +362,7 @@ class HubSpotConnector:
             results = page.get("results") or []
             keys = []
             for result in results:
-                ms = _modified_ms(result)
+                ms = modified_ms(result)
                 keys.append((str(result["id"]), walk.covered_ms if ms is None else ms))
             try:
                 new = walk.advance(keys)
@@ -431,57 +385,3 @@ class HubSpotConnector:
         yield Checkpoint(replace(cursor, modified_ms=covered).encode())
 
 
-def _json_body(response: Any) -> dict[str, Any]:
-    """Read a raw (``_preload_content=False``) response as JSON and release the connection.
-
-    The client's model deserialisation parses every timestamp with dateutil and
-    costs more than the rest of the sync; deal pages are read as plain JSON.
-
-    Raises:
-        RetriableAPIError: the body is not a JSON object (a truncated or proxy page).
-    """
-    try:
-        data = json.loads(response.data)
-    except ValueError:
-        data = None
-    finally:
-        response.release_conn()
-    if not isinstance(data, dict):
-        raise RetriableAPIError("HubSpot answered a body that is not a JSON object", status=0)
-    return data
-
-
-def _next_after(page: Any, previous: str | None) -> str | None:
-    """The next page's ``after`` token, or ``None`` on the last page.
-
-    Accepts a client model (owners) or a JSON dict (deals).
-
-    Raises:
-        FatalAPIError: the server handed back the same token (it would loop forever).
-    """
-    if isinstance(page, dict):
-        after = ((page.get("paging") or {}).get("next") or {}).get("after")
-    else:
-        paging = getattr(page, "paging", None)
-        nxt = getattr(paging, "next", None) if paging is not None else None
-        after = getattr(nxt, "after", None) if nxt is not None else None
-    if after is None:
-        return None
-    if str(after) == previous:
-        raise FatalAPIError(f"HubSpot returned the paging token {after!r} twice")
-    return str(after)
-
-
-def _ms_of(value: Any) -> int | None:
-    """Epoch ms of an ISO string (``None`` if absent or unreadable)."""
-    try:
-        parsed, _ = parse_datetime(value if isinstance(value, str) else None)
-    except ValueError:
-        return None
-    return None if parsed is None else to_ms(parsed)
-
-
-def _modified_ms(result: dict[str, Any]) -> int | None:
-    """A deal's ``hs_lastmodifieddate`` in epoch ms (``updatedAt`` if it is unreadable)."""
-    found = _ms_of((result.get("properties") or {}).get("hs_lastmodifieddate"))
-    return found if found is not None else _ms_of(result.get("updatedAt"))

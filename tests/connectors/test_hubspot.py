@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import json
 from collections.abc import Iterator
 from decimal import Decimal
@@ -20,12 +21,14 @@ from connectors.base import (
     ConnectorError,
     Deal,
     FatalAPIError,
+    RateLimitError,
     Rejected,
     RetriableAPIError,
     StreamItem,
 )
 from connectors.http import RetryPolicy
 from connectors.hubspot import HubSpotConnector, HubSpotSettings
+from connectors.hubspot_client import classify_hubspot_error
 from connectors.hubspot_cursor import HubSpotCursor
 from connectors.hubspot_mapping import deal_properties
 from tests.connectors.contract import check_connector, check_stream
@@ -570,3 +573,39 @@ class TestRateLimits:
         items = self._run(fake, requests_per_10s=1000, search_requests_per_second=50)
         assert len(deals_of(items)) == 1500
         assert fake.rate_limited > 0
+
+
+class TestClassify:
+    """Every API area's exception class is classified by shape."""
+
+    @pytest.mark.parametrize("area", ["deals", "pipelines", "owners"])
+    @pytest.mark.parametrize(
+        ("status", "retry_after", "error", "retried_after"),
+        [(429, "3", RateLimitError, 3.0), (429, None, RateLimitError, None),
+         (502, None, RetriableAPIError, None), (401, None, AuthError, None),
+         (530, None, AuthError, None), (404, None, FatalAPIError, None)],
+    )
+    def test_each_area(self, area: str, status: int, retry_after: str | None,
+                       error: type[ConnectorError], retried_after: float | None) -> None:
+        """Unrelated ApiException classes of deals, pipelines and owners map alike."""
+        module = importlib.import_module(f"hubspot.crm.{area}")
+        exc = module.ApiException(status=status, reason="x")
+        exc.body = json.dumps(ERRORS["rate_limit_ten_secondly"]).encode()
+        exc.headers = {"Retry-After": retry_after} if retry_after else {}
+        mapped = classify_hubspot_error(exc, what="HubSpot x")
+        assert type(mapped) is error
+        if isinstance(mapped, RetriableAPIError):
+            assert mapped.retry_after == retried_after
+
+    def test_foreign_errors_are_not_ours(self) -> None:
+        """A bug (not an API failure) is re-raised as it is."""
+        assert classify_hubspot_error(KeyError("x"), what="HubSpot x") is None
+
+    def test_masks_before_cutting(self) -> None:
+        """A token echoed at the 200-character cut is still masked, not half shown."""
+        exc = importlib.import_module("hubspot.crm.deals").ApiException(status=400, reason="x")
+        exc.body = json.dumps({"message": "x" * 190 + TOKEN})
+        exc.headers = {}
+        mapped = classify_hubspot_error(exc, what="HubSpot x", secret=TOKEN)
+        assert mapped is not None
+        assert TOKEN[:10] not in str(mapped)
