@@ -202,7 +202,8 @@ class HubSpotConnector:
                    archived: bool) -> dict[str, Any]:
         endpoint = "GET /crm/v3/objects/deals" + ("?archived=true" if archived else "")
         return self._call(endpoint, lambda: json_body(self._deals_api.get_page(
-            limit=LIST_PAGE_SIZE, after=after, properties=properties, archived=archived,
+            # live deals are the default: send ``archived`` only when it is true
+            limit=LIST_PAGE_SIZE, after=after, properties=properties, archived=archived or None,
             _request_timeout=DEFAULT_TIMEOUT, _preload_content=False,
         )))
 
@@ -246,7 +247,7 @@ class HubSpotConnector:
         after: str | None = None
 
         def fetch() -> Any:
-            return self._owners_api.get_page(limit=OWNERS_PAGE_SIZE, after=after, archived=False,
+            return self._owners_api.get_page(limit=OWNERS_PAGE_SIZE, after=after,
                                              _request_timeout=DEFAULT_TIMEOUT)
 
         while True:
@@ -261,7 +262,7 @@ class HubSpotConnector:
     def check(self) -> str:
         """Read one deal to prove the token works; return what answered."""
         self._call("GET /crm/v3/objects/deals", lambda: self._deals_api.get_page(
-            limit=1, properties=["hs_object_id"], archived=False, _request_timeout=DEFAULT_TIMEOUT,
+            limit=1, properties=["hs_object_id"], _request_timeout=DEFAULT_TIMEOUT,
         ))
         portal = f" portal {self.settings.portal_id}" if self.settings.portal_id else ""
         return f"HubSpot{portal} at {self.settings.base_url}: token accepted, deals readable"

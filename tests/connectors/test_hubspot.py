@@ -189,6 +189,8 @@ class TestFullSync:
         for request in lists:
             assert request.args["limit"] == ["100"]
             assert request.args["properties"] == deal_properties(stage_ids)
+        assert "archived" not in lists[0].args  # live deals are the default
+        assert lists[-1].args["archived"][0].lower() == "true"
         assert fake.counts["search"] == 0
 
     def test_cursor_is_sweep_start(self, fake: FakeHubSpot) -> None:
