@@ -125,7 +125,7 @@ def classify_status(
     if status in (401, 403):
         hint = f"; {auth_hint}" if auth_hint else ""
         return AuthError(f"{what}: access denied (HTTP {status}){hint}{suffix}", status=status)
-    if status == 0 or status in (408, 425) or status >= 500:
+    if status == 0 or status in (408, 425) or (status >= 500 and status not in (501, 505)):
         return RetriableAPIError(
             f"{what}: server error (HTTP {status}){suffix}", status=status, retry_after=retry_after
         )
@@ -307,5 +307,7 @@ def _short_detail(response: requests.Response) -> str:
                     return str(body[key])[:200]
         return ""
     if "html" in content_type:
-        return "HTML response (blocked by the server or a proxy)"
+        if response.status_code == 403:
+            return "HTML response (blocked by the server or a proxy)"
+        return "HTML response"
     return ""

@@ -301,6 +301,7 @@ def _dry_run(
                     out.write(f"[dry run] would skip {message.key} on {name}: {reason}\n")
                 continue
             if _already_queued(engine, name, message.key):
+                out.write(f"[dry run] {message.key} on {name}: already queued or sent; nothing to do\n")
                 continue
             to = f" to {message.recipient}" if message.recipient else ""
             out.write(
