@@ -214,3 +214,33 @@ def test_report_formats_print(tmp_path: Path, fmt: str) -> None:
     code, out = velocity(["--config", config, "report", "--as-of", "2026-11-26", "--format", fmt])
     assert code == 0
     assert "11,111.11" in out or "11111.11" in out
+
+
+class TestOperations:
+    def test_check_reports_each_item(self, tmp_path: Path) -> None:
+        """`velocity check` prints OK per item and FAILED with the reason for a broken source; exit 1."""
+        extra = '[[sources]]\nname = "gone"\nkind = "csv"\npath = "missing.csv"\n'
+        config = str(seed_config(tmp_path, extra))
+        velocity(["--config", config, "init"])
+        code, out = velocity(["--config", config, "check"])
+        assert code == 1
+        assert "config: OK" in out
+        assert "store: OK" in out
+        assert "source seed: OK (seed.csv: 150 rows" in out
+        assert "source gone: FAILED:" in out
+        assert "missing.csv" in out
+
+    def test_status_shows_last_runs_and_writes_prometheus(self, tmp_path: Path) -> None:
+        """`velocity status` lists the last sync per source and writes Prometheus textfile metrics."""
+        config = str(seed_config(tmp_path))
+        velocity(["--config", config, "sync"])
+        prom = tmp_path / "velocity.prom"
+        code, out = velocity(["--config", config, "status", "--metrics-file", str(prom)],
+                             now=NOW + dt.timedelta(minutes=5))
+        assert code == 0
+        assert "seed  ok" in out
+        assert "150 seen, 150 new" in out
+        assert "Next runs" in out
+        text = prom.read_text()
+        assert 'velocity_sync_last_run_ok{source="seed"} 1.0' in text
+        assert 'velocity_sync_deals{kind="inserted",source="seed"} 150.0' in text
