@@ -37,6 +37,7 @@ from connectors import build_connector, validation_problems
 from connectors.base import ConfigError, ConfigProblem, Connector, StoreError, VelocityError
 from sync.engine import SyncResult, sync_source
 from sync.export import EXPORT_COLUMNS, export_rows
+from sync.lock import daily_lock, source_lock
 from sync.settings import StoreSettings
 from sync.store import (
     check_schema,
@@ -406,8 +407,6 @@ def _select_sources(ctx: Context, names: Sequence[str]) -> list[Connector]:
 
 def run_sync(ctx: Context, names: Sequence[str] = (), *, full: bool = False) -> list[SyncResult]:
     """Sync the selected sources one after another; a failing one does not stop the rest."""
-    from sync.lock import source_lock  # local: the lock module is optional in tests
-
     engine = ctx.ready_engine()
     results = []
     for connector in _select_sources(ctx, names):
@@ -419,7 +418,8 @@ def run_sync(ctx: Context, names: Sequence[str] = (), *, full: bool = False) -> 
                 continue
             results.append(sync_source(engine, connector, full=full, run_id=ctx.run_id,
                                        now=ctx.now, batch_size=ctx.config.store.batch_size,
-                                       progress=_progress(connector.name, lease.renew)))
+                                       progress=_progress(connector.name, lease.renew),
+                                       redact=ctx.redactor.redact))
     return results
 
 
@@ -478,7 +478,6 @@ def cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     """Print the velocity table (or JSON/CSV) computed from the store."""
     from metrics.report import render_report
-
     from metrics.velocity import compute_velocity
 
     report = compute_velocity(ctx.ready_engine(), ctx.config.metrics, _as_of(ctx, args.as_of),
@@ -537,7 +536,6 @@ def run_daily(ctx: Context, as_of: dt.date, *, notify: bool = True, dry_run: boo
         return EXIT_OK
     if ctx.config.notify is None:
         from metrics.report import render_report
-
         from metrics.velocity import compute_velocity
 
         ctx.out.write(render_report(compute_velocity(engine, ctx.config.metrics, as_of), "table"))
@@ -579,8 +577,6 @@ def cmd_notify(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     """The one-shot job for cron and containers: sync, metrics, notify."""
-    from sync.lock import daily_lock
-
     sync_code = _print_sync_results(ctx, run_sync(ctx, args.sources, full=args.full))
     as_of = _as_of(ctx, args.as_of)
     with daily_lock(ctx.ready_engine(), as_of, holder=ctx.run_id) as acquired:
@@ -704,8 +700,6 @@ def cmd_schedule(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_run_daily_locked(ctx: Context) -> int:
     """The scheduler's daily job: metrics and notify under the daily lock."""
-    from sync.lock import daily_lock
-
     as_of = ctx.config.today(ctx.now())
     with daily_lock(ctx.ready_engine(), as_of, holder=ctx.run_id) as acquired:
         if not acquired:

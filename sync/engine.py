@@ -350,6 +350,7 @@ def sync_source(
     now: Clock | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[int], None] | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> SyncResult:
     """Sync one source into the store; never raises for a source failure.
 
@@ -362,6 +363,7 @@ def sync_source(
         now: the clock (aware UTC); tests pin it.
         batch_size: deals written per statement batch.
         progress: called with the number of deals seen after each batch.
+        redact: masks secrets in error text before it is stored or logged.
 
     Returns:
         The counts and the outcome; ``status`` is ``failed`` with ``error`` set
@@ -413,6 +415,8 @@ def sync_source(
             if writer.track_seen:
                 seen_t.drop(conn, checkfirst=True)
                 conn.commit()
+            if result.error is not None and redact is not None:
+                result.error = redact(result.error)
             result.duration_s = round(time.perf_counter() - started, 3)
             runs = sync_runs_table
             conn.execute(

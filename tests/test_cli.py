@@ -244,3 +244,36 @@ class TestOperations:
         text = prom.read_text()
         assert 'velocity_sync_last_run_ok{source="seed"} 1.0' in text
         assert 'velocity_sync_deals{kind="inserted",source="seed"} 150.0' in text
+
+
+class TestSecrets:
+    def test_a_token_never_appears_in_output_logs_or_the_store(
+        self, tmp_path: Path, httpserver, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        """A CRM that echoes the token in its error body: stdout, logs and stored errors show *** instead."""
+        token = "pd-SECRET-4242-token"
+        httpserver.expect_request("/api/v1/users").respond_with_json(
+            {"success": False, "error": f"unauthorized: token {token} rejected"}, status=401)
+        httpserver.expect_request("/api/v2/pipelines").respond_with_json(
+            {"success": False, "error": f"unauthorized: token {token} rejected"}, status=401)
+        config = tmp_path / "velocity.toml"
+        config.write_text(
+            '[[sources]]\nname = "pd"\nkind = "pipedrive"\napi_token = "${PIPEDRIVE_TOKEN}"\n'
+            f'company_domain = "acme"\nbase_url = "{httpserver.url_for("/").rstrip("/")}"\n',
+            encoding="utf-8")
+        env = {"PIPEDRIVE_TOKEN": token}
+        code, out = velocity(["--config", str(config), "--log-level", "debug", "sync"], env=env)
+        code_check, out_check = velocity(["--config", str(config), "check"], env=env)
+        code_status, out_status = velocity(["--config", str(config), "status"], env=env)
+        captured = capsys.readouterr()
+        assert (code, code_check, code_status) == (1, 1, 0)
+        everything = out + out_check + out_status + captured.out + captured.err
+        assert "rejected" in everything
+        assert token not in everything
+        assert "***" in everything
+        engine = make_engine(f"sqlite:///{tmp_path / 'velocity.db'}")
+        with engine.connect() as conn:
+            errors = conn.execute(sa.select(sync_runs_table.c.error)).scalars().all()
+        engine.dispose()
+        assert errors
+        assert all(token not in (e or "") for e in errors)
