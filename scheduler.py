@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
@@ -35,6 +35,12 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 
 from connectors import build_connector, validation_problems
 from connectors.base import ConfigError, ConfigProblem, Connector, StoreError, VelocityError
+from metrics.job import run_metrics
+from metrics.report import render_report
+from metrics.settings import MetricsSettings
+from metrics.velocity import compute_velocity
+from notify.job import run_notify
+from notify.settings import NotifySettings, RemindersSettings, load_notify_settings
 from sync.engine import SyncResult, sync_source
 from sync.export import EXPORT_COLUMNS, export_rows
 from sync.lock import daily_lock, source_lock
@@ -127,9 +133,9 @@ class AppConfig:
     currency: str
     store: StoreSettings
     sources: list[Connector]
-    metrics: Any
-    notify: Any
-    reminders: Any
+    metrics: MetricsSettings
+    notify: NotifySettings
+    reminders: RemindersSettings
     schedule: ScheduleSettings
     logging: LoggingSettings
     secrets: list[str] = field(default_factory=list, repr=False)
@@ -242,7 +248,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> AppC
             continue
         if getattr(getattr(connector, "settings", None), "enabled", True):
             sources.append(connector)
-    if problems:
+    if problems or metrics is None or notify is None or reminders is None:
         raise ConfigError(problems)
     config = AppConfig(path, top.timezone, top.currency, store, sources, metrics, notify,
                        reminders, schedule, logging_settings)
@@ -251,9 +257,8 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> AppC
     return config
 
 
-def _metrics_settings(top: TopLevel, context: Mapping[str, Any], problems: list[ConfigProblem]) -> Any:
-    from metrics.settings import MetricsSettings
-
+def _metrics_settings(top: TopLevel, context: Mapping[str, Any],
+                      problems: list[ConfigProblem]) -> MetricsSettings | None:
     data = {"timezone": top.timezone, "currency": top.currency, **top.metrics}
     try:
         return MetricsSettings.model_validate(data, context=dict(context))
@@ -262,14 +267,11 @@ def _metrics_settings(top: TopLevel, context: Mapping[str, Any], problems: list[
         return None
 
 
-def _notify_settings(top: TopLevel, context: Mapping[str, Any],
-                     problems: list[ConfigProblem]) -> tuple[Any, Any]:
+def _notify_settings(
+    top: TopLevel, context: Mapping[str, Any], problems: list[ConfigProblem]
+) -> tuple[NotifySettings | None, RemindersSettings | None]:
     try:
-        from notify.settings import load_notify_settings
-    except ImportError:  # the notifier is optional in a minimal install
-        return None, None
-    try:
-        return load_notify_settings(top.notify, top.reminders, dict(context))  # type: ignore[no-any-return]
+        return load_notify_settings(top.notify, top.reminders, dict(context))
     except ConfigError as exc:
         problems.extend(exc.problems)
         return None, None
@@ -467,8 +469,6 @@ def _as_of(ctx: Context, value: dt.date | None) -> dt.date:
 
 def cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
     """Compute and store today's (or --as-of's) velocity snapshots."""
-    from metrics.job import run_metrics
-
     as_of = _as_of(ctx, args.as_of)
     report = run_metrics(ctx.ready_engine(), ctx.config.metrics, as_of, now=ctx.now())
     ctx.print(f"velocity snapshots stored for {as_of}: {len(report.scopes)} scopes")
@@ -477,9 +477,6 @@ def cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     """Print the velocity table (or JSON/CSV) computed from the store."""
-    from metrics.report import render_report
-    from metrics.velocity import compute_velocity
-
     report = compute_velocity(ctx.ready_engine(), ctx.config.metrics, _as_of(ctx, args.as_of),
                               args.window_days)
     ctx.out.write(render_report(report, args.format))
@@ -522,10 +519,8 @@ def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def run_daily(ctx: Context, as_of: dt.date, *, notify: bool = True, dry_run: bool = False,
-              only: str | None = None) -> int:
+              only: Literal["digest", "reminders"] | None = None) -> int:
     """Metrics (back-filling missed days) then the notifier; returns an exit code."""
-    from metrics.job import run_metrics
-
     engine = ctx.ready_engine()
     window = ctx.config.metrics.window_days
     for day in missed_days(engine, window, as_of, ctx.config.schedule.backfill_days):
@@ -534,10 +529,7 @@ def run_daily(ctx: Context, as_of: dt.date, *, notify: bool = True, dry_run: boo
     run_metrics(engine, ctx.config.metrics, as_of, now=ctx.now())
     if not notify:
         return EXIT_OK
-    if ctx.config.notify is None:
-        from metrics.report import render_report
-        from metrics.velocity import compute_velocity
-
+    if not ctx.config.notify.channels:  # nowhere to send: print the report instead
         ctx.out.write(render_report(compute_velocity(engine, ctx.config.metrics, as_of), "table"))
         return EXIT_OK
     return _notify(ctx, as_of, dry_run=dry_run, only=only)
@@ -558,20 +550,19 @@ def missed_days(engine: sa.Engine, window_days: int, as_of: dt.date, limit: int)
     return [first + dt.timedelta(days=n) for n in range((as_of - first).days)]
 
 
-def _notify(ctx: Context, as_of: dt.date, *, dry_run: bool, only: str | None) -> int:
-    from notify.job import run_notify
-
+def _notify(ctx: Context, as_of: dt.date, *, dry_run: bool,
+            only: Literal["digest", "reminders"] | None) -> int:
     result = run_notify(
         ctx.ready_engine(), ctx.config.notify, ctx.config.reminders, ctx.config.metrics,
         as_of=as_of, now=ctx.now(), dry_run=dry_run, only=only, out=ctx.out,
     )
-    return EXIT_FAILED if getattr(result, "failed", None) else EXIT_OK
+    return EXIT_FAILED if result.failed else EXIT_OK
 
 
 def cmd_notify(ctx: Context, args: argparse.Namespace) -> int:
     """Send the digest and the reminders for today (or --as-of)."""
-    if ctx.config.notify is None:
-        raise ConfigError.single("notify", "the notifier is not installed")
+    if not ctx.config.notify.channels:
+        raise ConfigError.single("notify.channels", "no channel is configured")
     return _notify(ctx, _as_of(ctx, args.as_of), dry_run=args.dry_run, only=args.only)
 
 

@@ -1,0 +1,1 @@
+"""Velocity metrics: levers, snapshots, hygiene rules, stage times and reports."""
