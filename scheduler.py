@@ -44,7 +44,7 @@ from notify.settings import NotifySettings, RemindersSettings, load_notify_setti
 from sync.engine import SyncResult, sync_source
 from sync.export import EXPORT_COLUMNS, export_rows
 from sync.lock import daily_lock, source_lock
-from sync.settings import StoreSettings
+from sync.settings import StoreSettings, SyncSettings
 from sync.store import (
     check_schema,
     make_engine,
@@ -107,6 +107,7 @@ class TopLevel(BaseModel):
     timezone: str = "UTC"
     currency: str = Field(default="EUR", pattern="^[A-Z]{3}$")
     store: dict[str, Any] = {}
+    sync: dict[str, Any] = {}
     sources: list[dict[str, Any]] = []
     metrics: dict[str, Any] = {}
     notify: dict[str, Any] = {}
@@ -132,6 +133,7 @@ class AppConfig:
     timezone: str
     currency: str
     store: StoreSettings
+    sync: SyncSettings
     sources: list[Connector]
     metrics: MetricsSettings
     notify: NotifySettings
@@ -227,6 +229,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> AppC
             return None
 
     store = part(StoreSettings, top.store, "store")
+    sync = part(SyncSettings, top.sync, "sync")
     schedule = part(ScheduleSettings, top.schedule, "schedule")
     logging_settings = part(LoggingSettings, top.logging, "logging")
     metrics = _metrics_settings(top, context, problems)
@@ -250,7 +253,7 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> AppC
             sources.append(connector)
     if problems or metrics is None or notify is None or reminders is None:
         raise ConfigError(problems)
-    config = AppConfig(path, top.timezone, top.currency, store, sources, metrics, notify,
+    config = AppConfig(path, top.timezone, top.currency, store, sync, sources, metrics, notify,
                        reminders, schedule, logging_settings)
     config.secrets = sorted({s for s in [*secrets, *_secret_values(config.sources),
                                          *_secret_values(notify)] if len(s) >= 4})
@@ -419,7 +422,8 @@ def run_sync(ctx: Context, names: Sequence[str] = (), *, full: bool = False) -> 
                                           error="another run holds this source's lock"))
                 continue
             results.append(sync_source(engine, connector, full=full, run_id=ctx.run_id,
-                                       now=ctx.now, batch_size=ctx.config.store.batch_size,
+                                       now=ctx.now, batch_size=ctx.config.sync.batch_size,
+                                       catalog_max_age=ctx.config.sync.catalog_max_age,
                                        progress=_progress(connector.name, lease.renew),
                                        redact=ctx.redactor.redact))
     return results

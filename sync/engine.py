@@ -26,22 +26,18 @@ import datetime as dt
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.dialects import postgresql, sqlite
 
 from connectors.base import Checkpoint, Connector, ConnectorError, Deal, Rejected
+from sync.catalog import KnownCatalog, catalog_due, dialect_insert, load_known, refresh_catalog
 from sync.store import (
     deals_table,
-    owners_table,
-    pipelines_table,
-    sources_table,
     stage_events_table,
-    stages_table,
     sync_rejects_table,
     sync_runs_table,
     sync_state_table,
@@ -55,6 +51,7 @@ Clock = Callable[[], dt.datetime]
 SyncStatus = Literal["ok", "failed", "skipped"]
 
 DEFAULT_BATCH_SIZE = 2000
+DEFAULT_CATALOG_MAX_AGE = dt.timedelta(hours=6)
 MAX_LOGGED_REJECTS = 20
 
 deals_t = deals_table
@@ -90,15 +87,6 @@ class SyncResult:
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-def _insert(conn: sa.Connection, table: sa.Table) -> Any:
-    """A dialect ``INSERT`` that supports ``ON CONFLICT`` (SQLite and PostgreSQL)."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    if conn.dialect.name == "sqlite":
-        return sqlite.insert(table)
-    raise NotImplementedError(f"unsupported store backend {conn.dialect.name!r}")
 
 
 def read_cursor(conn: sa.Connection, source: str) -> str | None:
@@ -164,6 +152,8 @@ class _Writer:
         self.rejected_ids: list[str] = []
         self.result = SyncResult(source=source)
         self.track_seen = False
+        self.known: KnownCatalog | None = None
+        """Set when the catalog was not refreshed: deals referring to new ids refresh it."""
 
     def add(self, item: Deal | Rejected) -> None:
         if isinstance(item, Rejected):
@@ -197,7 +187,7 @@ class _Writer:
             self.rejects = []
         if self.track_seen and self.rejected_ids:
             self.conn.execute(
-                _insert(self.conn, seen_t).on_conflict_do_nothing(),
+                dialect_insert(self.conn, seen_t).on_conflict_do_nothing(),
                 [{"external_id": key} for key in self.rejected_ids],
             )
             self.rejected_ids = []
@@ -207,7 +197,7 @@ class _Writer:
         self.deals = {}
         if self.track_seen:
             self.conn.execute(
-                _insert(self.conn, seen_t).on_conflict_do_nothing(),
+                dialect_insert(self.conn, seen_t).on_conflict_do_nothing(),
                 [{"external_id": key} for key in batch],
             )
         existing = {
@@ -237,8 +227,10 @@ class _Writer:
             else:
                 self.result.updated += 1
             events.extend(_stage_events(deal, None if old is None else old.stage_id, now))
+            if self.known is not None:
+                self.known.check(deal)
         if rows:
-            stmt = _insert(self.conn, deals_t)
+            stmt = dialect_insert(self.conn, deals_t)
             update_cols = {
                 c.name: stmt.excluded[c.name]
                 for c in deals_t.columns
@@ -251,7 +243,7 @@ class _Writer:
                 rows,
             )
         if events:
-            self.conn.execute(_insert(self.conn, events_t).on_conflict_do_nothing(), events)
+            self.conn.execute(dialect_insert(self.conn, events_t).on_conflict_do_nothing(), events)
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write what is buffered and the cursor in one transaction."""
@@ -259,7 +251,7 @@ class _Writer:
         if checkpoint.complete and self.track_seen:
             self.result.deleted += self._mark_missing_deleted()
         state = sync_state_table
-        stmt = _insert(self.conn, state).values(
+        stmt = dialect_insert(self.conn, state).values(
             source=self.source, cursor=checkpoint.cursor, updated_at=self.now()
         )
         self.conn.execute(
@@ -304,43 +296,6 @@ def _stage_events(deal: Deal, old_stage: str | None, now: dt.datetime) -> list[d
     return [{**base, "stage_id": deal.stage, "entered_at": now, "observed": True}]
 
 
-def _upsert_catalog(conn: sa.Connection, connector: Connector, kind: str, now: dt.datetime) -> None:
-    """Upsert the source row, its pipelines, stages and owners."""
-    source = connector.name
-    src = _insert(conn, sources_table)
-    conn.execute(src.values(name=source, kind=kind, created_at=now).on_conflict_do_nothing())
-    pipelines = list(connector.pipelines())
-    _upsert(conn, pipelines_table, ["source", "external_id"], [
-        {"source": source, "external_id": p.external_id, "name": p.name,
-         "display_order": p.order} for p in pipelines
-    ])
-    _upsert(conn, stages_table, ["source", "pipeline_id", "external_id"], [
-        {"source": source, "pipeline_id": s.pipeline, "external_id": s.external_id,
-         "name": s.name, "display_order": s.order, "probability": s.probability,
-         "is_won": s.is_won, "is_lost": s.is_lost, "rotting_days": s.rotting_days}
-        for p in pipelines for s in p.stages
-    ])
-    _upsert(conn, owners_table, ["source", "external_id"], [
-        {"source": source, "external_id": o.external_id, "name": o.name, "email": o.email}
-        for o in connector.owners()
-    ])
-
-
-def _upsert(conn: sa.Connection, table: sa.Table, keys: Sequence[str],
-            rows: Iterable[dict[str, Any]]) -> None:
-    rows = list(rows)
-    if not rows:
-        return
-    stmt = _insert(conn, table)
-    conn.execute(
-        stmt.on_conflict_do_update(
-            index_elements=list(keys),
-            set_={c: stmt.excluded[c] for c in rows[0] if c not in keys},
-        ),
-        rows,
-    )
-
-
 def sync_source(
     engine: sa.Engine,
     connector: Connector,
@@ -351,6 +306,7 @@ def sync_source(
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: Callable[[int], None] | None = None,
     redact: Callable[[str], str] | None = None,
+    catalog_max_age: dt.timedelta | None = DEFAULT_CATALOG_MAX_AGE,
 ) -> SyncResult:
     """Sync one source into the store; never raises for a source failure.
 
@@ -364,6 +320,9 @@ def sync_source(
         batch_size: deals written per statement batch.
         progress: called with the number of deals seen after each batch.
         redact: masks secrets in error text before it is stored or logged.
+        catalog_max_age: refresh pipelines, stages and owners when older than this
+            (``None``: every sync); also on a full sync, on the first sync, and when
+            a deal refers to one the store does not know.
 
     Returns:
         The counts and the outcome; ``status`` is ``failed`` with ``error`` set
@@ -386,8 +345,11 @@ def sync_source(
             result = writer.result
             result.run_id, result.full = run_id, full
             try:
-                _upsert_catalog(conn, connector, kind, clock())
-                conn.commit()
+                if full or catalog_due(conn, source, clock(), catalog_max_age):
+                    refresh_catalog(conn, connector, kind, clock())
+                    conn.commit()
+                else:
+                    writer.known = load_known(conn, source)
                 since = None if full else read_cursor(conn, source)
                 seen_t.create(conn, checkfirst=True)
                 conn.execute(seen_t.delete())
@@ -411,6 +373,8 @@ def sync_source(
             else:
                 # deals after the last checkpoint have no durable cursor: keep them anyway
                 writer.flush()
+                if writer.known is not None and writer.known.stale:
+                    refresh_catalog(conn, connector, kind, clock())
                 conn.commit()
             if writer.track_seen:
                 seen_t.drop(conn, checkfirst=True)

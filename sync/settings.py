@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-__all__ = ["DEFAULT_STORE_URL", "StoreSettings", "resolve_sqlite_path"]
+__all__ = ["DEFAULT_STORE_URL", "StoreSettings", "SyncSettings", "resolve_sqlite_path"]
 
 DEFAULT_STORE_URL = "sqlite:///velocity.db"
 
@@ -38,7 +39,6 @@ class StoreSettings(BaseModel):
         description="SQLAlchemy URL: sqlite:///file.db (default) or postgresql+psycopg://user@host/db. "
         "Overridden by the VELOCITY_DATABASE_URL environment variable.",
     )
-    batch_size: int = Field(default=2000, ge=1, le=100_000, description="Deals per write batch.")
 
     @field_validator("url")
     @classmethod
@@ -47,3 +47,21 @@ class StoreSettings(BaseModel):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
         base = (info.context or {}).get("config_dir")
         return resolve_sqlite_path(value, Path(base) if base else None)
+
+
+class SyncSettings(BaseModel):
+    """The ``[sync]`` table: how the engine writes and how often it refreshes catalogs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int = Field(default=2000, ge=1, le=100_000, description="Deals per write batch.")
+    catalog_max_age_minutes: int = Field(
+        default=360, ge=0,
+        description="Refetch pipelines, stages and owners when older than this (0: every sync). "
+        "Deals that refer to unknown ones, and --full, always refetch.",
+    )
+
+    @property
+    def catalog_max_age(self) -> dt.timedelta | None:
+        """The maximum catalog age, ``None`` when every sync refetches."""
+        return dt.timedelta(minutes=self.catalog_max_age_minutes) if self.catalog_max_age_minutes else None

@@ -156,6 +156,8 @@ class SourceRow(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     kind: Mapped[str] = mapped_column(String(50))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    catalog_synced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    """When pipelines, stages and owners were last fetched (see ``sync.catalog``)."""
 
 
 class PipelineRow(Base):

@@ -52,9 +52,12 @@ class ScriptedConnector:
     kind: str = "fake"
     fail_after: int | None = None
     asked: list[str | None] = field(default_factory=list)
+    catalog_calls: int = 0
+    owner_ids: tuple[str, ...] = ("u1",)
 
     def pipelines(self) -> Iterable[Pipeline]:
         """One pipeline with a rotting stage and a won stage."""
+        self.catalog_calls += 1
         stages = (
             Stage("s1", "p1", "Qualified", 0),
             Stage("s2", "p1", "Proposal", 1, rotting_days=7),
@@ -64,7 +67,7 @@ class ScriptedConnector:
 
     def owners(self) -> Iterable[Owner]:
         """One owner."""
-        return [Owner("u1", "Kari Nordmann", "kari@example.com")]
+        return [Owner(o, f"Owner {o}", f"{o}@example.com") for o in self.owner_ids]
 
     def deals(self, since: str | None) -> Iterator[StreamItem]:
         """Replay the script, failing at ``fail_after`` when set."""
@@ -189,6 +192,30 @@ class TestSync:
         sync_source(store, ScriptedConnector([deal("1", status="deleted", title="x"), Checkpoint("b")]),
                     now=clock(T0 + dt.timedelta(days=5)))
         assert deals_in(store)["1"].deleted_at == T0
+
+
+class TestCatalog:
+    def test_catalog_is_fetched_once_then_only_when_stale(self, store: sa.Engine) -> None:
+        """The catalog is fetched on the first sync, skipped while fresh, refetched when old or --full."""
+        first = ScriptedConnector([deal("1"), Checkpoint("a")])
+        sync_source(store, first, now=clock())
+        fresh = ScriptedConnector([Checkpoint("b")])
+        sync_source(store, fresh, now=clock(T0 + dt.timedelta(hours=1)))
+        old = ScriptedConnector([Checkpoint("c")])
+        sync_source(store, old, now=clock(T0 + dt.timedelta(hours=7)))
+        full = ScriptedConnector([Checkpoint("d")])
+        sync_source(store, full, full=True, now=clock(T0 + dt.timedelta(hours=8)))
+        assert [c.catalog_calls for c in (first, fresh, old, full)] == [1, 0, 1, 1]
+
+    def test_a_deal_with_an_unknown_owner_refreshes_the_catalog(self, store: sa.Engine) -> None:
+        """A deal referring to an owner the store does not know triggers a catalog refresh."""
+        sync_source(store, ScriptedConnector([deal("1"), Checkpoint("a")]), now=clock())
+        newcomer = ScriptedConnector([deal("2", owner="u2"), Checkpoint("b")], owner_ids=("u1", "u2"))
+        sync_source(store, newcomer, now=clock(T0 + dt.timedelta(minutes=30)))
+        assert newcomer.catalog_calls == 1
+        with store.connect() as conn:
+            owners = conn.execute(sa.select(OwnerRow.__table__.c.external_id)).scalars().all()
+        assert sorted(owners) == ["u1", "u2"]
 
 
 class TestFaults:

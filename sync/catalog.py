@@ -1,0 +1,117 @@
+"""A source's catalog (pipelines, stages, owners): when to refresh it, and what it knows.
+
+Pipelines, stages and owners change rarely, and fetching them costs requests on
+every sync (Pipedrive: three). The engine therefore refreshes the catalog on a
+source's first sync, on a full sync, when it is older than the configured
+maximum age, and whenever a synced deal refers to a pipeline, stage or owner the
+catalog does not know yet. A sync with nothing changed then costs only the
+requests of the deal pull itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from connectors.base import Connector, Deal
+from sync.store import owners_table, pipelines_table, sources_table, stages_table
+
+__all__ = ["KnownCatalog", "catalog_due", "dialect_insert", "load_known", "refresh_catalog"]
+
+
+def dialect_insert(conn: sa.Connection, table: sa.Table) -> Any:
+    """A dialect ``INSERT`` that supports ``ON CONFLICT`` (SQLite and PostgreSQL)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise NotImplementedError(f"unsupported store backend {conn.dialect.name!r}")
+
+
+@dataclass
+class KnownCatalog:
+    """The ids the store's catalog holds for one source, to spot deals that refer to new ones."""
+
+    pipelines: set[str] = field(default_factory=set)
+    stages: set[tuple[str, str]] = field(default_factory=set)
+    owners: set[str] = field(default_factory=set)
+    stale: bool = False
+
+    def check(self, deal: Deal) -> None:
+        """Mark the catalog stale when ``deal`` refers to something it does not know."""
+        if self.stale:
+            return
+        if (
+            (deal.pipeline is not None and deal.pipeline not in self.pipelines)
+            or (deal.stage is not None and (deal.pipeline or "", deal.stage) not in self.stages)
+            or (deal.owner is not None and deal.owner not in self.owners)
+        ):
+            self.stale = True
+
+
+def catalog_due(conn: sa.Connection, source: str, now: dt.datetime,
+                max_age: dt.timedelta | None) -> bool:
+    """Whether the source's catalog must be fetched now (never fetched, or too old)."""
+    at = conn.execute(
+        sa.select(sources_table.c.catalog_synced_at).where(sources_table.c.name == source)
+    ).scalar()
+    return at is None or max_age is None or now - at >= max_age
+
+
+def load_known(conn: sa.Connection, source: str) -> KnownCatalog:
+    """The pipeline, stage and owner ids stored for ``source``."""
+    known = KnownCatalog()
+    known.pipelines = set(conn.execute(
+        sa.select(pipelines_table.c.external_id).where(pipelines_table.c.source == source)
+    ).scalars())
+    known.stages = {(r.pipeline_id, r.external_id) for r in conn.execute(
+        sa.select(stages_table.c.pipeline_id, stages_table.c.external_id)
+        .where(stages_table.c.source == source))}
+    known.owners = set(conn.execute(
+        sa.select(owners_table.c.external_id).where(owners_table.c.source == source)
+    ).scalars())
+    return known
+
+
+def refresh_catalog(conn: sa.Connection, connector: Connector, kind: str, now: dt.datetime) -> None:
+    """Fetch and upsert the source row, its pipelines, stages and owners (the caller commits)."""
+    source = connector.name
+    src = dialect_insert(conn, sources_table)
+    conn.execute(src.values(name=source, kind=kind, created_at=now).on_conflict_do_nothing())
+    pipelines = list(connector.pipelines())
+    _upsert(conn, pipelines_table, ["source", "external_id"], [
+        {"source": source, "external_id": p.external_id, "name": p.name,
+         "display_order": p.order} for p in pipelines
+    ])
+    _upsert(conn, stages_table, ["source", "pipeline_id", "external_id"], [
+        {"source": source, "pipeline_id": s.pipeline, "external_id": s.external_id,
+         "name": s.name, "display_order": s.order, "probability": s.probability,
+         "is_won": s.is_won, "is_lost": s.is_lost, "rotting_days": s.rotting_days}
+        for p in pipelines for s in p.stages
+    ])
+    _upsert(conn, owners_table, ["source", "external_id"], [
+        {"source": source, "external_id": o.external_id, "name": o.name, "email": o.email}
+        for o in connector.owners()
+    ])
+    conn.execute(sources_table.update().where(sources_table.c.name == source)
+                 .values(catalog_synced_at=now))
+
+
+def _upsert(conn: sa.Connection, table: sa.Table, keys: Sequence[str],
+            rows: Iterable[dict[str, Any]]) -> None:
+    rows = list(rows)
+    if not rows:
+        return
+    stmt = dialect_insert(conn, table)
+    conn.execute(
+        stmt.on_conflict_do_update(
+            index_elements=list(keys),
+            set_={c: stmt.excluded[c] for c in rows[0] if c not in keys},
+        ),
+        rows,
+    )

@@ -1,0 +1,60 @@
+"""The store: migrations match the models, money and time survive a round trip on both backends."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from connectors.base import StoreError
+from sync.store import Base, check_schema, deals_table, make_engine, upgrade
+
+
+class TestSchema:
+    def test_migrations_build_exactly_the_models(self, store: sa.Engine) -> None:
+        """After `alembic upgrade head` the database matches the SQLAlchemy models: no drift."""
+        with store.connect() as conn:
+            diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+        assert diff == []
+
+    def test_upgrade_is_idempotent_and_check_passes(self, store: sa.Engine) -> None:
+        """Running the migrations again changes nothing and the schema check passes."""
+        upgrade(store)
+        check_schema(store)
+
+    def test_check_schema_on_an_empty_database_says_what_to_do(self, tmp_path) -> None:
+        """An uninitialised store is a StoreError that tells the user to run `velocity init`."""
+        engine = make_engine(f"sqlite:///{tmp_path / 'empty.db'}")
+        with pytest.raises(StoreError, match="velocity init"):
+            check_schema(engine)
+        engine.dispose()
+
+
+class TestTypes:
+    def test_money_and_datetimes_round_trip_exactly(self, store: sa.Engine) -> None:
+        """Decimal amounts come back exact (sums too), datetimes come back aware UTC."""
+        when = dt.datetime(2026, 3, 29, 0, 30, tzinfo=dt.timezone(dt.timedelta(hours=1)))
+        rows = [
+            {"source": "s", "external_id": str(n), "amount": amount, "status": "won",
+             "content_hash": "x", "first_seen_at": when, "synced_at": when, "created_at": when}
+            for n, amount in enumerate([Decimal("0.1"), Decimal("0.2"), Decimal("12345678901.2345")])
+        ]
+        with store.begin() as conn:
+            conn.execute(deals_table.insert(), rows)
+        with store.connect() as conn:
+            total = conn.execute(sa.select(sa.func.sum(deals_table.c.amount))).scalar_one()
+            created = conn.execute(sa.select(deals_table.c.created_at).limit(1)).scalar_one()
+        assert total == Decimal("12345678901.5345")
+        assert created == dt.datetime(2026, 3, 28, 23, 30, tzinfo=dt.UTC)
+        assert created.utcoffset() == dt.timedelta(0)
+
+    def test_naive_datetimes_are_refused(self, store: sa.Engine) -> None:
+        """Writing a naive datetime is an error, never a silent guess."""
+        with pytest.raises(sa.exc.StatementError, match="naive datetime"), store.begin() as conn:
+            conn.execute(deals_table.insert(), [{
+                "source": "s", "external_id": "1", "status": "open", "content_hash": "x",
+                "first_seen_at": dt.datetime(2026, 1, 1), "synced_at": dt.datetime(2026, 1, 1)}])  # noqa: DTZ001
