@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from connectors.base import ConfigError
+from connectors.base import ConfigError, ConfigProblem
 from scheduler import SecretRedactor, configure_logging, expand_env, load_config, main
 
 GOOD = """
@@ -104,7 +104,7 @@ sync = "every day"
 class TestEnvAndSecrets:
     def test_env_expansion_with_defaults(self) -> None:
         """${VAR} is replaced, ${VAR:-x} falls back to x, and secret-looking values are remembered."""
-        problems: list = []
+        problems: list[ConfigProblem] = []
         secrets: list[str] = []
         raw = {"a": "${TOKEN_X}", "b": ["${NOPE:-fallback}"], "c": 3}
         out = expand_env(raw, {"TOKEN_X": "tok-123"}, "", problems, secrets)

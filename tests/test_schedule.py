@@ -113,7 +113,9 @@ class TestSignals:
         try:
             deadline = time.monotonic() + 20
             while not (tmp_path / "started").exists():
-                assert time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "no start"
+                if proc.poll() is not None:
+                    raise AssertionError(proc.stderr.read() if proc.stderr else "exited early")
+                assert time.monotonic() < deadline, "the job did not start"
                 time.sleep(0.05)
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=20)

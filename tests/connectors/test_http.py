@@ -86,7 +86,8 @@ class TestCallWithRetry:
     def test_retries_retriable_errors_then_succeeds(self) -> None:
         """Two 502s then success: three calls, two waits, the result returned."""
         clock = FakeClock()
-        outcomes: list[Exception | str] = [RetriableAPIError("x", status=502)] * 2 + ["ok"]
+        bad = RetriableAPIError("x", status=502)
+        outcomes: list[Exception | str] = [bad, bad, "ok"]
 
         def call() -> str:
             item = outcomes.pop(0)
@@ -158,8 +159,9 @@ class TestCallWithRetry:
 
         assert call_with_retry(call, policy=RetryPolicy(), what="x", classify=classify,
                                sleep=lambda s: None) == "ok"
+        empty: dict[str, str] = {}
         with pytest.raises(KeyError):
-            call_with_retry(lambda: {}["x"], policy=RetryPolicy(), what="x", classify=classify)
+            call_with_retry(lambda: empty["x"], policy=RetryPolicy(), what="x", classify=classify)
 
 
 class TestRateLimiter:

@@ -99,7 +99,7 @@ class TestSlack:
         """A 503 is retried (without really sleeping) and the message goes through."""
         responses.post(HOOK, status=503)
         responses.post(HOOK, body="ok")
-        sleeps = []
+        sleeps: list[float] = []
         settings = build({"kind": "slack", "name": "s", "webhook_url": HOOK}).settings
         SlackChannel(settings, sleep=sleeps.append).send(message())
         assert len(responses.calls) == 2
@@ -144,7 +144,7 @@ class TestWebhook:
             {"kind": "webhook", "name": "w", "url": url, "headers": {"Authorization": "Bearer t0k"}}
         ).settings
         WebhookChannel(settings).send(message())
-        body = json.loads(responses.calls[0].request.body)
+        body = json.loads(responses.calls[0].request.body or "")
         assert body == {
             "kind": "digest",
             "key": "digest:2026-11-26",
@@ -192,8 +192,10 @@ class TestEmail:
         mail = got.message
         assert mail["Subject"] == "Sales velocity"
         assert mail["Message-ID"] == "<velocity-digest-2026-11-26@example.com>"
-        assert mail.get_body(("plain",)).get_content().strip() == "plain body"
-        html = mail.get_body(("html",))
+        plain, html = mail.get_body(("plain",)), mail.get_body(("html",))
+        assert plain is not None
+        assert html is not None
+        assert plain.get_content().strip() == "plain body"
         assert "cid:velocity-trend" in html.get_content()
         [image] = [p for p in mail.walk() if p.get_content_type() == "image/png"]
         assert image["Content-ID"] == "<velocity-trend>"

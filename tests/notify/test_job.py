@@ -70,7 +70,9 @@ class TestEmailDelivery:
             ("lead@example.com",): "Stalled deals of sellers without an e-mail address (1)",
         }
         fallback = next(r for r in inbox.received if r.rcpt_tos == ["lead@example.com"]).message
-        assert "Ola <Hansen>" in fallback.get_body(("plain",)).get_content()
+        plain = fallback.get_body(("plain",))
+        assert plain is not None
+        assert "Ola <Hansen>" in plain.get_content()
 
     def test_no_fallback_skips_with_reason(self, seeded):
         """Without fallback_to the address-less owner's reminder is skipped on e-mail, saying whose."""
@@ -105,9 +107,9 @@ class TestReminderDedupe:
         update_deal(seeded, "c", amount=None)
         out = run(seeded, notify, reminders, 1)
         assert [k.split(":")[2] for _, k in out.sent] == ["demo/o1"]
-        rs = reminder_state_table.c
         with seeded.connect() as conn:
-            states = {(r.external_id, r.rule): r.resolved_at for r in conn.execute(sa.select(rs))}
+            rows = conn.execute(sa.select(reminder_state_table))
+            states = {(r.external_id, r.rule): r.resolved_at for r in rows}
         assert states[("a", "no_next_step")] is not None
         assert states[("c", "missing_amount")] is None
         assert run(seeded, notify, reminders, 2).sent == []

@@ -6,6 +6,7 @@ import datetime as dt
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from structlog.testing import capture_logs
@@ -87,13 +88,13 @@ def clock(at: dt.datetime = T0):
     return lambda: at
 
 
-def deals_in(store: sa.Engine) -> dict[str, sa.Row]:
+def deals_in(store: sa.Engine) -> dict[str, sa.Row[Any]]:
     """All deal rows by external id."""
     with store.connect() as conn:
         return {r.external_id: r for r in conn.execute(sa.select(DealRow.__table__))}
 
 
-def count(store: sa.Engine, table: sa.Table) -> int:
+def count(store: sa.Engine, table: sa.FromClause) -> int:
     """Rows in a table."""
     with store.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
