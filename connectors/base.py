@@ -73,6 +73,10 @@ DealStatus = Literal["open", "won", "lost", "deleted"]
 """Where a deal stands. ``deleted`` deals are kept in the store, never removed."""
 
 DEAL_STATUSES: tuple[DealStatus, ...] = ("open", "won", "lost", "deleted")
+_DATETIME_FIELDS = ("created_at", "closed_at", "stage_entered_at", "next_activity_at",
+                    "last_activity_at", "updated_at")
+_UTC = dt.UTC
+_ZERO = dt.timedelta(0)
 
 
 # --------------------------------------------------------------------------- records
@@ -163,16 +167,11 @@ class Deal:
     def __post_init__(self) -> None:
         if self.status not in DEAL_STATUSES:
             raise ValueError(f"status must be one of {DEAL_STATUSES}, got {self.status!r}")
-        for name in (
-            "created_at",
-            "closed_at",
-            "stage_entered_at",
-            "next_activity_at",
-            "last_activity_at",
-            "updated_at",
-        ):
+        for name in _DATETIME_FIELDS:
             value = getattr(self, name)
-            if value is not None and (value.tzinfo is None or value.utcoffset() != dt.timedelta(0)):
+            if value is None or value.tzinfo is _UTC:  # the common case, checked cheaply
+                continue
+            if value.tzinfo is None or value.utcoffset() != _ZERO:
                 raise ValueError(f"{name} must be an aware UTC datetime, got {value!r}")
 
 

@@ -23,7 +23,6 @@ of ``sync_source``: the caller decides what the run's exit code is.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import time
 import uuid
 from collections.abc import Callable
@@ -35,6 +34,7 @@ import structlog
 
 from connectors.base import Checkpoint, Connector, ConnectorError, Deal, Rejected
 from sync.catalog import KnownCatalog, catalog_due, dialect_insert, load_known, refresh_catalog
+from sync.rows import RowEncoder
 from sync.store import (
     deals_table,
     stage_events_table,
@@ -95,47 +95,6 @@ def read_cursor(conn: sa.Connection, source: str) -> str | None:
     return conn.execute(sa.select(state.c.cursor).where(state.c.source == source)).scalar()
 
 
-def _content_hash(deal: Deal) -> str:
-    """A digest of every stored field, so unchanged deals are recognised and skipped."""
-    parts = (
-        deal.title, deal.amount, deal.currency, deal.pipeline, deal.stage, deal.status,
-        deal.archived, deal.owner, deal.created_at, deal.closed_at, deal.expected_close_date,
-        deal.stage_entered_at, deal.next_step, deal.next_activity_at, deal.last_activity_at,
-        deal.updated_at, deal.link, deal.whole_days, deal.stage_history,
-    )
-    return hashlib.md5(repr(parts).encode(), usedforsecurity=False).hexdigest()
-
-
-def _deal_values(deal: Deal, digest: str, now: dt.datetime) -> dict[str, Any]:
-    return {
-        "source": deal.source,
-        "external_id": deal.external_id,
-        "title": deal.title,
-        "amount": deal.amount,
-        "currency": deal.currency,
-        "pipeline_id": deal.pipeline,
-        "stage_id": deal.stage,
-        "status": deal.status,
-        "archived": deal.archived,
-        "owner_id": deal.owner,
-        "created_at": deal.created_at,
-        "closed_at": deal.closed_at,
-        "expected_close_date": deal.expected_close_date,
-        "stage_entered_at": deal.stage_entered_at,
-        "next_step": deal.next_step,
-        "next_activity_at": deal.next_activity_at,
-        "last_activity_at": deal.last_activity_at,
-        "updated_at": deal.updated_at,
-        "link": deal.link,
-        "whole_days": deal.whole_days,
-        "raw": dict(deal.raw) if deal.raw is not None else None,
-        "content_hash": digest,
-        "first_seen_at": now,
-        "synced_at": now,
-        "deleted_at": None,
-    }
-
-
 class _Writer:
     """Buffers one source's stream items and writes them batch by batch."""
 
@@ -153,6 +112,7 @@ class _Writer:
         self.result = SyncResult(source=source)
         self.track_seen = False
         self.known: KnownCatalog | None = None
+        self.encoder = RowEncoder(conn.dialect.name)
         """Set when the catalog was not refreshed: deals referring to new ids refresh it."""
 
     def add(self, item: Deal | Rejected) -> None:
@@ -195,55 +155,44 @@ class _Writer:
             return
         batch = self.deals
         self.deals = {}
+        conn, enc = self.conn, self.encoder
+        ids = list(batch)
         if self.track_seen:
-            self.conn.execute(
-                dialect_insert(self.conn, seen_t).on_conflict_do_nothing(),
-                [{"external_id": key} for key in batch],
-            )
+            conn.exec_driver_sql(enc.insert_seen_sql, [(key,) for key in ids])
         existing = {
-            row.external_id: row
-            for row in self.conn.execute(
-                sa.select(
-                    deals_t.c.external_id, deals_t.c.content_hash, deals_t.c.stage_id,
-                    deals_t.c.status, deals_t.c.deleted_at,
-                ).where(deals_t.c.source == self.source, deals_t.c.external_id.in_(list(batch)))
-            )
+            row[0]: row
+            for row in conn.exec_driver_sql(enc.existing_sql(len(ids)),
+                                            enc.existing_params(self.source, ids))
         }
         now = self.now()
-        rows: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
+        now_value = enc.timestamp(now)
+        rows: list[tuple[Any, ...]] = []
+        events: list[tuple[Any, ...]] = []
         for key, deal in batch.items():
-            digest = _content_hash(deal)
+            row, digest = enc.deal(deal)
             old = existing.get(key)
-            if old is not None and old.content_hash == digest:
+            if old is not None and old[1] == digest:
                 self.result.unchanged += 1
                 continue
-            values = _deal_values(deal, digest, now)
+            deleted_at = None
             if deal.status == "deleted":
-                values["deleted_at"] = (old.deleted_at if old is not None else None) or now
-            rows.append(values)
+                deleted_at = (old[3] if old is not None else None) or now_value
+            rows.append((*row, digest, now_value, now_value, deleted_at))
             if old is None:
                 self.result.inserted += 1
             else:
                 self.result.updated += 1
-            events.extend(_stage_events(deal, None if old is None else old.stage_id, now))
+            events.extend(
+                enc.event(deal, stage, entered_at, observed)
+                for stage, entered_at, observed in _stage_events(
+                    deal, None if old is None else old[2], now)
+            )
             if self.known is not None:
                 self.known.check(deal)
         if rows:
-            stmt = dialect_insert(self.conn, deals_t)
-            update_cols = {
-                c.name: stmt.excluded[c.name]
-                for c in deals_t.columns
-                if c.name not in ("source", "external_id", "first_seen_at")
-            }
-            self.conn.execute(
-                stmt.on_conflict_do_update(
-                    index_elements=[deals_t.c.source, deals_t.c.external_id], set_=update_cols
-                ),
-                rows,
-            )
+            conn.exec_driver_sql(enc.upsert_deals_sql, rows)
         if events:
-            self.conn.execute(dialect_insert(self.conn, events_t).on_conflict_do_nothing(), events)
+            conn.exec_driver_sql(enc.insert_events_sql, events)
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write what is buffered and the cursor in one transaction."""
@@ -277,23 +226,20 @@ class _Writer:
         return int(result.rowcount or 0)
 
 
-def _stage_events(deal: Deal, old_stage: str | None, now: dt.datetime) -> list[dict[str, Any]]:
-    """Stage events for a new or changed deal: the CRM's history, else the observed change."""
-    base = {"source": deal.source, "external_id": deal.external_id, "pipeline_id": deal.pipeline}
+def _stage_events(
+    deal: Deal, old_stage: str | None, now: dt.datetime
+) -> list[tuple[str, dt.datetime, bool]]:
+    """(stage, entered_at, observed) for a new or changed deal: the CRM's history, else the change seen."""
     if deal.stage_history:
-        return [
-            {**base, "stage_id": v.stage, "entered_at": v.entered_at, "observed": False}
-            for v in deal.stage_history
-        ]
+        return [(v.stage, v.entered_at, False) for v in deal.stage_history]
     if deal.stage is None or deal.stage == old_stage:
         return []
     if deal.stage_entered_at is not None:
-        return [{**base, "stage_id": deal.stage, "entered_at": deal.stage_entered_at,
-                 "observed": False}]
+        return [(deal.stage, deal.stage_entered_at, False)]
     if old_stage is None and deal.created_at is not None:
         # first sight of a deal: it has been in its stage at least since creation
-        return [{**base, "stage_id": deal.stage, "entered_at": deal.created_at, "observed": True}]
-    return [{**base, "stage_id": deal.stage, "entered_at": now, "observed": True}]
+        return [(deal.stage, deal.created_at, True)]
+    return [(deal.stage, now, True)]
 
 
 def sync_source(

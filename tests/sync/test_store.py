@@ -58,3 +58,35 @@ class TestTypes:
             conn.execute(deals_table.insert(), [{
                 "source": "s", "external_id": "1", "status": "open", "content_hash": "x",
                 "first_seen_at": dt.datetime(2026, 1, 1), "synced_at": dt.datetime(2026, 1, 1)}])  # noqa: DTZ001
+
+
+class TestFastPath:
+    def test_encoded_rows_read_back_through_the_column_types(self, store: sa.Engine) -> None:
+        """Rows written by the engine's driver-level encoder read back exactly through the ORM types."""
+        from connectors.base import Deal
+        from sync.rows import DEAL_COLUMNS, RowEncoder
+
+        moment = dt.datetime(2026, 3, 29, 1, 30, 5, 120, tzinfo=dt.UTC)
+        deal = Deal(
+            source="s", external_id="1", title="Ærlig – «avtale»", amount=Decimal("50000.5055"),
+            currency="NOK", pipeline="p", stage="s1", status="won", archived=True, owner="o",
+            created_at=moment - dt.timedelta(days=90), closed_at=moment,
+            expected_close_date=dt.date(2026, 4, 1), stage_entered_at=moment, next_step="call",
+            next_activity_at=moment, last_activity_at=moment, updated_at=moment, link="https://x/1",
+            whole_days=True, raw={"amount": "50000.5055", "nested": {"ok": True}},
+        )
+        encoder = RowEncoder(store.dialect.name)
+        row, digest = encoder.deal(deal)
+        now = encoder.timestamp(moment)
+        with store.begin() as conn:
+            conn.exec_driver_sql(encoder.upsert_deals_sql, [(*row, digest, now, now, None)])
+        with store.connect() as conn:
+            stored = conn.execute(sa.select(deals_table)).one()._mapping
+        for name in DEAL_COLUMNS:
+            if name in ("source", "external_id", "content_hash", "first_seen_at", "synced_at",
+                        "deleted_at"):
+                continue
+            field = {"pipeline_id": "pipeline", "stage_id": "stage", "owner_id": "owner"}.get(name, name)
+            assert stored[name] == getattr(deal, field), name
+        assert stored["first_seen_at"] == moment
+        assert stored["content_hash"] == digest
