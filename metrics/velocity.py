@@ -27,9 +27,10 @@ window of ``W`` days (see ``shared/DESIGN.md``)::
   deal; for deals whose dates came without a time (``whole_days``) it is
   rounded to whole days, so a DST change never turns 90 days into 89.958.
 
-Everything is summed in the database, one query per scope kind, grouped by
-scope and currency. Money is only summed in SQL (exact on every backend);
-means, conversions and the velocity are Decimal arithmetic in Python.
+Everything is summed in the database in one scan, grouped by source, pipeline,
+owner and currency, and rolled up into the scopes in Python. Money is only
+summed in SQL (exact on every backend); means, conversions and the velocity
+are Decimal arithmetic in Python.
 """
 
 from __future__ import annotations
@@ -322,42 +323,57 @@ def _aggregates(start: dt.datetime, end: dt.datetime) -> tuple[list[sa.ColumnEle
     return columns, sa.or_(open_at_end, won, lost)
 
 
-def _scope_queries(columns: list[sa.ColumnElement[Any]],
-                   relevant: sa.ColumnElement[bool]) -> dict[ScopeKind, sa.Select[Any]]:
-    """One query per scope kind: key and label columns, then the aggregates, by currency."""
-    d, p, o = deals_table, pipelines_table, owners_table
-    by_all = sa.select(d.c.currency, *columns).where(relevant).group_by(d.c.currency)
-    by_pipeline = (
-        sa.select(d.c.source, d.c.pipeline_id, p.c.name, d.c.currency, *columns)
-        .select_from(d.outerjoin(p, sa.and_(p.c.source == d.c.source, p.c.external_id == d.c.pipeline_id)))
-        .where(relevant, d.c.pipeline_id.is_not(None))
-        .group_by(d.c.source, d.c.pipeline_id, p.c.name, d.c.currency)
-    )
-    by_owner = (
-        sa.select(d.c.source, d.c.owner_id, sa.func.coalesce(o.c.name, o.c.email), d.c.currency, *columns)
-        .select_from(d.outerjoin(o, sa.and_(o.c.source == d.c.source, o.c.external_id == d.c.owner_id)))
-        .where(relevant, d.c.owner_id.is_not(None))
-        .group_by(d.c.source, d.c.owner_id, o.c.name, o.c.email, d.c.currency)
-    )
-    return {"all": by_all, "pipeline": by_pipeline, "owner": by_owner}
+def _grouped_query(columns: list[sa.ColumnElement[Any]],
+                   relevant: sa.ColumnElement[bool]) -> sa.Select[Any]:
+    """The one scan: the aggregates by source, pipeline, owner and currency.
+
+    Every aggregate is a sum or a count, so the scopes (all, each pipeline,
+    each owner) are exact roll-ups of these groups, and the deals table is
+    read once however many scope kinds there are.
+    """
+    d = deals_table
+    keys = (d.c.source, d.c.pipeline_id, d.c.owner_id, d.c.currency)
+    return sa.select(*keys, *columns).where(relevant).group_by(*keys)
 
 
-def _accumulate(rows: Iterable[sa.Row[Any]], kind: ScopeKind) -> dict[tuple[str, str], _Totals]:
-    totals: dict[tuple[str, str], _Totals] = {}
+def _labels(conn: sa.Connection) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str]]:
+    """Pipeline names and owner names (else e-mail) by (source, external id)."""
+    p, o = pipelines_table, owners_table
+    pipelines = {(r.source, r.external_id): r.name
+                 for r in conn.execute(sa.select(p.c.source, p.c.external_id, p.c.name))}
+    owners = {(r.source, r.external_id): r.name or r.email
+              for r in conn.execute(sa.select(o.c.source, o.c.external_id, o.c.name, o.c.email))
+              if r.name or r.email}
+    return pipelines, owners
+
+
+def _add(t: _Totals, row: sa.Row[Any]) -> None:
+    t.opportunities += int(row.opportunities)
+    t.won += int(row.won)
+    t.lost += int(row.lost)
+    t.no_amount += int(row.no_amount)
+    if row.amount_deals:
+        t.amounts.append((row.currency, Decimal(row.amount_sum), int(row.amount_deals)))
+    t.cycle_deals += int(row.cycle_deals)
+    t.cycle_seconds += Decimal(row.cycle_seconds or 0)
+
+
+def _roll_up(rows: Iterable[sa.Row[Any]], pipeline_names: dict[tuple[str, str], str],
+             owner_names: dict[tuple[str, str], str]) -> dict[ScopeKind, dict[tuple[str, str], _Totals]]:
+    """Sum the groups into the all, pipeline and owner scopes."""
+    totals: dict[ScopeKind, dict[tuple[str, str], _Totals]] = {
+        "all": {("", ""): _Totals(label=ALL_LABEL)}, "pipeline": {}, "owner": {},
+    }
     for row in rows:
-        if kind == "all":
-            ident, label, currency = ("", ""), ALL_LABEL, row[0]
-        else:
-            ident, label, currency = (row[0], row[1]), row[2] or row[1], row[3]
-        t = totals.setdefault(ident, _Totals(label=label))
-        t.opportunities += int(row.opportunities)
-        t.won += int(row.won)
-        t.lost += int(row.lost)
-        t.no_amount += int(row.no_amount)
-        if row.amount_deals:
-            t.amounts.append((currency, Decimal(row.amount_sum), int(row.amount_deals)))
-        t.cycle_deals += int(row.cycle_deals)
-        t.cycle_seconds += Decimal(row.cycle_seconds or 0)
+        _add(totals["all"][("", "")], row)
+        if row.pipeline_id is not None:
+            ident = (row.source, row.pipeline_id)
+            label = pipeline_names.get(ident, row.pipeline_id)
+            _add(totals["pipeline"].setdefault(ident, _Totals(label=label)), row)
+        if row.owner_id is not None:
+            ident = (row.source, row.owner_id)
+            label = owner_names.get(ident, row.owner_id)
+            _add(totals["owner"].setdefault(ident, _Totals(label=label)), row)
     return totals
 
 
@@ -433,13 +449,12 @@ def compute_velocity(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
     columns, relevant = _aggregates(start, end)
     scopes: list[ScopeVelocity] = []
     with engine.connect() as conn:
-        for kind, query in _scope_queries(columns, relevant).items():
-            totals = _accumulate(conn.execute(query), kind)
-            if kind == "all":
-                totals.setdefault(("", ""), _Totals(label=ALL_LABEL))
-            found = [
-                _scope(kind, f"{src}/{ext}" if kind != "all" else "", t, settings, window)
-                for (src, ext), t in totals.items()
-            ]
-            scopes.extend(sorted(_disambiguate(found), key=lambda s: (s.label.casefold(), s.key)))
+        pipeline_names, owner_names = _labels(conn)
+        rolled = _roll_up(conn.execute(_grouped_query(columns, relevant)), pipeline_names, owner_names)
+    for kind, totals in rolled.items():
+        found = [
+            _scope(kind, f"{src}/{ext}" if kind != "all" else "", t, settings, window)
+            for (src, ext), t in totals.items()
+        ]
+        scopes.extend(sorted(_disambiguate(found), key=lambda s: (s.label.casefold(), s.key)))
     return VelocityReport(as_of, window, settings.currency, settings.timezone, tuple(scopes))
