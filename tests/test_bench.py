@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,7 @@ from bench.generator import deal_pages
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_bench(*args: str) -> tuple[str, dict]:
+def run_bench(*args: str) -> tuple[str, dict[str, Any]]:
     """Run ``python -m bench`` from the repository root; return stdout and the last line's JSON."""
     done = subprocess.run(
         [sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True, text=True, timeout=300,
