@@ -180,7 +180,8 @@ class RateLimiter:
     """A sliding-window limiter: at most ``max_calls`` per ``period`` seconds.
 
     Thread-safe. ``acquire()`` blocks (via the injected ``sleep``) until a call
-    is allowed. ``pause(seconds)`` makes every caller wait, e.g. when headers
+    is allowed; ``margin`` seconds are added to each window, because the server
+    counts a request when it arrives, a little after we counted it. ``pause(seconds)`` makes every caller wait, e.g. when headers
     say the window's budget is spent.
     """
 
@@ -191,11 +192,13 @@ class RateLimiter:
         *,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        margin: float = 0.05,
     ) -> None:
         if max_calls < 1 or period <= 0:
             raise ValueError("max_calls must be >= 1 and period > 0")
         self.max_calls = max_calls
         self.period = period
+        self.margin = margin
         self._clock = clock
         self._sleep = sleep
         self._calls: collections.deque[float] = collections.deque()
@@ -211,11 +214,17 @@ class RateLimiter:
                     self._calls.popleft()
                 wait = max(0.0, self._paused_until - now)
                 if not wait and len(self._calls) >= self.max_calls:
-                    wait = self._calls[0] + self.period - now
+                    wait = self._calls[0] + self.period + self.margin - now
                 if wait <= 0:
                     self._calls.append(now)
                     return
             self._sleep(wait)
+
+    def in_window(self) -> int:
+        """How many of our own calls fall in the current window."""
+        with self._lock:
+            now = self._clock()
+            return sum(1 for t in self._calls if t > now - self.period)
 
     def pause(self, seconds: float) -> None:
         """Hold every caller for ``seconds`` from now."""

@@ -196,6 +196,19 @@ class TestErrors:
         connector(fake_time).pipelines()
         assert fake_time.sleeps == [pytest.approx(1.5)]
 
+    def test_a_window_we_filled_ourselves_is_paced_by_the_limiter_alone(self, rsps, fake_time):
+        """When our own calls filled the window, the header's whole-second reset adds no extra wait."""
+        rsps.get(f"{V2}/pipelines", json=fixture("pipelines.json"), headers={"x-ratelimit-remaining": "1"})
+        rsps.get(f"{V2}/stages", json=fixture("stages.json"),
+                 headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"})
+        rsps.get(f"{ROOT}/api/v1/users", json=fixture("users.json"))
+        pd = connector(fake_time, requests_per_window=2)
+        with capture_logs() as logs:
+            pd.pipelines()
+            pd.owners()
+        assert not [e for e in logs if e["event"] == "pipedrive.paced"]
+        assert fake_time.sleeps == [pytest.approx(2.05)]  # the limiter: the window plus its margin
+
     def test_a_spent_daily_budget_stops_with_a_clear_message(self, rsps, fake_time):
         """The daily-budget 429 is not retried: BudgetExhaustedError says the next run resumes."""
         headers = {"x-daily-ratelimit-token-remaining": "0", "x-ratelimit-remaining": "39"}
