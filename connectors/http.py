@@ -181,8 +181,9 @@ class RateLimiter:
 
     Thread-safe. ``acquire()`` blocks (via the injected ``sleep``) until a call
     is allowed; ``margin`` seconds are added to each window, because the server
-    counts a request when it arrives, a little after we counted it. ``pause(seconds)`` makes every caller wait, e.g. when headers
-    say the window's budget is spent.
+    counts a request when it arrives, a little after we counted it.
+    ``pause(seconds)`` makes every caller wait, e.g. when headers say the
+    window's budget is spent.
     """
 
     def __init__(
