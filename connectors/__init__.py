@@ -1,21 +1,18 @@
 """CRM connectors and their registry.
 
 Connectors are found through the entry-point group ``sales_velocity.connectors``;
-the entry point's name is the ``kind`` used in ``[[sources]]``. Loading is lazy
-and cached, so an installed but unused connector costs nothing, and a broken one
-only fails the sources that use it.
+the entry point's name is the ``kind`` used in ``[[sources]]`` (see
+``connectors.plugins``). A package outside this repository adds a CRM by
+registering a class with a ``settings_model`` there.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
-from importlib.metadata import entry_points
-from typing import Any, TypeVar, cast
+from typing import Any, cast
 
-from pydantic import BaseModel, ValidationError
-
-from connectors.base import ConfigError, ConfigProblem, Connector, ConnectorFactory
+from connectors.base import Connector, ConnectorFactory
+from connectors.plugins import PluginRegistry, validate_settings, validation_problems
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -27,15 +24,14 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "sales_velocity.connectors"
-M = TypeVar("M", bound=BaseModel)
+CONNECTORS = PluginRegistry(ENTRY_POINT_GROUP, "connector")
 
 
 def installed_kinds() -> list[str]:
     """Return the sorted names of every installed connector kind."""
-    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
+    return CONNECTORS.installed()
 
 
-@functools.cache
 def load_connector_factory(kind: str) -> ConnectorFactory:
     """Load the connector class registered under ``kind``.
 
@@ -43,51 +39,7 @@ def load_connector_factory(kind: str) -> ConnectorFactory:
         LookupError: no connector of that kind is installed; the message lists
             the installed kinds.
     """
-    matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
-    if not matches:
-        kinds = ", ".join(installed_kinds()) or "none"
-        raise LookupError(f"no connector of kind {kind!r} is installed (installed: {kinds})")
-    factory = matches[0].load()
-    if not hasattr(factory, "settings_model"):
-        raise TypeError(f"connector {kind!r} ({factory!r}) has no settings_model")
-    return cast(ConnectorFactory, factory)
-
-
-def validation_problems(error: ValidationError, prefix: str = "") -> list[ConfigProblem]:
-    """Turn a pydantic ``ValidationError`` into problems with dotted key paths.
-
-    Secret values never appear: only the key path and pydantic's message are kept.
-    """
-    problems = []
-    for item in error.errors(include_url=False, include_input=False):
-        parts = [prefix] if prefix else []
-        for loc in item["loc"]:
-            if isinstance(loc, int):
-                parts[-1:] = [f"{parts[-1]}[{loc}]"] if parts else [f"[{loc}]"]
-            else:
-                parts.append(str(loc))
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        problems.append(ConfigProblem(".".join(parts), message))
-    return problems
-
-
-def validate_settings(
-    model: type[M],
-    raw: Mapping[str, Any],
-    path: str,
-    context: Mapping[str, Any] | None = None,
-) -> M:
-    """Validate ``raw`` against ``model``, raising one ``ConfigError`` with every problem.
-
-    ``context`` reaches validators as ``info.context`` (e.g. ``config_dir``, to
-    resolve relative paths against the config file's folder).
-    """
-    try:
-        return model.model_validate(dict(raw), context=dict(context or {}))
-    except ValidationError as exc:
-        raise ConfigError(validation_problems(exc, path)) from None
+    return cast(ConnectorFactory, CONNECTORS.load(kind))
 
 
 def build_connector(
@@ -103,13 +55,4 @@ def build_connector(
     Raises:
         ConfigError: unknown kind (listing the installed ones) or invalid settings.
     """
-    kind = raw.get("kind")
-    if not isinstance(kind, str) or not kind:
-        kinds = ", ".join(installed_kinds())
-        raise ConfigError.single(f"{path}.kind", f"field required (installed: {kinds})")
-    try:
-        factory = load_connector_factory(kind)
-    except LookupError as exc:
-        raise ConfigError.single(f"{path}.kind", str(exc)) from None
-    settings = validate_settings(factory.settings_model, raw, path, context)
-    return factory(settings)
+    return cast(Connector, CONNECTORS.build(raw, path, context))

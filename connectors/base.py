@@ -39,9 +39,10 @@ import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 __all__ = [
     "AuthError",
@@ -66,6 +67,7 @@ __all__ = [
     "StageVisit",
     "StoreError",
     "StreamItem",
+    "TimeZoneName",
     "VelocityError",
 ]
 
@@ -205,6 +207,18 @@ StreamItem = Deal | Rejected | Checkpoint
 
 
 # --------------------------------------------------------------------------- settings
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Oslo)") from None
+    return value
+
+
+TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
+"""A settings field holding an IANA time zone name, checked when the config is read."""
 
 
 class SourceSettings(BaseModel):

@@ -37,17 +37,14 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
+from metrics.sql import elapsed_days
 from sync.store import UTCDateTime, deals_table, owners_table, pipelines_table, stages_table
 
 __all__ = [
     "BOTTLENECKS",
     "RULES",
     "Bottleneck",
-    "ElapsedDays",
     "HygieneSettings",
     "HygieneSummary",
     "Rule",
@@ -170,24 +167,6 @@ class HygieneSummary:
 # --------------------------------------------------------------------------- SQL
 
 
-class ElapsedDays(FunctionElement[Any]):
-    """SQL: fractional days from the first timestamp to the second."""
-
-    type = sa.Float()
-    inherit_cache = True
-    name = "elapsed_days"
-
-
-@compiles(ElapsedDays)
-def _elapsed_days_default(element: ElapsedDays, compiler: SQLCompiler, **kw: Any) -> str:
-    start, end = (compiler.process(arg, **kw) for arg in element.clauses)
-    return f"(EXTRACT(EPOCH FROM ({end} - {start})) / 86400.0)"
-
-
-@compiles(ElapsedDays, "sqlite")
-def _elapsed_days_sqlite(element: ElapsedDays, compiler: SQLCompiler, **kw: Any) -> str:
-    start, end = (compiler.process(arg, **kw) for arg in element.clauses)
-    return f"(julianday({end}) - julianday({start}))"
 
 
 def reference_instant(as_of: dt.date, now: dt.datetime, zone: ZoneInfo) -> dt.datetime:
@@ -244,8 +223,8 @@ def _flags_query(settings: HygieneSettings, as_of: dt.date, now: dt.datetime, zo
         "no_next_step": _flag(sa.and_(d.next_activity_at.is_(None), blank_step)),
         "next_step_overdue": _flag(d.next_activity_at < today_start),
         "close_date_passed": _flag(d.expected_close_date < sa.literal(as_of, sa.Date())),
-        "stuck_in_stage": _flag(ElapsedDays(d.stage_entered_at, at) > stuck_limit),
-        "inactive": _flag(ElapsedDays(last_touch, at) > inactive_limit),
+        "stuck_in_stage": _flag(elapsed_days(d.stage_entered_at, at) > stuck_limit),
+        "inactive": _flag(elapsed_days(last_touch, at) > inactive_limit),
         "missing_amount": _flag(d.amount.is_(None)),
     }
     pipeline_join = sa.and_(p.source == d.source, p.external_id == d.pipeline_id)

@@ -19,8 +19,8 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import sqlalchemy as sa
 
-from metrics.hygiene import ElapsedDays
 from metrics.settings import MetricsSettings
+from metrics.sql import elapsed_days
 from metrics.velocity import window_bounds
 from sync.store import deals_table, pipelines_table, stage_events_table, stages_table
 
@@ -76,7 +76,7 @@ def stage_wait_times(
         .join(won, sa.and_(won.c.source == e.source, won.c.external_id == e.external_id))
         .cte("visits")
     )
-    days = ElapsedDays(visits.c.entered_at, visits.c.left_at)
+    days = elapsed_days(visits.c.entered_at, visits.c.left_at)
     group = (visits.c.source, visits.c.pipeline_id, visits.c.stage_id)
     durations = (
         sa.select(*group, days.label("days"))

@@ -45,11 +45,9 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
 from metrics.settings import MetricsSettings, WhatIfSettings
+from metrics.sql import ElapsedSeconds
 from sync.store import UTCDateTime, deals_table, owners_table, pipelines_table
 
 __all__ = [
@@ -245,26 +243,6 @@ def window_bounds(as_of: dt.date, window_days: int, zone: ZoneInfo) -> tuple[dt.
 
 
 # --------------------------------------------------------------------------- SQL
-
-
-class ElapsedSeconds(FunctionElement[Any]):
-    """SQL: seconds from the first timestamp to the second (fractional)."""
-
-    type = sa.Numeric()
-    inherit_cache = True
-    name = "elapsed_seconds"
-
-
-@compiles(ElapsedSeconds)
-def _elapsed_seconds_default(element: ElapsedSeconds, compiler: SQLCompiler, **kw: Any) -> str:
-    start, end = (compiler.process(arg, **kw) for arg in element.clauses)
-    return f"EXTRACT(EPOCH FROM ({end} - {start}))"
-
-
-@compiles(ElapsedSeconds, "sqlite")
-def _elapsed_seconds_sqlite(element: ElapsedSeconds, compiler: SQLCompiler, **kw: Any) -> str:
-    start, end = (compiler.process(arg, **kw) for arg in element.clauses)
-    return f"((julianday({end}) - julianday({start})) * 86400.0)"
 
 
 @dataclass

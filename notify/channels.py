@@ -22,16 +22,15 @@ import time
 from collections.abc import Callable, Mapping
 from email.message import EmailMessage
 from email.utils import formatdate
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Protocol, TextIO, runtime_checkable
 
 import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from connectors import validate_settings
-from connectors.base import ConfigError, ConnectorError, RetriableAPIError, VelocityError
+from connectors.base import ConnectorError, RetriableAPIError, VelocityError
 from connectors.http import RetryPolicy, new_session, request
+from connectors.plugins import PluginRegistry
 from notify.message import Message, MessageKind
 
 __all__ = [
@@ -408,25 +407,12 @@ def _smtp_reason(exc: BaseException) -> str:
 # --------------------------------------------------------------------------- registry
 
 
+CHANNELS = PluginRegistry(ENTRY_POINT_GROUP, "channel")
+
+
 def installed_channel_kinds() -> list[str]:
     """Return the sorted names of every installed channel kind."""
-    return sorted({ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)})
-
-
-_FACTORIES: dict[str, Any] = {}
-
-
-def _load(kind: str) -> Any:
-    if kind not in _FACTORIES:
-        matches = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == kind]
-        if not matches:
-            kinds = ", ".join(installed_channel_kinds()) or "none"
-            raise LookupError(f"no channel of kind {kind!r} is installed (installed: {kinds})")
-        factory = matches[0].load()
-        if not hasattr(factory, "settings_model"):
-            raise LookupError(f"channel {kind!r} ({factory!r}) has no settings_model")
-        _FACTORIES[kind] = factory
-    return _FACTORIES[kind]
+    return CHANNELS.installed()
 
 
 def build_channel(raw: Mapping[str, Any], path: str, context: Mapping[str, Any] | None = None) -> Channel:
@@ -441,14 +427,5 @@ def build_channel(raw: Mapping[str, Any], path: str, context: Mapping[str, Any] 
         ConfigError: unknown kind (listing the installed ones) or invalid settings,
             every problem with its key path.
     """
-    kind = raw.get("kind")
-    if not isinstance(kind, str) or not kind:
-        kinds = ", ".join(installed_channel_kinds())
-        raise ConfigError.single(f"{path}.kind", f"field required (installed: {kinds})")
-    try:
-        factory = _load(kind)
-    except LookupError as exc:
-        raise ConfigError.single(f"{path}.kind", str(exc)) from None
-    settings = validate_settings(factory.settings_model, raw, path, context)
-    channel: Channel = factory(settings)
+    channel: Channel = CHANNELS.build(raw, path, context)
     return channel

@@ -1,0 +1,37 @@
+"""SQL expressions the metrics share, compiled per backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
+
+__all__ = ["ElapsedSeconds", "elapsed_days"]
+
+
+class ElapsedSeconds(FunctionElement[Any]):
+    """SQL: seconds (fractional) from the first timestamp to the second."""
+
+    type = sa.Numeric()
+    inherit_cache = True
+    name = "elapsed_seconds"
+
+
+@compiles(ElapsedSeconds)
+def _elapsed_seconds_default(element: ElapsedSeconds, compiler: SQLCompiler, **kw: Any) -> str:
+    start, end = (compiler.process(arg, **kw) for arg in element.clauses)
+    return f"EXTRACT(EPOCH FROM ({end} - {start}))"
+
+
+@compiles(ElapsedSeconds, "sqlite")
+def _elapsed_seconds_sqlite(element: ElapsedSeconds, compiler: SQLCompiler, **kw: Any) -> str:
+    start, end = (compiler.process(arg, **kw) for arg in element.clauses)
+    return f"((julianday({end}) - julianday({start})) * 86400.0)"
+
+
+def elapsed_days(start: sa.ColumnElement[Any], end: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """SQL: fractional days from ``start`` to ``end``."""
+    return ElapsedSeconds(start, end) / 86400.0
