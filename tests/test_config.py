@@ -62,6 +62,7 @@ path = "${MISSING_PATH}"
 bogus = 1
 [schedule]
 sync = "every day"
+timezone = "Nowhere/Atlantis"
 """
         with pytest.raises(ConfigError) as info:
             load_config(write(tmp_path, text), env={})
@@ -76,7 +77,7 @@ sync = "every day"
             load_config(write(tmp_path, text), env={})
         paths = {p.path for p in info.value.problems}
         assert {"store.url", "sources[0].kind", "sources[1].path", "sources[1].bogus",
-                "schedule.sync"} <= paths
+                "schedule.sync", "schedule.timezone"} <= paths
         assert "installed: csv, hubspot, pipedrive" in str(info.value)
         assert "environment variable MISSING_PATH is not set" in str(info.value)
 
