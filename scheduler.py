@@ -679,11 +679,18 @@ def serve(scheduler: Any) -> None:
 def cmd_schedule(ctx: Context, args: argparse.Namespace) -> int:
     """Run as a long-lived scheduler until SIGTERM/SIGINT, which stop it after the running job."""
 
-    def sync_job() -> int:
-        return _print_sync_results(ctx, run_sync(ctx))
+    def job(body: Callable[[], int]) -> Callable[[], int]:
+        def run() -> int:  # each run of a job gets a run id of its own
+            ctx.run_id = uuid.uuid4().hex[:12]
+            with structlog.contextvars.bound_contextvars(run_id=ctx.run_id):
+                return body()
+        return run
 
-    scheduler = build_scheduler(ctx.config.schedule, ctx.config.timezone,
-                                sync=sync_job, daily=lambda: cmd_run_daily_locked(ctx))
+    scheduler = build_scheduler(
+        ctx.config.schedule, ctx.config.timezone,
+        sync=job(lambda: _print_sync_results(ctx, run_sync(ctx))),
+        daily=job(lambda: cmd_run_daily_locked(ctx)),
+    )
     ctx.ready_engine()  # fail now, not at the first job, when the store is not initialised
     if args.run_now:
         scheduler.get_job("sync").modify(next_run_time=dt.datetime.now(ctx.config.zone))
