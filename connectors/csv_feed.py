@@ -28,7 +28,8 @@ Reading rules:
 * The pull ends with ``Checkpoint(cursor, complete=True)``: the file holds every
   live deal, so deals that vanished from it become ``deleted``. When more rows
   were rejected than read (a wrong ``date_format``, say), the checkpoint is not
-  complete, so a broken file never deletes the store's deals. The cursor is the
+  complete, so a broken file never deletes the store's deals; nor does a file with a
+  header and no rows (an export cut short). The cursor is the
   file's SHA-256 plus a short fingerprint of the settings that shape the deals
   (and of the demo rebase shift), so when neither changed, ``deals(cursor)``
   yields only ``Checkpoint(cursor, complete=False)`` without reading a row.
@@ -435,14 +436,20 @@ class CsvFeedConnector:
             while hashing.read(READ_CHUNK):  # hash any bytes the reader left unread
                 pass
             cursor = self._cursor(hashing.sha.hexdigest(), shift)
-        # A file that is mostly unreadable (say, a wrong date_format) must not delete the
-        # deals the store has: the pull only counts as complete when most rows were read.
-        complete = rejected <= deals
+        # A file that is mostly unreadable (say, a wrong date_format), or one with a header and
+        # no rows (an export cut short), must not delete the deals the store has: the pull only
+        # counts as complete when it read deals, and more of them than it rejected.
+        complete = 0 < deals and rejected <= deals
         log.info(
             "csv_feed.read", source=self.name, path=str(self.path), deals=deals, rejected=rejected,
             complete=complete, duration_s=round(time.perf_counter() - started, 3),
         )
-        if not complete:
+        if deals == 0 and rejected == 0:
+            log.warning(
+                "csv_feed.empty", source=self.name, path=str(self.path),
+                advice="the file has a header but no rows: deals are not marked deleted",
+            )
+        elif not complete:
             log.warning(
                 "csv_feed.mostly_rejected", source=self.name, path=str(self.path), deals=deals,
                 rejected=rejected, advice="more rows were rejected than read: deals missing from the "

@@ -563,6 +563,15 @@ class TestCursor:
         warning = next(e for e in logs if e["event"] == "csv_feed.mostly_rejected")
         assert (warning["log_level"], warning["deals"], warning["rejected"]) == ("warning", 1, 2)
 
+    def test_header_only_file_is_not_complete(self, tmp_path: Path) -> None:
+        """A header with no rows (an export cut short) deletes nothing, and a warning says why."""
+        path = write(tmp_path, "id,stage,created_at\n")
+        with capture_logs() as logs:
+            deals, rejects, checkpoints = pull(feed(path))
+        assert (deals, rejects) == ([], [])
+        assert checkpoints[-1].complete is False
+        assert any(e["event"] == "csv_feed.empty" for e in logs)
+
     def test_changed_settings_change_the_cursor(self) -> None:
         """A new mapping or zone re-reads the same file (the cursor covers the settings too)."""
         base = pull(feed("seed_example.csv"))[2][-1].cursor
