@@ -439,7 +439,7 @@ class CsvFeedConnector:
         # A file that is mostly unreadable (say, a wrong date_format), or one with a header and
         # no rows (an export cut short), must not delete the deals the store has: the pull only
         # counts as complete when it read deals, and more of them than it rejected.
-        complete = 0 < deals and rejected <= deals
+        complete = deals > 0 and rejected <= deals
         log.info(
             "csv_feed.read", source=self.name, path=str(self.path), deals=deals, rejected=rejected,
             complete=complete, duration_s=round(time.perf_counter() - started, 3),
