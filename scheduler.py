@@ -253,8 +253,10 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> AppC
         raise ConfigError(problems)
     config = AppConfig(path, top.timezone, top.currency, store, sync, sources, metrics, notify,
                        reminders, schedule, logging_settings)
+    store_password = sa.engine.make_url(store.url).password if store else None
     config.secrets = sorted({s for s in [*secrets, *_secret_values(config.sources),
-                                         *_secret_values(notify)] if len(s) >= 4})
+                                         *_secret_values(notify), str(store_password or "")]
+                             if len(s) >= 4})
     return config
 
 

@@ -126,6 +126,12 @@ class TestEnvAndSecrets:
         assert "pat-na1-SECRET" not in stream.getvalue()
         assert stream.getvalue().count("***") >= 3
 
+    def test_store_password_is_a_secret(self, tmp_path: Path) -> None:
+        """The password in a PostgreSQL store URL is masked like a token."""
+        url = "postgresql+psycopg://velocity:hunter2-pw@db/velocity"
+        config = load_config(write(tmp_path, GOOD), env={"VELOCITY_DATABASE_URL": url})
+        assert "hunter2-pw" in config.secrets
+
     def test_redactor_prefers_longest_secret(self) -> None:
         """Overlapping secrets are masked whole."""
         assert SecretRedactor(["abcd", "abcdefgh"]).redact("x abcdefgh y") == "x *** y"
