@@ -3,11 +3,13 @@
 ``sync_source`` drives one connector:
 
 1. records a ``sync_runs`` row (status ``running``);
-2. upserts the source's pipelines, stages and owners;
+2. refreshes the source's pipelines, stages and owners when they are due
+   (``sync.catalog``: first sync, ``full``, too old, or a deal refers to an
+   unknown one);
 3. streams ``connector.deals(since)`` (``since`` = the stored cursor, or ``None``
    for a full pull) and writes deals in batches: one ``SELECT`` of the batch's
    current hashes, then one upsert of the new and changed rows only, so a re-sync
-   of unchanged data writes nothing;
+   of unchanged data writes nothing (rows are encoded by ``sync.rows``);
 4. adds a ``deal_stage_events`` row for every stage a deal enters (the CRM's own
    dates where it provides them, else as observed);
 5. at each ``Checkpoint`` commits the pending deals *and* the cursor in one
@@ -37,7 +39,6 @@ from sync.catalog import KnownCatalog, catalog_due, dialect_insert, load_known, 
 from sync.rows import RowEncoder
 from sync.store import (
     deals_table,
-    stage_events_table,
     sync_rejects_table,
     sync_runs_table,
     sync_state_table,
@@ -54,8 +55,6 @@ DEFAULT_BATCH_SIZE = 2000
 DEFAULT_CATALOG_MAX_AGE = dt.timedelta(hours=6)
 MAX_LOGGED_REJECTS = 20
 
-deals_t = deals_table
-events_t = stage_events_table
 _seen_meta = sa.MetaData()
 seen_t = sa.Table(
     "sync_seen_ids",
@@ -146,10 +145,8 @@ class _Writer:
             )
             self.rejects = []
         if self.track_seen and self.rejected_ids:
-            self.conn.execute(
-                dialect_insert(self.conn, seen_t).on_conflict_do_nothing(),
-                [{"external_id": key} for key in self.rejected_ids],
-            )
+            self.conn.exec_driver_sql(self.encoder.insert_seen_sql,
+                                      [(key,) for key in self.rejected_ids])
             self.rejected_ids = []
         if not self.deals:
             return
@@ -214,12 +211,12 @@ class _Writer:
     def _mark_missing_deleted(self) -> int:
         now = self.now()
         missing = sa.and_(
-            deals_t.c.source == self.source,
-            deals_t.c.status != "deleted",
-            ~sa.exists().where(seen_t.c.external_id == deals_t.c.external_id),
+            deals_table.c.source == self.source,
+            deals_table.c.status != "deleted",
+            ~sa.exists().where(seen_t.c.external_id == deals_table.c.external_id),
         )
         result = self.conn.execute(
-            deals_t.update()
+            deals_table.update()
             .where(missing)
             .values(status="deleted", deleted_at=now, synced_at=now, content_hash="deleted")
         )
