@@ -12,8 +12,12 @@
    of unchanged data writes nothing (rows are encoded by ``sync.rows``);
 4. adds a ``deal_stage_events`` row for every stage a deal enters (the CRM's own
    dates where it provides them, else as observed);
-5. at each ``Checkpoint`` commits the pending deals *and* the cursor in one
-   transaction, so a crash re-pulls from the last checkpoint and never skips;
+5. at each ``Checkpoint`` writes the pending deals *and* the cursor in one
+   transaction, so a crash re-pulls from the last committed checkpoint and never
+   skips. A checkpoint commits when ``COMMIT_EVERY`` deals or ``COMMIT_INTERVAL_S``
+   seconds have gone by since the last commit (pages from a rate-limited CRM
+   commit one by one; a fast feed does not pay for a commit per page), and when
+   the connector fails, everything up to its last checkpoint is committed;
 6. after a ``complete`` checkpoint, marks the source's deals that the pull did not
    contain as ``deleted`` (never deleting rows).
 
@@ -52,6 +56,10 @@ Clock = Callable[[], dt.datetime]
 SyncStatus = Literal["ok", "failed", "skipped"]
 
 DEFAULT_BATCH_SIZE = 2000
+COMMIT_EVERY = 10_000
+"""Deals written since the last commit after which a checkpoint commits."""
+COMMIT_INTERVAL_S = 1.0
+"""Seconds since the last commit after which a checkpoint commits."""
 DEFAULT_CATALOG_MAX_AGE = dt.timedelta(hours=6)
 MAX_LOGGED_REJECTS = 20
 
@@ -98,21 +106,38 @@ class _Writer:
     """Buffers one source's stream items and writes them batch by batch."""
 
     def __init__(
-        self, conn: sa.Connection, source: str, run_pk: int, now: Clock, batch_size: int
+        self, conn: sa.Connection, source: str, run_pk: int, now: Clock, batch_size: int,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
         self.conn = conn
         self.source = source
         self.run_pk = run_pk
         self.now = now
         self.batch_size = batch_size
+        self.progress = progress
         self.deals: dict[str, Deal] = {}
         self.rejects: list[Rejected] = []
         self.rejected_ids: list[str] = []
         self.result = SyncResult(source=source)
         self.track_seen = False
         self.known: KnownCatalog | None = None
-        self.encoder = RowEncoder(conn.dialect.name)
         """Set when the catalog was not refreshed: deals referring to new ids refresh it."""
+        self.encoder = RowEncoder(conn.dialect.name)
+        self.uncommitted = 0
+        self.committed_at = time.monotonic()
+
+    def commit(self) -> None:
+        """Commit what is written (deals, and the cursor of the last checkpoint)."""
+        self.conn.commit()
+        self.uncommitted = 0
+        self.committed_at = time.monotonic()
+        if self.progress is not None:  # after the commit: the hook may write through another connection
+            self.progress(self.result.seen)
+
+    def commit_due(self) -> bool:
+        """Whether enough work or time has passed since the last commit."""
+        return (self.uncommitted >= COMMIT_EVERY
+                or time.monotonic() - self.committed_at >= COMMIT_INTERVAL_S)
 
     def add(self, item: Deal | Rejected) -> None:
         if isinstance(item, Rejected):
@@ -130,7 +155,8 @@ class _Writer:
         self.result.seen += 1
         if len(self.deals) >= self.batch_size:
             self.flush()
-            self.conn.commit()
+            if self.commit_due():
+                self.commit()
 
     def flush(self) -> None:
         """Write buffered deals, stage events and rejects (the caller commits)."""
@@ -152,6 +178,7 @@ class _Writer:
             return
         batch = self.deals
         self.deals = {}
+        self.uncommitted += len(batch)
         conn, enc = self.conn, self.encoder
         ids = list(batch)
         if self.track_seen:
@@ -192,7 +219,7 @@ class _Writer:
             conn.exec_driver_sql(enc.insert_events_sql, events)
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Write what is buffered and the cursor in one transaction."""
+        """Write what is buffered and the cursor in one transaction; commit it when due."""
         self.flush()
         if checkpoint.complete and self.track_seen:
             self.result.deleted += self._mark_missing_deleted()
@@ -206,7 +233,8 @@ class _Writer:
                 set_={"cursor": stmt.excluded.cursor, "updated_at": stmt.excluded.updated_at},
             )
         )
-        self.conn.commit()
+        if checkpoint.complete or self.commit_due():
+            self.commit()
 
     def _mark_missing_deleted(self) -> int:
         now = self.now()
@@ -221,6 +249,19 @@ class _Writer:
             .values(status="deleted", deleted_at=now, synced_at=now, content_hash="deleted")
         )
         return int(result.rowcount or 0)
+
+
+def _keep_written(conn: sa.Connection, writing: bool) -> None:
+    """After a failed pull: commit what the writer wrote, unless the writer itself failed.
+
+    When the connector fails, the open transaction holds only whole writes (deals
+    and the cursor of the last checkpoint), so it is kept; when a write failed,
+    the transaction may be broken and is rolled back to the last commit.
+    """
+    if writing:
+        conn.rollback()
+    else:
+        conn.commit()
 
 
 def _stage_events(
@@ -261,7 +302,9 @@ def sync_source(
         run_id: the run this sync belongs to (one is made up when omitted).
         now: the clock (aware UTC); tests pin it.
         batch_size: deals written per statement batch.
-        progress: called with the number of deals seen after each batch.
+        progress: called with the number of deals seen after each commit (at least
+            every ``COMMIT_INTERVAL_S`` while pages arrive), when no write
+            transaction is open, so it may renew a lease in the same SQLite file.
         redact: masks secrets in error text before it is stored or logged.
         catalog_max_age: refresh pipelines, stages and owners when older than this
             (``None``: every sync); also on a full sync, on the first sync, and when
@@ -284,9 +327,10 @@ def sync_source(
                 )
             ).inserted_primary_key[0])
             conn.commit()
-            writer = _Writer(conn, source, run_pk, clock, batch_size)
+            writer = _Writer(conn, source, run_pk, clock, batch_size, progress)
             result = writer.result
             result.run_id, result.full = run_id, full
+            writing = True  # a failure while the catalog is written rolls it back
             try:
                 if full or catalog_due(conn, source, clock(), catalog_max_age):
                     refresh_catalog(conn, connector, kind, clock())
@@ -297,20 +341,19 @@ def sync_source(
                 seen_t.create(conn, checkfirst=True)
                 conn.execute(seen_t.delete())
                 writer.track_seen = True
+                writing = False  # from here on, an exception outside the writer is the connector's
                 for item in connector.deals(since):
+                    writing = True
                     if isinstance(item, Checkpoint):
                         writer.checkpoint(item)
-                        if progress is not None:
-                            progress(result.seen)
-                        continue
-                    writer.add(item)
-                    if progress is not None and result.seen % batch_size == 0:
-                        progress(result.seen)
+                    else:
+                        writer.add(item)
+                    writing = False
             except ConnectorError as exc:
-                conn.rollback()
+                _keep_written(conn, writing)
                 result.status, result.error = "failed", str(exc)
             except Exception as exc:  # a bug or a store failure must not stop other sources
-                conn.rollback()
+                _keep_written(conn, writing)
                 result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
                 log.exception("sync.crashed")
             else:

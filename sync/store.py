@@ -202,11 +202,8 @@ class DealRow(Base):
     """A deal as last seen in its CRM. ``content_hash`` detects real changes."""
 
     __tablename__ = "deals"
-    __table_args__ = (
-        Index("ix_deals_status", "source", "status"),
-        Index("ix_deals_closed_at", "closed_at"),
-        Index("ix_deals_owner", "source", "owner_id"),
-    )
+    # No secondary indexes: metrics read deals in one grouped scan, and each index
+    # cost more on every upsert than any query gained (migration 0003).
 
     source: Mapped[str] = mapped_column(String(100), primary_key=True)
     external_id: Mapped[str] = mapped_column(String(200), primary_key=True)

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+import sync.engine as engine_module
 from connectors.hubspot import HubSpotConnector
 from scheduler import main
 from sync.engine import SyncResult, read_cursor, sync_source
@@ -172,8 +173,11 @@ class TestCrashes:
         assert fake.counts["search"] == 1
         assert store_state(store) == portal_state(fake)
 
-    def test_consumer_crashes_after_n_deals(self, store: sa.Engine, fake: FakeHubSpot) -> None:
+    def test_consumer_crashes_after_n_deals(
+        self, store: sa.Engine, fake: FakeHubSpot, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """The process dying while storing (here: the progress hook raises) loses nothing."""
+        monkeypatch.setattr(engine_module, "COMMIT_INTERVAL_S", 0.0)  # every page commits and reports
         connector = make_connector(fake)
         sync(store, connector, fake)
         change_portal(fake, n=550)

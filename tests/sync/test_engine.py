@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
+import sync.engine as engine_module
 from connectors.base import (
     Checkpoint,
     Deal,
@@ -81,6 +83,24 @@ class ScriptedConnector:
     def check(self) -> str:
         """Always fine."""
         return "fake ok"
+
+
+class StreamConnector(ScriptedConnector):
+    """A scripted connector whose stream comes from a generator function (it may probe the store)."""
+
+    def __init__(self, stream: Callable[[], Iterator[StreamItem]]) -> None:
+        super().__init__([])
+        self.stream = stream
+
+    def deals(self, since: str | None) -> Iterator[StreamItem]:
+        """The generator's items."""
+        self.asked.append(since)
+        yield from self.stream()
+
+
+def count_in(conn: sa.Connection, table: sa.FromClause) -> int:
+    """Rows of ``table`` as ``conn`` sees them."""
+    return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
 
 
 def clock(at: dt.datetime = T0):
@@ -275,3 +295,82 @@ class TestFaults:
         result = sync_source(store, ScriptedConnector(items), now=clock(), batch_size=10)
         assert (result.seen, result.inserted) == (25, 25)
         assert count(store, DealRow.__table__) == 25
+
+
+class TestCommits:
+    def test_a_checkpoint_commits_once_enough_deals_are_written(
+        self, store: sa.Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Checkpoints commit only when COMMIT_EVERY deals are pending; another connection sees just those."""
+        monkeypatch.setattr(engine_module, "COMMIT_EVERY", 2)
+        monkeypatch.setattr(engine_module, "COMMIT_INTERVAL_S", 3600.0)
+        seen_by_others: list[tuple[str | None, int]] = []
+
+        def probe() -> Iterator[StreamItem]:
+            for n, cursor in enumerate(("c1", "c2", "c3", "c4"), start=1):
+                yield deal(str(n))
+                yield Checkpoint(cursor)
+                with store.connect() as other:  # a second connection: committed data only
+                    seen_by_others.append((read_cursor(other, "fake"),
+                                           count_in(other, DealRow.__table__)))
+
+        sync_source(store, StreamConnector(probe), now=clock())
+        assert seen_by_others == [(None, 0), ("c2", 2), ("c2", 2), ("c4", 4)]
+
+    def test_a_checkpoint_commits_once_enough_time_has_passed(
+        self, store: sa.Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """With a zero commit interval every checkpoint commits, as pages from a slow CRM do."""
+        monkeypatch.setattr(engine_module, "COMMIT_INTERVAL_S", 0.0)
+        seen_by_others: list[str | None] = []
+
+        def probe() -> Iterator[StreamItem]:
+            for n, cursor in enumerate(("c1", "c2"), start=1):
+                yield deal(str(n))
+                yield Checkpoint(cursor)
+                with store.connect() as other:
+                    seen_by_others.append(read_cursor(other, "fake"))
+
+        sync_source(store, StreamConnector(probe), now=clock())
+        assert seen_by_others == ["c1", "c2"]
+
+    def test_a_connector_failure_commits_the_uncommitted_checkpoints(
+        self, store: sa.Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Checkpoints not yet committed when the connector fails are kept, with their cursor."""
+        monkeypatch.setattr(engine_module, "COMMIT_EVERY", 1000)
+        monkeypatch.setattr(engine_module, "COMMIT_INTERVAL_S", 3600.0)
+        items: list[StreamItem] = [deal("1"), Checkpoint("c1"), deal("2"), Checkpoint("c2"), deal("3"),
+                                   Checkpoint("c3")]
+        result = sync_source(store, ScriptedConnector(items, fail_after=5), now=clock())
+        assert result.status == "failed"
+        assert set(deals_in(store)) == {"1", "2"}
+        with store.connect() as conn:
+            assert read_cursor(conn, "fake") == "c2"
+
+    def test_a_store_failure_rolls_back_to_the_last_commit(
+        self, store: sa.Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """When a write fails, the open transaction is dropped: the store keeps the last commit."""
+        monkeypatch.setattr(engine_module, "COMMIT_EVERY", 2)
+        monkeypatch.setattr(engine_module, "COMMIT_INTERVAL_S", 3600.0)
+        real_flush = engine_module._Writer.flush
+        calls = {"n": 0}
+
+        def failing_flush(self: Any) -> None:
+            calls["n"] += 1
+            if calls["n"] == 3:  # the checkpoint c3 writes deal 3, then the store breaks
+                real_flush(self)
+                raise sa.exc.OperationalError("INSERT", {}, Exception("disk I/O error"))
+            real_flush(self)
+
+        monkeypatch.setattr(engine_module._Writer, "flush", failing_flush)
+        items: list[StreamItem] = [deal("1"), Checkpoint("c1"), deal("2"), Checkpoint("c2"),
+                                   deal("3"), Checkpoint("c3")]
+        with capture_logs():
+            result = sync_source(store, ScriptedConnector(items), now=clock())
+        assert result.status == "failed"
+        assert "disk I/O error" in (result.error or "")
+        assert set(deals_in(store)) == {"1", "2"}
+        with store.connect() as conn:
+            assert read_cursor(conn, "fake") == "c2"
