@@ -183,7 +183,9 @@ class RateLimiter:
     is allowed; ``margin`` seconds are added to each window, because the server
     counts a request when it arrives, a little after we counted it.
     ``pause(seconds)`` makes every caller wait, e.g. when headers say the
-    window's budget is spent.
+    window's budget is spent. ``granted_in_window`` is how many of our calls were
+    in the window when the last one was let through (that one included): what
+    the server should count for it, whatever the response's latency.
     """
 
     def __init__(
@@ -205,6 +207,7 @@ class RateLimiter:
         self._calls: collections.deque[float] = collections.deque()
         self._paused_until = 0.0
         self._lock = threading.Lock()
+        self.granted_in_window = 0
 
     def acquire(self) -> None:
         """Block until one more call fits in the window, then record it."""
@@ -218,14 +221,9 @@ class RateLimiter:
                     wait = self._calls[0] + self.period + self.margin - now
                 if wait <= 0:
                     self._calls.append(now)
+                    self.granted_in_window = len(self._calls)
                     return
             self._sleep(wait)
-
-    def in_window(self) -> int:
-        """How many of our own calls fall in the current window."""
-        with self._lock:
-            now = self._clock()
-            return sum(1 for t in self._calls if t > now - self.period)
 
     def pause(self, seconds: float) -> None:
         """Hold every caller for ``seconds`` from now."""

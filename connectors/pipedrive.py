@@ -259,9 +259,11 @@ class PipedriveConnector:
         remaining = _header_number(response, "x-ratelimit-remaining")
         # A window we filled ourselves is already paced exactly by the limiter; the header's
         # whole-second reset would only over-wait. A window full before we filled it means
-        # other integrations share the token's budget: then the server's reset rules.
+        # other integrations share the token's budget: then the server's reset rules. Our
+        # count is the one at send time: by the time the response is read, our oldest call
+        # may have left the window although the server counted it.
         shared = remaining is not None and remaining <= 0 and (
-            self._limiter.in_window() < self._limiter.max_calls)
+            self._limiter.granted_in_window < self._limiter.max_calls)
         if status == 429 or shared:
             reset = _header_number(response, "x-ratelimit-reset")
             wait = min(reset if reset and reset > 0 else BURST_WINDOW_SECONDS, MAX_PAUSE_SECONDS)

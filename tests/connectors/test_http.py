@@ -177,6 +177,17 @@ class TestRateLimiter:
         for i in range(len(stamps) - 4):
             assert stamps[i + 4] - stamps[i] >= 1.0
 
+    def test_counts_our_calls_in_the_window_when_each_is_granted(self) -> None:
+        """granted_in_window counts the calls of the last rolling window, the granted one included."""
+        clock = FakeClock()
+        limiter = RateLimiter(3, 1.0, clock=clock, sleep=clock.sleep)
+        counts = []
+        for step in (0.0, 0.2, 0.2, 0.7, 0.5):
+            clock.now += step
+            limiter.acquire()
+            counts.append(limiter.granted_in_window)
+        assert counts == [1, 2, 3, 3, 2]  # at 1.1 s the first call has left; at 1.6 s the next two
+
     def test_pause_holds_every_caller(self) -> None:
         """After pause(5), the next call waits five seconds."""
         clock = FakeClock()

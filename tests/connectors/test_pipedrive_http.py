@@ -209,6 +209,27 @@ class TestErrors:
         assert not [e for e in logs if e["event"] == "pipedrive.paced"]
         assert fake_time.sleeps == [pytest.approx(2.05)]  # the limiter: the window plus its margin
 
+    def test_a_slow_response_does_not_make_our_own_full_window_look_shared(self, rsps, fake_time):
+        """Our window count is taken at send time: latency that ages our oldest call out adds no pause."""
+        def slow_full_window(request: Any) -> tuple[int, dict[str, str], str]:
+            fake_time.now += 1.5  # the server answers late; our first call has left the window since
+            return 200, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1"}, json.dumps(
+                fixture("stages.json"))
+
+        def pipelines(request: Any) -> tuple[int, dict[str, str], str]:
+            fake_time.now += 0.6
+            return 200, {"x-ratelimit-remaining": "1"}, json.dumps(fixture("pipelines.json"))
+
+        rsps.add_callback(responses.GET, f"{V2}/pipelines", callback=pipelines)
+        rsps.add_callback(responses.GET, f"{V2}/stages", callback=slow_full_window)
+        rsps.get(f"{ROOT}/api/v1/users", json=fixture("users.json"))
+        pd = connector(fake_time, requests_per_window=2)
+        with capture_logs() as logs:
+            pd.pipelines()
+            pd.owners()
+        assert not [e for e in logs if e["event"] == "pipedrive.paced"]
+        assert fake_time.sleeps == []  # at the third call our first one is 2.1 s old: no wait at all
+
     def test_a_spent_daily_budget_stops_with_a_clear_message(self, rsps, fake_time):
         """The daily-budget 429 is not retried: BudgetExhaustedError says the next run resumes."""
         headers = {"x-daily-ratelimit-token-remaining": "0", "x-ratelimit-remaining": "39"}
