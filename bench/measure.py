@@ -31,7 +31,9 @@ __all__ = [
     "AS_OF",
     "SETTINGS",
     "Rss",
+    "driver_floor",
     "ingest",
+    "interpreter_calibration_us",
     "open_store",
     "recompute",
     "resync",
@@ -134,6 +136,55 @@ def ingest(engine: sa.Engine, catalog: Catalog, pages_file: Path, count: int) ->
         "deals": count, "seconds": round(seconds, 3), "deals_per_s": round(count / seconds),
         "peak_rss_mb": Rss.peak_mb(), "peak_rss_is_per_phase": reset,
     }
+
+
+def driver_floor(url: str | None, workdir: Path, pages_file: Path, limit: int) -> dict[str, Any]:
+    """The least time the database driver alone takes to store the same deals: the ingest's floor.
+
+    The first ``limit`` deals are mapped and encoded exactly as the engine does it
+    (untimed), then only the driver's ``executemany`` of a plain ``INSERT`` into an
+    empty ``deals`` table and its commits are timed, page by page, on a scratch
+    store. No ingest, however it is written, can store a deal faster than this on
+    this machine and schema; ``ceiling_deals_per_s`` is that bound.
+    """
+    from bench.pages import to_deal
+    from sync.rows import RowEncoder
+
+    seconds = 0.0
+    stored = 0
+    with open_store(url, workdir, "floor") as engine:
+        encoder = RowEncoder(engine.dialect.name)
+        insert = encoder.upsert_deals_sql.split(" ON CONFLICT", 1)[0]
+        stamp = encoder.timestamp(NOW)
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            for page in read_pages(pages_file):
+                rows = []
+                for row in page[: limit - stored]:
+                    values, digest = encoder.deal(to_deal(row))
+                    rows.append((*values, digest, stamp, stamp, None))
+                started = time.perf_counter()
+                cursor.executemany(insert, rows)
+                raw.commit()
+                seconds += time.perf_counter() - started
+                stored += len(rows)
+                if stored >= limit:
+                    break
+        finally:
+            raw.close()
+    per_deal = seconds / max(stored, 1)
+    return {"deals": stored, "seconds": round(seconds, 3), "us_per_deal": round(per_deal * 1e6, 1),
+            "ceiling_deals_per_s": round(1 / per_deal) if per_deal else None}
+
+
+def interpreter_calibration_us() -> float:
+    """Microseconds this machine's Python takes for ``sum(range(1000))`` (best of 5), to compare machines."""
+    import timeit
+
+    loops = 2000
+    best = min(timeit.repeat("sum(range(1000))", number=loops, repeat=5))
+    return round(best / loops * 1e6, 2)
 
 
 def traced_ingest(url: str | None, workdir: Path, catalog: Catalog, pages_file: Path,

@@ -79,6 +79,9 @@ class TestEndToEnd:
             assert report["crm"][name]["full"]["seen"] == 300
             assert report["crm"][name]["no_change"]["updated"] == 0
         assert report["tracemalloc"]["deals"] == 500
+        assert report["driver_floor"]["deals"] == 2000
+        assert report["ratios"]["ingest_over_driver_floor"] > 1  # the bare driver is the floor
+        assert report["interpreter_calibration_us"] > 0
 
     def test_baseline_agrees_on_postgresql(self):
         """On PostgreSQL (in its own schema) the pandas baseline agrees with our numbers too."""
@@ -88,5 +91,6 @@ class TestEndToEnd:
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
         _, report = run_bench("--deals", "2000", "--store", url, "--crm-deals", "0", "--trace-deals", "0")
         assert report["store"] == "postgresql+psycopg"
+        assert report["driver_floor"]["deals"] == 2000
         assert report["baseline"]["agree_to_the_cent"], report["baseline"]["problems"]
         assert report["baseline"]["levers_identical"]
