@@ -28,7 +28,10 @@ window of ``W`` days (see ``shared/DESIGN.md``)::
   rounded to whole days, so a DST change never turns 90 days into 89.958.
 
 Everything is summed in the database in one scan, grouped by source, pipeline,
-owner and currency, and rolled up into the scopes in Python. Money is only
+owner and currency, and rolled up into the scopes in Python. On a SQLite file
+the scan is split into rowid ranges read side by side (``SCAN_PARTS``, one
+connection each, see ``metrics.concurrent``): the groups of the parts are sums
+too, so the roll-up is the same, and a second core halves the scan. Money is only
 summed in SQL (exact on every backend); means, conversions and the velocity
 are Decimal arithmetic in Python.
 """
@@ -38,6 +41,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import decimal
+import functools
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -46,6 +51,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from metrics.concurrent import can_read_concurrently, read_concurrently
 from metrics.settings import MetricsSettings, WhatIfSettings
 from metrics.sql import ElapsedSeconds
 from sync.store import UTCDateTime, deals_table, owners_table, pipelines_table
@@ -314,6 +320,39 @@ def _grouped_query(columns: list[sa.ColumnElement[Any]],
     return sa.select(*keys, *columns).where(relevant).group_by(*keys)
 
 
+SCAN_PARTS = min(os.cpu_count() or 1, 4)
+"""Rowid ranges the SQLite scan is split into (one per core, at most four)."""
+
+
+def _scan_ranges(engine: sa.Engine) -> list[tuple[int, int]]:
+    """Rowid ranges covering the deals table, for a split scan (none where it does not apply)."""
+    if engine.dialect.name != "sqlite" or SCAN_PARTS < 2 or not can_read_concurrently(engine):
+        return []
+    with engine.connect() as conn:
+        low, high = conn.exec_driver_sql("SELECT min(rowid), max(rowid) FROM deals").one()
+    if low is None:
+        return []
+    step = (high - low) // SCAN_PARTS + 1
+    return [(start, min(start + step - 1, high)) for start in range(low, high + 1, step)]
+
+
+def _grouped_rows(engine: sa.Engine, query: sa.Select[Any]) -> list[sa.Row[Any]]:
+    """The grouped rows of ``query``: one scan, or rowid ranges read concurrently (SQLite)."""
+    ranges = _scan_ranges(engine)
+
+    def read(bounds: tuple[int, int] | None) -> list[sa.Row[Any]]:
+        part = query
+        if bounds is not None:
+            part = query.where(sa.literal_column("deals.rowid").between(*bounds))
+        with engine.connect() as conn:
+            return list(conn.execute(part))
+
+    if not ranges:
+        return read(None)
+    parts = read_concurrently(engine, [functools.partial(read, bounds) for bounds in ranges])
+    return [row for rows in parts for row in rows]
+
+
 def _labels(conn: sa.Connection) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str]]:
     """Pipeline names and owner names (else e-mail) by (source, external id)."""
     p, o = pipelines_table, owners_table
@@ -428,7 +467,7 @@ def compute_velocity(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
     scopes: list[ScopeVelocity] = []
     with engine.connect() as conn:
         pipeline_names, owner_names = _labels(conn)
-        rolled = _roll_up(conn.execute(_grouped_query(columns, relevant)), pipeline_names, owner_names)
+    rolled = _roll_up(_grouped_rows(engine, _grouped_query(columns, relevant)), pipeline_names, owner_names)
     for kind, totals in rolled.items():
         found = [
             _scope(kind, f"{src}/{ext}" if kind != "all" else "", t, settings, window)

@@ -17,6 +17,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from metrics.concurrent import read_concurrently
 from metrics.hygiene import (
     BOTTLENECKS,
     HygieneSettings,
@@ -118,6 +119,12 @@ def build_digest(
         key=lambda s: (s.velocity.value is None, -(s.velocity.value or 0), s.label.casefold()),
     )
     zone = metrics.zone
+    waits, summary, worst = read_concurrently(engine, [
+        lambda: stage_wait_times(engine, metrics, as_of),
+        lambda: hygiene_summary(engine, hygiene, as_of=as_of, now=now, zone=zone),
+        lambda: tuple(find_stalled(engine, hygiene, as_of=as_of, now=now, zone=zone, limit=top_deals))
+        if top_deals else (),  # find_stalled streams: consume it on the worker
+    ])
     return Digest(
         as_of=as_of,
         currency=report.currency,
@@ -129,11 +136,9 @@ def build_digest(
         owners=tuple(owners[:top_scopes]),
         more_pipelines=max(0, len(pipelines) - top_scopes),
         more_owners=max(0, len(owners) - top_scopes),
-        waits=tuple(stage_wait_times(engine, metrics, as_of)),
-        hygiene=hygiene_summary(engine, hygiene, as_of=as_of, now=now, zone=zone),
-        worst=tuple(find_stalled(engine, hygiene, as_of=as_of, now=now, zone=zone, limit=top_deals))
-        if top_deals
-        else (),
+        waits=tuple(waits),
+        hygiene=summary,
+        worst=tuple(worst),
         history=history,
     )
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
+import metrics.velocity as velocity_module
 from metrics.settings import MetricsSettings
 from metrics.velocity import ScopeVelocity, VelocityReport, compute_velocity, window_bounds
 from tests.metrics.test_velocity_rows import (
@@ -49,8 +50,9 @@ class TestSeedThroughStore:
         assert (report.window_days, report.currency, report.timezone) == (30, "NOK", "UTC")
 
 
-    def test_one_scan_of_the_deals(self, store: sa.Engine) -> None:
+    def test_one_scan_of_the_deals(self, store: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
         """The report reads the deals table once (one grouped aggregate), however many scopes there are."""
+        monkeypatch.setattr(velocity_module, "SCAN_PARTS", 1)
         insert_deals(store, seed_deals(utc(2026, 11, 1, 12), pipeline="p1"))
         statements: list[str] = []
 
@@ -67,6 +69,35 @@ class TestSeedThroughStore:
         assert "GROUP BY" in on_deals[0]
         assert "sum(" in on_deals[0]
         assert len(statements) == 3  # plus the pipeline and owner names
+
+    def test_a_split_scan_gives_the_same_report(
+        self, store: sa.Engine, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """On a SQLite file the scan is split into rowid ranges read side by side; no figure changes."""
+        deals = seed_deals(utc(2026, 11, 1, 12), pipeline="p1")
+        deals += [{**row, "external_id": f"b-{row['external_id']}", "owner_id": f"u{n % 3}"}
+                  for n, row in enumerate(seed_deals(utc(2026, 10, 20, 9), pipeline="p2"))]
+        deals += [deal(f"c-{n}", status="won", closed=utc(2026, 11, 2, 8), amount=n * 100 + 1,
+                       currency="EUR" if n % 2 else None, pipeline="p1", owner=f"u{n % 3}")
+                  for n in range(30)]
+        insert_deals(store, deals)
+        monkeypatch.setattr(velocity_module, "SCAN_PARTS", 1)
+        whole = compute_velocity(store, UTC_SETTINGS, dt.date(2026, 11, 26))
+        monkeypatch.setattr(velocity_module, "SCAN_PARTS", 3)
+        statements: list[str] = []
+
+        def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
+            statements.append(statement)
+
+        sa.event.listen(store, "before_cursor_execute", record)
+        try:
+            split = compute_velocity(store, UTC_SETTINGS, dt.date(2026, 11, 26))
+        finally:
+            sa.event.remove(store, "before_cursor_execute", record)
+        assert split == whole
+        parts = [s for s in statements if "GROUP BY" in s]
+        assert len(parts) == (3 if store.dialect.name == "sqlite" else 1)
+        assert all(("rowid BETWEEN" in s) == (store.dialect.name == "sqlite") for s in parts)
 
     def test_window_override(self, store: sa.Engine) -> None:
         """An explicit window replaces the configured one; a window under one day is refused."""
