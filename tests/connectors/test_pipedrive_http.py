@@ -207,7 +207,7 @@ class TestErrors:
             pd.pipelines()
             pd.owners()
         assert not [e for e in logs if e["event"] == "pipedrive.paced"]
-        assert fake_time.sleeps == [pytest.approx(2.05)]  # the limiter: the window plus its margin
+        assert fake_time.sleeps == [pytest.approx(2.1)]  # the limiter: the window plus its margin
 
     def test_a_slow_response_does_not_make_our_own_full_window_look_shared(self, rsps, fake_time):
         """Our window count is taken at send time: latency that ages our oldest call out adds no pause."""
@@ -229,6 +229,16 @@ class TestErrors:
             pd.owners()
         assert not [e for e in logs if e["event"] == "pipedrive.paced"]
         assert fake_time.sleeps == []  # at the third call our first one is 2.1 s old: no wait at all
+
+    def test_a_429_in_a_window_we_filled_widens_the_arrival_margin(self, rsps, fake_time):
+        """A 429 although our own count said the call fitted doubles the window margin."""
+        limited = {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1"}
+        rsps.get(f"{V2}/pipelines", json=fixture("pipelines.json"), headers={"x-ratelimit-remaining": "1"})
+        rsps.get(f"{V2}/stages", json=fixture("error_429.json"), status=429, headers=limited)
+        rsps.get(f"{V2}/stages", json=fixture("stages.json"))
+        pd = connector(fake_time, requests_per_window=2)
+        pd.pipelines()
+        assert pd._limiter.margin == pytest.approx(0.2)  # 0.1 doubled
 
     def test_a_spent_daily_budget_stops_with_a_clear_message(self, rsps, fake_time):
         """The daily-budget 429 is not retried: BudgetExhaustedError says the next run resumes."""
