@@ -34,6 +34,11 @@ Reading rules:
   (and of the demo rebase shift), so when neither changed, ``deals(cursor)``
   yields only ``Checkpoint(cursor, complete=False)`` without reading a row.
 
+An optional ``stage_history`` column lists the stages a deal entered and when,
+``Qualified@2026-01-05T10:00; Proposal@2026-02-01``, with the same date rules as
+the other columns; it feeds "where deals wait". Its stages also give the
+pipeline's stage order (open stages by first appearance, history first).
+
 Amounts take a decimal point or a decimal comma, with spaces, no-break spaces,
 commas or points as thousand separators (``50 000,50``, ``50,000.50``,
 ``50000.5``). An amount like ``1,234`` (a thousand separator or a decimal
@@ -104,7 +109,7 @@ log = structlog.get_logger(__name__)
 CANONICAL_COLUMNS: tuple[str, ...] = (
     "id", "title", "amount", "currency", "pipeline", "stage", "status", "owner", "owner_email",
     "created_at", "closed_at", "expected_close_date", "stage_entered_at", "next_step",
-    "next_activity_at", "last_activity_at",
+    "next_activity_at", "last_activity_at", "stage_history",
 )
 """Every column the feed understands, under its canonical name."""
 
@@ -503,6 +508,9 @@ class CsvFeedConnector:
                     continue
                 pipeline = layout.get(fields, "pipeline") or self.settings.default_pipeline
                 seen = stages.setdefault(pipeline, {})
+                for visit in layout.get(fields, "stage_history").split(";"):  # the process order
+                    if (name := visit.rpartition("@")[0].strip()) and len(name) <= MAX_ID_LENGTH:
+                        seen.setdefault(name)
                 if stage := layout.get(fields, "stage"):
                     seen.setdefault(stage)
                 if owner := layout.get(fields, "owner"):

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from connectors.base import Deal, DealStatus
+from connectors.base import Deal, DealStatus, StageVisit
 
 if TYPE_CHECKING:
     from connectors.csv_feed import CsvFeedSettings
@@ -174,10 +174,37 @@ class RowParser:
             return (value.astimezone(self.zone) if value.tzinfo else value).date()
         return value
 
-    def _bad_date(self, name: str, text: str) -> str:
+    def _expected_dates(self) -> str:
         iso = "ISO 8601 like 2026-11-26 or 2026-11-26T14:30"
-        expected = f"{self.s.date_format} or {iso}" if self.s.date_format else iso
-        return f"{self.header_of(name)} {quote_cell(text)} is not a date (expected {expected})"
+        return f"{self.s.date_format} or {iso}" if self.s.date_format else iso
+
+    def _bad_date(self, name: str, text: str) -> str:
+        return f"{self.header_of(name)} {quote_cell(text)} is not a date (expected {self._expected_dates()})"
+
+    def _history(self, text: str) -> tuple[StageVisit, ...]:
+        """Read ``Stage@date; Stage@date`` (the stages a deal entered, and when).
+
+        Raises:
+            ValueError: the first entry that is not ``stage@date``, ready to show after the column name.
+        """
+        visits = []
+        for entry in (part.strip() for part in text.split(";")):
+            if not entry:
+                continue
+            stage, sep, when = entry.rpartition("@")
+            stage, when = stage.strip(), when.strip()
+            if not sep or not stage or not when:
+                raise ValueError(f'entry {quote_cell(entry)} is not "stage@date"')
+            if len(stage) > MAX_ID_LENGTH:
+                raise ValueError(
+                    f"entry {quote_cell(entry)}: the stage is longer than {MAX_ID_LENGTH} characters")
+            try:
+                entered_at, _ = self._datetime(when)
+            except (ValueError, OverflowError):
+                raise ValueError(f"entry {quote_cell(entry)}: {quote_cell(when)} is not a date "
+                                 f"(expected {self._expected_dates()})") from None
+            visits.append(StageVisit(stage, entered_at))
+        return tuple(visits)
 
     def parse(self, fields: Sequence[str]) -> Deal:
         """Build the row's ``Deal``; raise ``ValueError`` listing every problem of the row."""
@@ -218,6 +245,13 @@ class RowParser:
                 values["expected_close_date"] = self._date(text)
             except (ValueError, OverflowError):
                 problems.append(self._bad_date("expected_close_date", text))
+        history: tuple[StageVisit, ...] = ()
+        text = get(fields, "stage_history")
+        if text:
+            try:
+                history = self._history(text)
+            except ValueError as exc:
+                problems.append(f'{self.header_of("stage_history")} {exc}')
         stage = get(fields, "stage") or None
         status: DealStatus = "open"
         if "status" in layout.index:
@@ -244,6 +278,7 @@ class RowParser:
             next_step=get(fields, "next_step") or None,
             link=link,
             whole_days=whole_days,
+            stage_history=history,
             raw=dict(zip(layout.headers, fields, strict=False)),
             **values,
         )

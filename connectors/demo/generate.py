@@ -5,7 +5,8 @@ same bytes. The deals are created over the 12 months before ``AS_OF`` (2026-11-2
 in two pipelines and for five owners, with realistic cycle lengths, a win rate
 near 25 % and the hygiene problems the reminders look for: no next step, an
 overdue next step, a passed expected close date, a long time in one stage, weeks
-without activity, and a few deals without an amount. Datetimes are written naive,
+without activity, and a few deals without an amount. Each deal carries the stages
+it went through (``stage_history``), so "where deals wait" has data. Datetimes are written naive,
 meaning local time in the feed's time zone (Europe/Oslo in config.example.toml);
 ``rebase_dates_from = "2026-11-26"`` shifts them so the demo always ends today.
 """
@@ -32,7 +33,7 @@ DEFAULT_OUTPUT = Path(__file__).with_name("demo_deals.csv")
 COLUMNS = (
     "id", "title", "amount", "currency", "pipeline", "stage", "status", "owner", "owner_email",
     "created_at", "closed_at", "expected_close_date", "stage_entered_at", "next_step",
-    "next_activity_at", "last_activity_at",
+    "next_activity_at", "last_activity_at", "stage_history",
 )
 
 OWNERS = (
@@ -164,6 +165,37 @@ def _deal(n: int, rng: random.Random, companies: list[str]) -> dict[str, str]:
     return row
 
 
+STAGE_WEIGHTS = {"Prospecting": 1.0, "Qualified": 1.5, "Proposal": 2.5, "Negotiation": 3.0}
+"""How long deals tend to stay in each open stage, relative to each other (for the stage history)."""
+
+
+def _stage_history(n: int, row: dict[str, str]) -> str:
+    """The stages deal ``n`` went through and when, as ``Stage@time; ...``, derived from its row.
+
+    No random draws (the other columns stay what they were): a won deal went
+    through every open stage, a lost one dropped out after some, an open one is
+    in its current stage since ``stage_entered_at``. The time between creation
+    and the last entry is shared out by ``STAGE_WEIGHTS``, varied per deal.
+    """
+    stages = next(p.open_stages for p in PIPELINES if p.name == row["pipeline"])
+    start = dt.datetime.fromisoformat(row["created_at"])
+    if row["status"] in ("won", "lost"):
+        last = dt.datetime.fromisoformat(row["closed_at"])
+        reached = stages if row["status"] == "won" else stages[: 1 + n % len(stages)]
+        passed, final = reached, [(row["stage"], last)]
+    else:
+        last = dt.datetime.fromisoformat(row["stage_entered_at"])
+        index = stages.index(row["stage"])
+        passed, final = stages[:index], [(row["stage"], last)]
+    weights = [STAGE_WEIGHTS[s] * (1 + (n * (i + 3)) % 7 / 10) for i, s in enumerate(passed)]
+    span, total, entries, done = last - start, sum(weights), [], 0.0
+    for stage, weight in zip(passed, weights, strict=True):
+        entries.append((stage, start + span * (done / total)))
+        done += weight
+    return "; ".join(f"{stage}@{when.replace(second=0, microsecond=0).isoformat()}"
+                     for stage, when in entries + final)
+
+
 def generate(seed: int = SEED, count: int = DEALS) -> list[dict[str, str]]:
     """Return the demo deals as rows of strings, in creation order."""
     rng = random.Random(seed)  # noqa: S311 - reproducible demo data, not crypto
@@ -172,6 +204,7 @@ def generate(seed: int = SEED, count: int = DEALS) -> list[dict[str, str]]:
     rows.sort(key=lambda r: r["created_at"])
     for n, row in enumerate(rows, start=1):
         row["id"] = f"D-{1000 + n}"
+        row["stage_history"] = _stage_history(n, row)
     _check_defined(rows)
     return rows
 

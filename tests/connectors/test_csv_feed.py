@@ -34,7 +34,7 @@ import sqlalchemy as sa
 from structlog.testing import capture_logs
 
 from connectors import build_connector, validate_settings
-from connectors.base import Checkpoint, ConfigError, Deal, FatalAPIError, Rejected
+from connectors.base import Checkpoint, ConfigError, Deal, FatalAPIError, Rejected, StageVisit
 from connectors.csv_feed import (
     CANONICAL_COLUMNS,
     CsvFeedConnector,
@@ -398,6 +398,73 @@ class TestReading:
         deals, rejects, _ = pull(feed(path))
         assert [d.external_id for d in deals] == ["X-1"]
         assert [(r.where, r.reason) for r in rejects] == [("line 3", "has 3 fields, the header has 2")]
+
+
+class TestStageHistory:
+    def test_history_cells_become_stage_visits(self, tmp_path: Path) -> None:
+        """'Stage@date; Stage@date' becomes the deal's stage history, in the feed's zone, dates as dates."""
+        path = write(tmp_path, (
+            "id,stage,status,stage_history\n"
+            '1,Won,won,"Intro@2026-09-01T09:00; Offer@2026-09-20 ;Won@2026-10-02T15:30+02:00"\n'
+            "2,Intro,open,\n"
+        ))
+        deals, rejects, _ = pull(feed(path, timezone="Europe/Oslo"))
+        assert rejects == []
+        got = by_id(deals)
+        assert got["1"].stage_history == (
+            StageVisit("Intro", dt.datetime(2026, 9, 1, 7, 0, tzinfo=UTC)),
+            StageVisit("Offer", dt.datetime(2026, 9, 19, 22, 0, tzinfo=UTC)),  # local midnight
+            StageVisit("Won", dt.datetime(2026, 10, 2, 13, 30, tzinfo=UTC)),
+        )
+        assert got["2"].stage_history == ()
+
+    def test_a_bad_history_entry_rejects_the_row_with_where_and_why(self, tmp_path: Path) -> None:
+        """An entry without '@' or with a bad date rejects its row, saying which entry; others load."""
+        path = write(tmp_path, (
+            "id,stage,stage_history\n"
+            "1,Offer,Intro 2026-09-01\n"
+            '2,Offer,"Intro@2026-09-01;Offer@soon"\n'
+            "3,Offer,Intro@2026-09-01\n"
+        ))
+        deals, rejects, _ = pull(feed(path))
+        assert [d.external_id for d in deals] == ["3"]
+        assert [(r.where, r.reason) for r in rejects] == [
+            ("line 2", 'stage_history entry "Intro 2026-09-01" is not "stage@date"'),
+            ("line 3", 'stage_history entry "Offer@soon": "soon" is not a date '
+                       "(expected ISO 8601 like 2026-11-26 or 2026-11-26T14:30)"),
+        ]
+
+    def test_history_stages_give_the_pipeline_its_stage_order(self, tmp_path: Path) -> None:
+        """Stages named in histories come first, in the order deals went through them."""
+        path = write(tmp_path, (
+            "id,pipeline,stage,stage_history\n"
+            '1,Sales,Offer,"Intro@2026-09-01;Demo@2026-09-05;Offer@2026-09-09"\n'
+            "2,Sales,Intro,\n"
+        ))
+        stages = next(iter(feed(path).pipelines())).stages
+        assert [s.external_id for s in stages] == ["Intro", "Demo", "Offer"]
+
+    def test_history_reaches_where_deals_wait(self, sqlite_store: sa.Engine) -> None:
+        """The bundled demo's histories give 'where deals wait' a median for its open stages."""
+        from metrics.settings import MetricsSettings
+        from metrics.stage_times import stage_wait_times
+
+        configured = build_connector(
+            {"name": "demo", "kind": "csv", "path": "connectors/demo/demo_deals.csv",
+             "rebase_dates_from": "2026-11-26", "currency": "NOK", "timezone": "Europe/Oslo"},
+            "sources[0]", {"config_dir": REPO},
+        )
+        assert isinstance(configured, CsvFeedConnector)
+        connector = CsvFeedConnector(configured.settings, today=lambda: AS_OF)
+        assert sync_source(sqlite_store, connector).status == "ok"
+        waits = stage_wait_times(sqlite_store, MetricsSettings(timezone="Europe/Oslo", currency="NOK"),
+                                 AS_OF)
+        assert {(w.pipeline_name, w.stage_name) for w in waits} == {
+            ("New Business", "Prospecting"), ("New Business", "Qualified"), ("New Business", "Proposal"),
+            ("New Business", "Negotiation"), ("Renewals", "Qualified"), ("Renewals", "Proposal"),
+            ("Renewals", "Negotiation"),
+        }
+        assert all(w.deals > 0 and w.median_days > 0 for w in waits)
 
 
 class TestRejects:
