@@ -320,8 +320,15 @@ def _grouped_query(columns: list[sa.ColumnElement[Any]],
     return sa.select(*keys, *columns).where(relevant).group_by(*keys)
 
 
-SCAN_PARTS = min(os.cpu_count() or 1, 4)
-"""Rowid ranges the SQLite scan is split into (one per core, at most four)."""
+def _usable_cpus() -> int:
+    """CPUs this process may run on (its affinity set where the OS has one, as in containers)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+SCAN_PARTS = min(_usable_cpus(), 4)
+"""Rowid ranges the SQLite scan is split into (one per usable core, at most four)."""
 
 
 def _scan_ranges(engine: sa.Engine) -> list[tuple[int, int]]:
