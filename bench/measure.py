@@ -154,7 +154,6 @@ def driver_floor(url: str | None, workdir: Path, pages_file: Path, limit: int) -
     stored = 0
     with open_store(url, workdir, "floor") as engine:
         encoder = RowEncoder(engine.dialect.name)
-        insert = encoder.upsert_deals_sql.split(" ON CONFLICT", 1)[0]
         stamp = encoder.timestamp(NOW)
         raw = engine.raw_connection()
         try:
@@ -165,7 +164,7 @@ def driver_floor(url: str | None, workdir: Path, pages_file: Path, limit: int) -
                     values, digest = encoder.deal(to_deal(row))
                     rows.append((*values, digest, stamp, stamp, None))
                 started = time.perf_counter()
-                cursor.executemany(insert, rows)
+                cursor.executemany(encoder.insert_deals_sql, rows)
                 raw.commit()
                 seconds += time.perf_counter() - started
                 stored += len(rows)

@@ -88,6 +88,7 @@ from connectors.csv_rows import (
     MAX_ID_LENGTH,
     RowLayout,
     RowParser,
+    history_entries,
     parse_amount,
     parse_status,
 )
@@ -508,8 +509,8 @@ class CsvFeedConnector:
                     continue
                 pipeline = layout.get(fields, "pipeline") or self.settings.default_pipeline
                 seen = stages.setdefault(pipeline, {})
-                for visit in layout.get(fields, "stage_history").split(";"):  # the process order
-                    if (name := visit.rpartition("@")[0].strip()) and len(name) <= MAX_ID_LENGTH:
+                for _, name, _ in history_entries(layout.get(fields, "stage_history")):
+                    if name and len(name) <= MAX_ID_LENGTH:  # the process order
                         seen.setdefault(name)
                 if stage := layout.get(fields, "stage"):
                     seen.setdefault(stage)

@@ -20,7 +20,10 @@ from connectors.base import Deal, DealStatus, StageVisit
 if TYPE_CHECKING:
     from connectors.csv_feed import CsvFeedSettings
 
-__all__ = ["MAX_ID_LENGTH", "RowLayout", "RowParser", "parse_amount", "parse_status", "quote_cell"]
+__all__ = [
+    "MAX_ID_LENGTH", "RowLayout", "RowParser", "history_entries", "parse_amount", "parse_status",
+    "quote_cell",
+]
 
 DATETIME_COLUMNS = ("created_at", "closed_at", "stage_entered_at", "next_activity_at", "last_activity_at")
 ID_COLUMNS = ("id", "pipeline", "stage", "owner")
@@ -113,6 +116,19 @@ def parse_status(text: str) -> DealStatus:
         raise ValueError("is not a status (expected open, won, lost or deleted)") from None
 
 
+def history_entries(text: str) -> list[tuple[str, str, str]]:
+    """Split a ``stage_history`` cell (``Stage@date; Stage@date``) into (entry, stage, date text).
+
+    Empty entries are dropped; an entry without ``@`` has an empty stage.
+    """
+    entries = []
+    for entry in (part.strip() for part in text.split(";")):
+        if entry:
+            stage, _, when = entry.rpartition("@")
+            entries.append((entry, stage.strip(), when.strip()))
+    return entries
+
+
 @dataclass(frozen=True, slots=True)
 class RowLayout:
     """Where each canonical column sits in the file's rows."""
@@ -188,12 +204,8 @@ class RowParser:
             ValueError: the first entry that is not ``stage@date``, ready to show after the column name.
         """
         visits = []
-        for entry in (part.strip() for part in text.split(";")):
-            if not entry:
-                continue
-            stage, sep, when = entry.rpartition("@")
-            stage, when = stage.strip(), when.strip()
-            if not sep or not stage or not when:
+        for entry, stage, when in history_entries(text):
+            if not stage or not when:
                 raise ValueError(f'entry {quote_cell(entry)} is not "stage@date"')
             if len(stage) > MAX_ID_LENGTH:
                 raise ValueError(

@@ -167,8 +167,6 @@ class HygieneSummary:
 # --------------------------------------------------------------------------- SQL
 
 
-
-
 def reference_instant(as_of: dt.date, now: dt.datetime, zone: ZoneInfo) -> dt.datetime:
     """The instant day counts are measured at: ``now``, or the end of ``as_of`` if earlier."""
     end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(0), tzinfo=zone).astimezone(dt.UTC)

@@ -331,21 +331,20 @@ SCAN_PARTS = min(_usable_cpus(), 4)
 """Rowid ranges the SQLite scan is split into (one per usable core, at most four)."""
 
 
-def _scan_ranges(engine: sa.Engine) -> list[tuple[int, int]]:
+def _scan_ranges(conn: sa.Connection) -> list[tuple[int, int]]:
     """Rowid ranges covering the deals table, for a split scan (none where it does not apply)."""
-    if engine.dialect.name != "sqlite" or SCAN_PARTS < 2 or not can_read_concurrently(engine):
+    if conn.dialect.name != "sqlite" or SCAN_PARTS < 2 or not can_read_concurrently(conn.engine):
         return []
-    with engine.connect() as conn:
-        low, high = conn.exec_driver_sql("SELECT min(rowid), max(rowid) FROM deals").one()
+    low, high = conn.exec_driver_sql("SELECT min(rowid), max(rowid) FROM deals").one()
     if low is None:
         return []
     step = (high - low) // SCAN_PARTS + 1
     return [(start, min(start + step - 1, high)) for start in range(low, high + 1, step)]
 
 
-def _grouped_rows(engine: sa.Engine, query: sa.Select[Any]) -> list[sa.Row[Any]]:
-    """The grouped rows of ``query``: one scan, or rowid ranges read concurrently (SQLite)."""
-    ranges = _scan_ranges(engine)
+def _grouped_rows(engine: sa.Engine, query: sa.Select[Any],
+                  ranges: list[tuple[int, int]]) -> list[sa.Row[Any]]:
+    """The grouped rows of ``query``: one scan, or the rowid ``ranges`` read concurrently (SQLite)."""
 
     def read(bounds: tuple[int, int] | None) -> list[sa.Row[Any]]:
         part = query
@@ -474,7 +473,9 @@ def compute_velocity(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
     scopes: list[ScopeVelocity] = []
     with engine.connect() as conn:
         pipeline_names, owner_names = _labels(conn)
-    rolled = _roll_up(_grouped_rows(engine, _grouped_query(columns, relevant)), pipeline_names, owner_names)
+        ranges = _scan_ranges(conn)
+    rows = _grouped_rows(engine, _grouped_query(columns, relevant), ranges)
+    rolled = _roll_up(rows, pipeline_names, owner_names)
     for kind, totals in rolled.items():
         found = [
             _scope(kind, f"{src}/{ext}" if kind != "all" else "", t, settings, window)

@@ -51,9 +51,11 @@ class RowEncoder:
         self.mark = mark
         columns = ", ".join(DEAL_COLUMNS)
         updates = ", ".join(f"{c} = excluded.{c}" for c in DEAL_COLUMNS if c not in _NOT_UPDATED)
+        self.insert_deals_sql = (
+            f"INSERT INTO deals ({columns}) VALUES ({', '.join([mark] * len(DEAL_COLUMNS))})"
+        )
         self.upsert_deals_sql = (
-            f"INSERT INTO deals ({columns}) VALUES ({', '.join([mark] * len(DEAL_COLUMNS))}) "
-            f"ON CONFLICT (source, external_id) DO UPDATE SET {updates}"
+            f"{self.insert_deals_sql} ON CONFLICT (source, external_id) DO UPDATE SET {updates}"
         )
         self.insert_events_sql = (
             "INSERT INTO deal_stage_events (source, external_id, pipeline_id, stage_id, entered_at, "

@@ -181,19 +181,17 @@ def _stage_history(n: int, row: dict[str, str]) -> str:
     start = dt.datetime.fromisoformat(row["created_at"])
     if row["status"] in ("won", "lost"):
         last = dt.datetime.fromisoformat(row["closed_at"])
-        reached = stages if row["status"] == "won" else stages[: 1 + n % len(stages)]
-        passed, final = reached, [(row["stage"], last)]
+        passed = stages if row["status"] == "won" else stages[: 1 + n % len(stages)]
     else:
         last = dt.datetime.fromisoformat(row["stage_entered_at"])
-        index = stages.index(row["stage"])
-        passed, final = stages[:index], [(row["stage"], last)]
+        passed = stages[: stages.index(row["stage"])]
     weights = [STAGE_WEIGHTS[s] * (1 + (n * (i + 3)) % 7 / 10) for i, s in enumerate(passed)]
     span, total, entries, done = last - start, sum(weights), [], 0.0
     for stage, weight in zip(passed, weights, strict=True):
         entries.append((stage, start + span * (done / total)))
         done += weight
     return "; ".join(f"{stage}@{when.replace(second=0, microsecond=0).isoformat()}"
-                     for stage, when in entries + final)
+                     for stage, when in [*entries, (row["stage"], last)])
 
 
 def generate(seed: int = SEED, count: int = DEALS) -> list[dict[str, str]]:

@@ -73,6 +73,17 @@ def feed(
     return CsvFeedConnector(model, today=today)
 
 
+def demo_feed() -> CsvFeedConnector:
+    """The bundled demo feed as config.example.toml configures it, on the demo's own day."""
+    configured = build_connector(
+        {"name": "demo", "kind": "csv", "path": "connectors/demo/demo_deals.csv",
+         "rebase_dates_from": "2026-11-26", "currency": "NOK", "timezone": "Europe/Oslo"},
+        "sources[0]", {"config_dir": REPO},
+    )
+    assert isinstance(configured, CsvFeedConnector)
+    return CsvFeedConnector(configured.settings, today=lambda: AS_OF)
+
+
 def pull(connector: CsvFeedConnector, since: str | None = None) -> tuple[
     list[Deal], list[Rejected], list[Checkpoint]
 ]:
@@ -449,13 +460,7 @@ class TestStageHistory:
         from metrics.settings import MetricsSettings
         from metrics.stage_times import stage_wait_times
 
-        configured = build_connector(
-            {"name": "demo", "kind": "csv", "path": "connectors/demo/demo_deals.csv",
-             "rebase_dates_from": "2026-11-26", "currency": "NOK", "timezone": "Europe/Oslo"},
-            "sources[0]", {"config_dir": REPO},
-        )
-        assert isinstance(configured, CsvFeedConnector)
-        connector = CsvFeedConnector(configured.settings, today=lambda: AS_OF)
+        connector = demo_feed()
         assert sync_source(sqlite_store, connector).status == "ok"
         waits = stage_wait_times(sqlite_store, MetricsSettings(timezone="Europe/Oslo", currency="NOK"),
                                  AS_OF)
@@ -826,13 +831,7 @@ class TestDemo:
 
     def test_demo_loads_as_configured_and_every_scope_has_a_velocity(self) -> None:
         """With the example config, all 400 deals load and all/each pipeline/each owner have a velocity."""
-        connector = build_connector(
-            {"name": "demo", "kind": "csv", "path": "connectors/demo/demo_deals.csv",
-             "rebase_dates_from": "2026-11-26", "currency": "NOK", "timezone": "Europe/Oslo"},
-            "sources[0]", {"config_dir": REPO},
-        )
-        assert isinstance(connector, CsvFeedConnector)
-        connector = CsvFeedConnector(connector.settings, today=lambda: AS_OF)
+        connector = demo_feed()
         deals, rejects, _ = pull(connector)
         assert rejects == []
         assert len(deals) == 400

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import pytest
@@ -51,6 +51,14 @@ def connector(fake_time: FakeTime, **overrides: Any) -> PipedriveConnector:
     raw.update(overrides)
     return PipedriveConnector(PipedriveSettings.model_validate(raw), sleep=fake_time.sleep,
                               clock=fake_time.clock, now=lambda: NOW)
+
+
+def paced_while_reading_the_catalog(pd: PipedriveConnector) -> list[MutableMapping[str, Any]]:
+    """Read pipelines, stages and users; return the ``pipedrive.paced`` events it logged."""
+    with capture_logs() as logs:
+        pd.pipelines()
+        pd.owners()
+    return [e for e in logs if e["event"] == "pipedrive.paced"]
 
 
 def add_deal_pages(rsps: responses.RequestsMock, *, archived: Any = None) -> None:
@@ -202,11 +210,7 @@ class TestErrors:
         rsps.get(f"{V2}/stages", json=fixture("stages.json"),
                  headers={"x-ratelimit-remaining": "0", "x-ratelimit-reset": "2"})
         rsps.get(f"{ROOT}/api/v1/users", json=fixture("users.json"))
-        pd = connector(fake_time, requests_per_window=2)
-        with capture_logs() as logs:
-            pd.pipelines()
-            pd.owners()
-        assert not [e for e in logs if e["event"] == "pipedrive.paced"]
+        assert paced_while_reading_the_catalog(connector(fake_time, requests_per_window=2)) == []
         assert fake_time.sleeps == [pytest.approx(2.1)]  # the limiter: the window plus its margin
 
     def test_a_slow_response_does_not_make_our_own_full_window_look_shared(self, rsps, fake_time):
@@ -223,11 +227,7 @@ class TestErrors:
         rsps.add_callback(responses.GET, f"{V2}/pipelines", callback=pipelines)
         rsps.add_callback(responses.GET, f"{V2}/stages", callback=slow_full_window)
         rsps.get(f"{ROOT}/api/v1/users", json=fixture("users.json"))
-        pd = connector(fake_time, requests_per_window=2)
-        with capture_logs() as logs:
-            pd.pipelines()
-            pd.owners()
-        assert not [e for e in logs if e["event"] == "pipedrive.paced"]
+        assert paced_while_reading_the_catalog(connector(fake_time, requests_per_window=2)) == []
         assert fake_time.sleeps == []  # at the third call our first one is 2.1 s old: no wait at all
 
     def test_a_429_in_a_window_we_filled_widens_the_arrival_margin(self, rsps, fake_time):
