@@ -18,6 +18,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,19 +49,35 @@ BUDGETS = {
 }
 
 
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum``, else a clear usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is less than {minimum}")
+        return value
+
+    return parse
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--deals", type=int, default=100_000, help="deals to generate (default 100,000)")
+    parser.add_argument("--deals", type=_count(1), default=100_000,
+                        help="deals to generate (default 100,000)")
     parser.add_argument("--store", default=None,
                         help="sqlite:///PATH or postgresql+psycopg://... (default: a temporary SQLite file)")
     parser.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
-    parser.add_argument("--page-size", type=int, default=1000, help="deals per fetched page (default 1000)")
-    parser.add_argument("--crm-deals", type=int, default=None,
+    parser.add_argument("--page-size", type=_count(1), default=1000,
+                        help="deals per fetched page (default 1000)")
+    parser.add_argument("--crm-deals", type=_count(0), default=None,
                         help="deals in each fake CRM (default min(N, 20,000)); 0 skips part 5")
-    parser.add_argument("--floor-deals", type=int, default=None,
+    parser.add_argument("--floor-deals", type=_count(0), default=None,
                         help="deals stored by the bare driver for the ingest floor "
                              "(default min(N, 200,000)); 0 skips")
-    parser.add_argument("--trace-deals", type=int, default=None,
+    parser.add_argument("--trace-deals", type=_count(0), default=None,
                         help="deals ingested under tracemalloc (default min(N, 100,000)); 0 skips")
     return parser.parse_args(argv)
 

@@ -61,6 +61,18 @@ class TestFloor:
         assert floor_seconds(84, 20, 2.0) == 8.0
 
 
+class TestArguments:
+    def test_bad_counts_are_usage_errors_naming_the_option(self):
+        """A negative or non-numeric count stops before any work, naming the option and the problem."""
+        for args, message in ((("--deals", "-5"), "argument --deals: -5 is less than 1"),
+                              (("--floor-deals", "x"), "argument --floor-deals: 'x' is not a whole number")):
+            done = subprocess.run([sys.executable, "-m", "bench", *args], cwd=ROOT, capture_output=True,
+                                  text=True, timeout=60, check=False)
+            assert done.returncode == 2
+            assert message in done.stderr
+            assert done.stdout == ""
+
+
 @pytest.mark.slow
 class TestEndToEnd:
     def test_tiny_run_prints_a_table_and_agrees_with_the_baseline(self):
