@@ -5,6 +5,7 @@
 FROM python:3.12-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY kernel ./kernel
 COPY connectors ./connectors
 COPY sync ./sync
 COPY metrics ./metrics

@@ -13,97 +13,47 @@ metrics job and the notifier together, and maps outcomes to exit codes:
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as dt
-import json
-import logging
 import os
-import re
 import sys
 import tomllib
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal, TextIO
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 import structlog
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from connectors import build_connector, validation_problems
-from connectors.base import (
-    ConfigError,
-    ConfigProblem,
-    Connector,
-    StoreError,
-    TimeZoneName,
-    VelocityError,
-)
-from metrics.job import run_metrics
-from metrics.report import render_report
-from metrics.settings import MetricsSettings
-from metrics.velocity import compute_velocity
-from notify.job import run_notify
-from notify.settings import NotifySettings, RemindersSettings, load_notify_settings
-from sync.engine import SyncResult, sync_source
-from sync.export import EXPORT_COLUMNS, export_rows
-from sync.lock import daily_lock, source_lock
-from sync.settings import StoreSettings, SyncSettings
-from sync.store import (
-    check_schema,
-    make_engine,
-    schema_revision,
-    snapshots_table,
-    upgrade,
-)
+from sales_velocity.connectors import build_connector
+from sales_velocity.connectors.base import Connector
+from sales_velocity.kernel.config import TimeZoneName, expand_env, secret_values, validation_problems
+from sales_velocity.kernel.errors import ConfigError, ConfigProblem, StoreError, VelocityError
+from sales_velocity.kernel.logs import LoggingSettings, SecretRedactor, configure_logging
+from sales_velocity.kernel.schedule import ScheduleSettings, build_scheduler, serve
+from sales_velocity.metrics.job import missed_days, run_metrics
+from sales_velocity.metrics.report import render_report
+from sales_velocity.metrics.settings import MetricsSettings
+from sales_velocity.metrics.velocity import compute_velocity
+from sales_velocity.notify.job import run_notify
+from sales_velocity.notify.settings import NotifySettings, RemindersSettings, load_notify_settings
+from sales_velocity.sync.engine import SyncResult, sync_source
+from sales_velocity.sync.export import export_rows, write_export
+from sales_velocity.sync.lock import daily_lock, source_lock
+from sales_velocity.sync.settings import StoreSettings, SyncSettings
+from sales_velocity.sync.store import check_schema, ensure_schema, make_engine, upgrade
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 ENV_CONFIG = "VELOCITY_CONFIG"
 ENV_DATABASE_URL = "VELOCITY_DATABASE_URL"
-SECRET_ENV_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|WEBHOOK|CREDENTIAL", re.I)
-ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 log = structlog.get_logger("velocity")
 
 
 # --------------------------------------------------------------------------- configuration
-
-
-class LoggingSettings(BaseModel):
-    """The ``[logging]`` table."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
-    format: str = Field(default="auto", pattern="^(auto|json|console)$",
-                        description="auto: console on a terminal, JSON lines otherwise")
-
-
-class ScheduleSettings(BaseModel):
-    """The ``[schedule]`` table: cron expressions for ``velocity schedule``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    sync: str = Field(default="*/30 * * * *", description="when to sync every source")
-    daily: str = Field(default="0 7 * * 1-5", description="when to compute metrics and notify")
-    timezone: TimeZoneName | None = Field(default=None, description="defaults to the top-level timezone")
-    misfire_grace_seconds: int = Field(default=3600, ge=1)
-    backfill_days: int = Field(default=31, ge=0, le=366,
-                               description="how many missed days `run` back-fills at most")
-
-    @field_validator("sync", "daily")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        from sync.cron import cron_trigger
-
-        try:
-            cron_trigger(value, "UTC")
-        except ValueError as exc:
-            raise ValueError(f"not a valid cron expression ({exc})") from None
-        return value
 
 
 class TopLevel(BaseModel):
@@ -148,52 +98,6 @@ class AppConfig:
     def today(self, now: dt.datetime | None = None) -> dt.date:
         """Today's date in the configured time zone."""
         return (now or dt.datetime.now(dt.UTC)).astimezone(self.zone).date()
-
-
-def expand_env(value: Any, env: Mapping[str, str], path: str, problems: list[ConfigProblem],
-               secrets: list[str]) -> Any:
-    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string, recording unset variables."""
-    if isinstance(value, dict):
-        return {k: expand_env(v, env, f"{path}.{k}" if path else k, problems, secrets)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [expand_env(v, env, f"{path}[{i}]", problems, secrets) for i, v in enumerate(value)]
-    if not isinstance(value, str) or "${" not in value:
-        return value
-
-    def substitute(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name in env and env[name] != "":
-            if SECRET_ENV_NAME.search(name):
-                secrets.append(env[name])
-            return env[name]
-        if default is not None:
-            return default
-        problems.append(ConfigProblem(path, f"environment variable {name} is not set"))
-        return ""
-
-    return ENV_REF.sub(substitute, value)
-
-
-def _secret_values(obj: Any, seen: set[int] | None = None) -> Iterator[str]:
-    """Every ``SecretStr`` value inside validated settings (for the log redactor)."""
-    seen = seen if seen is not None else set()
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    if isinstance(obj, SecretStr):
-        yield obj.get_secret_value()
-    elif isinstance(obj, BaseModel):
-        for name in type(obj).model_fields:
-            yield from _secret_values(getattr(obj, name), seen)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _secret_values(item, seen)
-    elif isinstance(obj, list | tuple):
-        for item in obj:
-            yield from _secret_values(item, seen)
-    elif hasattr(obj, "settings"):
-        yield from _secret_values(obj.settings, seen)
 
 
 def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> AppConfig:
@@ -247,15 +151,15 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> AppC
         except ConfigError as exc:
             problems.extend(exc.problems)
             continue
-        if getattr(getattr(connector, "settings", None), "enabled", True):
+        if connector.settings.enabled:
             sources.append(connector)
     if problems or metrics is None or notify is None or reminders is None:
         raise ConfigError(problems)
     config = AppConfig(path, top.timezone, top.currency, store, sync, sources, metrics, notify,
                        reminders, schedule, logging_settings)
     store_password = sa.engine.make_url(store.url).password if store else None
-    config.secrets = sorted({s for s in [*secrets, *_secret_values(config.sources),
-                                         *_secret_values(notify), str(store_password or "")]
+    config.secrets = sorted({s for s in [*secrets, *secret_values(config.sources),
+                                         *secret_values(notify), str(store_password or "")]
                              if len(s) >= 4})
     return config
 
@@ -278,72 +182,6 @@ def _notify_settings(
     except ConfigError as exc:
         problems.extend(exc.problems)
         return None, None
-
-
-# --------------------------------------------------------------------------- logging
-
-
-class SecretRedactor:
-    """A structlog processor that masks known secret values anywhere in an event.
-
-    It runs after exceptions are formatted, so tracebacks are covered too.
-    """
-
-    def __init__(self, secrets: Sequence[str] = ()) -> None:
-        self.secrets = sorted(set(secrets), key=len, reverse=True)
-
-    def redact(self, text: str) -> str:
-        """Return ``text`` with every secret replaced by ``***``."""
-        for secret in self.secrets:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
-
-    def __call__(self, _logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-        """Mask secrets in every value of the event."""
-        if not self.secrets:
-            return event
-        return {key: self._scrub(value) for key, value in event.items()}
-
-    def _scrub(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.redact(value)
-        if isinstance(value, dict):
-            return {k: self._scrub(v) for k, v in value.items()}
-        if isinstance(value, list | tuple):
-            return [self._scrub(v) for v in value]
-        if isinstance(value, int | float | bool) or value is None:
-            return value
-        return self.redact(str(value))
-
-
-def configure_logging(settings: LoggingSettings | None = None, secrets: Sequence[str] = (),
-                      stream: TextIO | None = None) -> SecretRedactor:
-    """One structlog pipeline: console on a terminal, JSON lines elsewhere; secrets masked."""
-    settings = settings or LoggingSettings()
-    stream = stream or sys.stderr
-    redactor = SecretRedactor(secrets)
-    as_json = settings.format == "json" or (settings.format == "auto" and not stream.isatty())
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
-    if as_json:
-        processors += [structlog.processors.dict_tracebacks, redactor,
-                       structlog.processors.JSONRenderer()]
-    else:
-        processors += [structlog.processors.format_exc_info, redactor,
-                       structlog.dev.ConsoleRenderer(colors=False)]
-    structlog.configure(
-        processors=processors,
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[settings.level.upper()]
-        ),
-        logger_factory=structlog.PrintLoggerFactory(stream),
-        cache_logger_on_first_use=False,
-    )
-    return redactor
 
 
 # --------------------------------------------------------------------------- commands
@@ -371,14 +209,9 @@ class Context:
     def ready_engine(self) -> sa.Engine:
         """The engine, with the schema created or upgraded to the latest revision first."""
         if not self._ready:
-            try:
-                current, head = schema_revision(self.engine)
-            except sa.exc.SQLAlchemyError as exc:
-                raise StoreError(f"cannot open the store {_safe_url(self.engine)}: "
-                                 f"{type(exc).__name__}: {exc.args[0]}") from None
-            if current != head:
-                upgrade(self.engine)
-                log.info("store.migrated", from_revision=current, to_revision=head)
+            migrated = ensure_schema(self.engine)
+            if migrated is not None:
+                log.info("store.migrated", from_revision=migrated[0], to_revision=migrated[1])
             self._ready = True
         return self.engine
 
@@ -487,38 +320,9 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, Decimal):
-        cents = value.quantize(Decimal("0.01"))
-        return str(cents if cents == value else value.normalize())
-    if isinstance(value, bool):
-        return value
-    if value is None or isinstance(value, str | int):
-        return value
-    return str(value)
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return _plain(value)
-
-
 def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
     """Write the stored deals as CSV or JSON lines to stdout."""
-    rows = export_rows(ctx.ready_engine(), args.source)
-    if args.format == "json":
-        for row in rows:
-            ctx.out.write(json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
-        return EXIT_OK
-    writer = csv.DictWriter(ctx.out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    write_export(export_rows(ctx.ready_engine(), args.source), args.format, ctx.out)
     return EXIT_OK
 
 
@@ -537,21 +341,6 @@ def run_daily(ctx: Context, as_of: dt.date, *, notify: bool = True, dry_run: boo
         ctx.out.write(render_report(compute_velocity(engine, ctx.config.metrics, as_of), "table"))
         return EXIT_OK
     return _notify(ctx, as_of, dry_run=dry_run, only=only)
-
-
-def missed_days(engine: sa.Engine, window_days: int, as_of: dt.date, limit: int) -> list[dt.date]:
-    """Days before ``as_of`` without a snapshot since the last one (at most ``limit``)."""
-    snaps = snapshots_table
-    last = None
-    with engine.connect() as conn:
-        last = conn.execute(
-            sa.select(sa.func.max(snaps.c.as_of)).where(
-                snaps.c.window_days == window_days, snaps.c.as_of < as_of)
-        ).scalar()
-    if last is None or limit <= 0:
-        return []
-    first = max(last + dt.timedelta(days=1), as_of - dt.timedelta(days=limit))
-    return [first + dt.timedelta(days=n) for n in range((as_of - first).days)]
 
 
 def _notify(ctx: Context, as_of: dt.date, *, dry_run: bool,
@@ -598,14 +387,10 @@ def cmd_check(ctx: Context, _args: argparse.Namespace) -> int:
         except Exception as exc:
             ctx.print(f"source {connector.name}: FAILED: {exc}")
             code = EXIT_FAILED
-    for channel in getattr(ctx.config.notify, "channels", None) or []:
-        name = getattr(getattr(channel, "settings", None), "name", type(channel).__name__)
-        checker = getattr(channel, "check", None)
-        if checker is None:
-            ctx.print(f"channel {name}: OK (nothing to check)")
-            continue
+    for channel in ctx.config.notify.channels:
+        name = channel.settings.name
         try:
-            ctx.print(f"channel {name}: OK ({checker()})")
+            ctx.print(f"channel {name}: OK ({channel.check()})")
         except Exception as exc:
             ctx.print(f"channel {name}: FAILED: {exc}")
             code = EXIT_FAILED
@@ -614,10 +399,10 @@ def cmd_check(ctx: Context, _args: argparse.Namespace) -> int:
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     """Print the last run of each source and channel, and the next scheduled times."""
-    from sync.status import collect_status, render_status, write_prometheus
+    from sales_velocity.sync.status import collect_status, render_status, write_prometheus
 
     config = ctx.config
-    channels = [c.settings.name for c in getattr(config.notify, "channels", None) or []]
+    channels = [c.settings.name for c in config.notify.channels]
     status = collect_status(
         ctx.ready_engine(), sources=[s.name for s in config.sources], channels=channels,
         schedule={"sync": config.schedule.sync, "daily": config.schedule.daily},
@@ -627,55 +412,6 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     if args.metrics_file:
         write_prometheus(status, Path(args.metrics_file))
     return EXIT_OK
-
-
-def build_scheduler(schedule: ScheduleSettings, timezone: str, *, sync: Callable[[], object],
-                    daily: Callable[[], object]) -> Any:
-    """A ``BlockingScheduler`` with the sync and daily jobs on their cron schedules.
-
-    Both jobs use ``max_instances=1`` and ``coalesce=True`` (a backlog of missed
-    runs fires once) and the configured misfire grace time. A job that raises is
-    logged and the scheduler lives on.
-    """
-    from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
-    from apscheduler.schedulers.blocking import BlockingScheduler
-
-    from sync.cron import cron_trigger
-
-    zone = ZoneInfo(schedule.timezone or timezone)
-    defaults = {"max_instances": 1, "coalesce": True,
-                "misfire_grace_time": schedule.misfire_grace_seconds}
-    scheduler = BlockingScheduler(timezone=zone, job_defaults=defaults)
-    scheduler.add_job(sync, cron_trigger(schedule.sync, zone), id="sync",
-                      name="sync all sources", **defaults)
-    scheduler.add_job(daily, cron_trigger(schedule.daily, zone), id="daily",
-                      name="metrics and notify", **defaults)
-
-    def on_event(event: JobExecutionEvent) -> None:
-        if event.code == EVENT_JOB_MISSED:
-            log.warning("schedule.missed", job=event.job_id,
-                        scheduled=event.scheduled_run_time.isoformat())
-        elif event.exception is not None:
-            log.error("schedule.job_failed", job=event.job_id, error=repr(event.exception))
-
-    scheduler.add_listener(on_event, EVENT_JOB_ERROR | EVENT_JOB_MISSED)
-    return scheduler
-
-
-def serve(scheduler: Any) -> None:
-    """Run ``scheduler`` until SIGTERM/SIGINT; a job in progress finishes before it stops."""
-    import signal
-
-    def stop(signum: int, _frame: object) -> None:
-        log.info("schedule.stopping", signal=signal.Signals(signum).name)
-        scheduler.shutdown(wait=True)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    for job in scheduler.get_jobs():
-        log.info("schedule.job", job=job.id, trigger=str(job.trigger))
-    scheduler.start()
-    log.info("schedule.stopped")
 
 
 def cmd_schedule(ctx: Context, args: argparse.Namespace) -> int:

@@ -23,8 +23,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from metrics.settings import MetricsSettings
-from metrics.velocity import VelocityReport
+from sales_velocity.metrics.settings import MetricsSettings
+from sales_velocity.metrics.velocity import VelocityReport
 
 __all__ = ["BaselineScope", "compare", "pandas_velocity"]
 

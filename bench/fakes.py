@@ -1,7 +1,7 @@
 """HubSpot and Pipedrive end to end against local fake servers that enforce the real rate limits.
 
 The fakes are the stateful servers of the connector tests
-(``tests.connectors.fake_hubspot``, ``tests.connectors.fake_pipedrive``),
+(``sales_velocity.kernel.testing.fake_hubspot`` and ``fake_pipedrive``),
 served over real HTTP on 127.0.0.1:
 
 * HubSpot: the fake's own enforcement, 100 requests per rolling 10 s and 5
@@ -38,7 +38,7 @@ from typing import Any
 import sqlalchemy as sa
 from werkzeug.wrappers import Request, Response
 
-from sync.engine import sync_source
+from sales_velocity.sync.engine import sync_source
 
 __all__ = ["SimClock", "floor_seconds", "run_hubspot", "run_pipedrive"]
 
@@ -102,7 +102,7 @@ def _result(name: str, clock: SimClock, run: Callable[[], Any], served: Callable
 
 
 def _hubspot_clock(sim: SimClock) -> Any:
-    from tests.connectors.fake_hubspot import FakeClock, ms_of
+    from sales_velocity.kernel.testing.fake_hubspot import FakeClock, ms_of
 
     class HubSpotSimClock(FakeClock):
         """The fake portal's clock in milliseconds, driven by ``SimClock``."""
@@ -130,7 +130,7 @@ def _hubspot_clock(sim: SimClock) -> Any:
 
 def run_hubspot(engine: sa.Engine, deals: int, seed: int) -> dict[str, Any]:
     """Full sync, no-change re-sync and 1 %-changed re-sync of ``deals`` deals from a fake HubSpot."""
-    from tests.connectors.fake_hubspot import FakeHubSpot, make_connector
+    from sales_velocity.kernel.testing.fake_hubspot import FakeHubSpot, make_connector
 
     sim = SimClock(dt.datetime(2026, 11, 26, 9, 0, tzinfo=dt.UTC))
     fake = FakeHubSpot(clock=_hubspot_clock(sim), seed=seed, shuffle_ties=False)
@@ -169,7 +169,7 @@ def run_hubspot(engine: sa.Engine, deals: int, seed: int) -> dict[str, Any]:
 
 
 def _rate_limited_pipedrive(sim: SimClock) -> Any:
-    from tests.connectors.fake_pipedrive import FakePipedrive
+    from sales_velocity.kernel.testing.fake_pipedrive import FakePipedrive
 
     class RateLimitedPipedrive(FakePipedrive):
         """The test fake plus Pipedrive's rolling 2-second burst limit on ``SimClock``."""
@@ -239,7 +239,7 @@ def _quiet_werkzeug() -> None:
 
 def run_pipedrive(engine: sa.Engine, deals: int, seed: int) -> dict[str, Any]:
     """Full sync, no-change re-sync and 1 %-changed re-sync of ``deals`` deals from a fake Pipedrive."""
-    from connectors.pipedrive import PipedriveConnector, PipedriveSettings
+    from sales_velocity.connectors.pipedrive import PipedriveConnector, PipedriveSettings
 
     _quiet_werkzeug()
     sim = SimClock(dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC))

@@ -35,7 +35,7 @@ from decimal import Decimal
 from itertools import accumulate
 from typing import Any
 
-from connectors.base import Owner, Pipeline, Stage
+from sales_velocity.connectors.base import Owner, Pipeline, Stage
 
 __all__ = [
     "CHANGE_SETS",

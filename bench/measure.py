@@ -23,9 +23,9 @@ import sqlalchemy as sa
 
 from bench.generator import NOW, SOURCE, Catalog, DealRow
 from bench.pages import PagedConnector, read_pages
-from metrics.settings import MetricsSettings
-from sync.engine import sync_source
-from sync.store import make_engine, upgrade
+from sales_velocity.metrics.settings import MetricsSettings
+from sales_velocity.sync.engine import sync_source
+from sales_velocity.sync.store import make_engine, upgrade
 
 __all__ = [
     "AS_OF",
@@ -148,7 +148,7 @@ def driver_floor(url: str | None, workdir: Path, pages_file: Path, limit: int) -
     this machine and schema; ``ceiling_deals_per_s`` is that bound.
     """
     from bench.pages import to_deal
-    from sync.rows import RowEncoder
+    from sales_velocity.sync.rows import RowEncoder
 
     seconds = 0.0
     stored = 0
@@ -253,11 +253,11 @@ def recompute(engine: sa.Engine) -> tuple[dict[str, Any], Any]:
     Returns:
         The timings, and the velocity report (for the baseline comparison).
     """
-    from metrics.hygiene import HygieneSettings, hygiene_summary
-    from metrics.job import run_metrics
-    from metrics.stage_times import stage_wait_times
-    from metrics.velocity import compute_velocity
-    from notify.digest import build_digest
+    from sales_velocity.metrics.hygiene import HygieneSettings, hygiene_summary
+    from sales_velocity.metrics.job import run_metrics
+    from sales_velocity.metrics.stage_times import stage_wait_times
+    from sales_velocity.metrics.velocity import compute_velocity
+    from sales_velocity.notify.digest import build_digest
 
     hygiene = HygieneSettings()
     out: dict[str, Any] = {}

@@ -15,7 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from bench.generator import Catalog, DealRow, change_row, deal_pages, is_changed
-from connectors.base import Checkpoint, Deal, Owner, Pipeline, StageVisit, StreamItem
+from sales_velocity.connectors.base import (
+    Checkpoint,
+    Deal,
+    Owner,
+    Pipeline,
+    SourceSettings,
+    StageVisit,
+    StreamItem,
+)
 
 __all__ = ["PagedConnector", "read_pages", "to_deal", "write_pages"]
 
@@ -80,6 +88,7 @@ class PagedConnector:
         replace: Mapping[str, DealRow] | None = None,
     ) -> None:
         self.name = name
+        self.settings = SourceSettings(name=name, kind=self.kind)
         self._catalog = catalog
         self._pages = pages
         self._complete = complete

@@ -2,7 +2,7 @@
 
 Connectors are found through the entry-point group ``sales_velocity.connectors``;
 the entry point's name is the ``kind`` used in ``[[sources]]`` (see
-``connectors.plugins``). A package outside this repository adds a CRM by
+``sales_velocity.kernel.plugins``). A package outside this repository adds a CRM by
 registering a class with a ``settings_model`` there.
 """
 
@@ -11,8 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, cast
 
-from connectors.base import Connector, ConnectorFactory
-from connectors.plugins import PluginRegistry, validate_settings, validation_problems
+from sales_velocity.connectors.base import Connector, ConnectorFactory
+from sales_velocity.kernel.config import validate_settings, validation_problems
+from sales_velocity.kernel.plugins import PluginRegistry
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -1,10 +1,13 @@
-"""The connector contract: records, the ``Connector`` protocol and the error tree.
+"""The connector contract: records, settings and the ``Connector`` protocol.
 
 A connector reads one CRM and yields plain, immutable records. It never writes to
-the store; the sync engine (``sync.engine``) does that. Everything a connector
-hands over is defined here, so a package outside this repository can add a CRM
-by depending on this module alone and registering an entry point in the group
-``sales_velocity.connectors`` (see ``connectors.load_connector``).
+the store; the sync engine (``sales_velocity.sync.engine``) does that. Everything a
+connector hands over is defined here, so a package outside this repository can add
+a CRM by depending on this module (and the error tree in
+``sales_velocity.kernel.errors``) and registering an entry point in the group
+``sales_velocity.connectors`` (see ``sales_velocity.connectors.build_connector``).
+Its tests can hold it to the same contract as ours with
+``sales_velocity.kernel.testing.contract``.
 
 The stream a connector returns from ``deals(since)`` carries three kinds of item:
 
@@ -16,21 +19,9 @@ The stream a connector returns from ``deals(since)`` carries three kinds of item
   checkpoint means the pull so far held *every* live deal of the source (a full
   export or a full sweep); deals the store has that were not in it are gone.
 
-Errors are grouped by what the caller should do about them::
-
-    VelocityError
-    ├── ConfigError                 fix the configuration (every problem, with its key path)
-    ├── ConnectorError              something went wrong talking to a CRM
-    │   ├── RetriableAPIError       try again later (429, 5xx, timeouts)
-    │   │   └── RateLimitError      the CRM said "slow down" (carries retry_after)
-    │   ├── FatalAPIError           fail this source for this run; the others go on
-    │   │   ├── AuthError           token rejected or missing a scope
-    │   │   └── BudgetExhaustedError  the daily API budget is spent; resume next run
-    │   └── SkippableRecordError    skip one record, keep the rest (where, reason)
-    └── StoreError                  the local store is unusable (raised by ``sync``)
-
-No error message ever contains a token: connectors build messages from status
-codes, ids and field names, never from request headers or URLs with credentials.
+A connector raises the errors of ``sales_velocity.kernel.errors``: a
+``FatalAPIError`` fails its source for this run, a ``RetriableAPIError`` that
+outlived its retries too; the other sources go on.
 """
 
 from __future__ import annotations
@@ -39,36 +30,23 @@ import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal, Protocol, runtime_checkable
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict
 
 __all__ = [
-    "AuthError",
-    "BudgetExhaustedError",
     "Checkpoint",
-    "ConfigError",
-    "ConfigProblem",
     "Connector",
-    "ConnectorError",
     "ConnectorFactory",
     "Deal",
     "DealStatus",
-    "FatalAPIError",
     "Owner",
     "Pipeline",
-    "RateLimitError",
     "Rejected",
-    "RetriableAPIError",
-    "SkippableRecordError",
     "SourceSettings",
     "Stage",
     "StageVisit",
-    "StoreError",
     "StreamItem",
-    "TimeZoneName",
-    "VelocityError",
 ]
 
 DealStatus = Literal["open", "won", "lost", "deleted"]
@@ -209,18 +187,6 @@ StreamItem = Deal | Rejected | Checkpoint
 # --------------------------------------------------------------------------- settings
 
 
-def _known_zone(value: str) -> str:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {value!r} (use an IANA name like Europe/Oslo)") from None
-    return value
-
-
-TimeZoneName = Annotated[str, AfterValidator(_known_zone)]
-"""A settings field holding an IANA time zone name, checked when the config is read."""
-
-
 class SourceSettings(BaseModel):
     """Settings every source has; each connector extends this with its own fields."""
 
@@ -244,6 +210,12 @@ class Connector(Protocol):
     """
 
     name: str
+    kind: str
+
+    @property
+    def settings(self) -> SourceSettings:
+        """The validated ``[[sources]]`` table the connector was built from."""
+        ...
 
     def pipelines(self) -> Iterable[Pipeline]:
         """Return the source's pipelines with their stages."""
@@ -270,93 +242,3 @@ class ConnectorFactory(Protocol):
     def __call__(self, settings: Any) -> Connector:
         """Build a connector from settings of type ``settings_model``."""
         ...
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class VelocityError(Exception):
-    """Base of every error this application raises on purpose."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConfigProblem:
-    """One thing wrong with the configuration, located by its key path."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.message}" if self.path else self.message
-
-
-class ConfigError(VelocityError):
-    """The configuration is wrong. Carries every problem found, not just the first."""
-
-    def __init__(self, problems: Iterable[ConfigProblem]) -> None:
-        self.problems: tuple[ConfigProblem, ...] = tuple(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        count = len(self.problems)
-        super().__init__(f"{count} configuration problem{'s' if count != 1 else ''}:\n{lines}")
-
-    @classmethod
-    def single(cls, path: str, message: str) -> ConfigError:
-        """Build an error with one problem."""
-        return cls([ConfigProblem(path, message)])
-
-
-class ConnectorError(VelocityError):
-    """Something went wrong while reading a CRM."""
-
-    def __init__(self, message: str, *, source: str | None = None) -> None:
-        super().__init__(message)
-        self.source = source
-
-
-class RetriableAPIError(ConnectorError):
-    """A transient failure (429, 5xx, timeout, connection reset): try again later."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        status: int | None = None,
-        retry_after: float | None = None,
-        source: str | None = None,
-    ) -> None:
-        super().__init__(message, source=source)
-        self.status = status
-        self.retry_after = retry_after
-
-
-class RateLimitError(RetriableAPIError):
-    """The CRM answered 429: slow down, wait ``retry_after`` seconds when given."""
-
-
-class FatalAPIError(ConnectorError):
-    """A failure retrying will not fix; this source fails for this run."""
-
-    def __init__(self, message: str, *, status: int | None = None, source: str | None = None):
-        super().__init__(message, source=source)
-        self.status = status
-
-
-class AuthError(FatalAPIError):
-    """The CRM rejected the token, or the token lacks a needed scope."""
-
-
-class BudgetExhaustedError(FatalAPIError):
-    """The CRM's daily request budget is spent; the next run resumes from the cursor."""
-
-
-class SkippableRecordError(ConnectorError):
-    """One record is unreadable; report it (``where``, ``reason``) and go on."""
-
-    def __init__(self, where: str, reason: str, *, source: str | None = None) -> None:
-        super().__init__(f"{where}: {reason}", source=source)
-        self.where = where
-        self.reason = reason
-
-
-class StoreError(VelocityError):
-    """The local store cannot be used (unreachable, wrong schema version)."""

@@ -38,8 +38,8 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
-from metrics.sql import elapsed_days
-from sync.store import UTCDateTime, deals_table, owners_table, pipelines_table, stages_table
+from sales_velocity.metrics.sql import elapsed_days
+from sales_velocity.sync.store import UTCDateTime, deals_table, owners_table, pipelines_table, stages_table
 
 __all__ = [
     "BOTTLENECKS",

@@ -19,9 +19,16 @@ from typing import Any
 import sqlalchemy as sa
 import structlog
 
-from metrics.settings import MetricsSettings
-from metrics.velocity import Levers, ScopeKind, ScopeVelocity, Velocity, VelocityReport, compute_velocity
-from sync.store import snapshots_table
+from sales_velocity.metrics.settings import MetricsSettings
+from sales_velocity.metrics.velocity import (
+    Levers,
+    ScopeKind,
+    ScopeVelocity,
+    Velocity,
+    VelocityReport,
+    compute_velocity,
+)
+from sales_velocity.sync.store import snapshots_table
 
 __all__ = ["load_snapshots", "run_metrics", "snapshot_for"]
 
@@ -175,3 +182,18 @@ def _scope_kind(value: str) -> ScopeKind:
     if value == "owner":
         return "owner"
     return "all"
+
+
+def missed_days(engine: sa.Engine, window_days: int, as_of: dt.date, limit: int) -> list[dt.date]:
+    """Days before ``as_of`` without a snapshot since the last one (at most ``limit``)."""
+    snaps = snapshots_table
+    last = None
+    with engine.connect() as conn:
+        last = conn.execute(
+            sa.select(sa.func.max(snaps.c.as_of)).where(
+                snaps.c.window_days == window_days, snaps.c.as_of < as_of)
+        ).scalar()
+    if last is None or limit <= 0:
+        return []
+    first = max(last + dt.timedelta(days=1), as_of - dt.timedelta(days=limit))
+    return [first + dt.timedelta(days=n) for n in range((as_of - first).days)]

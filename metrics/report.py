@@ -13,7 +13,7 @@ import json
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
 
-from metrics.velocity import ScopeKind, ScopeVelocity, VelocityReport
+from sales_velocity.metrics.velocity import ScopeKind, ScopeVelocity, VelocityReport
 
 __all__ = ["FIELDS", "ReportFormat", "render_report", "scope_record"]
 

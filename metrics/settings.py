@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from connectors.base import TimeZoneName
+from sales_velocity.kernel.config import TimeZoneName
 
 __all__ = ["MetricsSettings", "WhatIfSettings"]
 

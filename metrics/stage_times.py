@@ -24,10 +24,10 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import sqlalchemy as sa
 
-from metrics.settings import MetricsSettings
-from metrics.sql import elapsed_days
-from metrics.velocity import window_bounds
-from sync.store import deals_table, pipelines_table, stage_events_table, stages_table
+from sales_velocity.metrics.settings import MetricsSettings
+from sales_velocity.metrics.sql import elapsed_days
+from sales_velocity.metrics.velocity import window_bounds
+from sales_velocity.sync.store import deals_table, pipelines_table, stage_events_table, stages_table
 
 __all__ = ["StageWait", "stage_wait_times"]
 

@@ -51,10 +51,10 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from metrics.concurrent import can_read_concurrently, read_concurrently
-from metrics.settings import MetricsSettings, WhatIfSettings
-from metrics.sql import ElapsedSeconds
-from sync.store import UTCDateTime, deals_table, owners_table, pipelines_table
+from sales_velocity.metrics.concurrent import can_read_concurrently, read_concurrently
+from sales_velocity.metrics.settings import MetricsSettings, WhatIfSettings
+from sales_velocity.metrics.sql import ElapsedSeconds
+from sales_velocity.sync.store import UTCDateTime, deals_table, owners_table, pipelines_table
 
 __all__ = [
     "Levers",

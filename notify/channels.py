@@ -28,10 +28,10 @@ from typing import Any, ClassVar, Literal, Protocol, TextIO, runtime_checkable
 import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from connectors.base import ConnectorError, RetriableAPIError, VelocityError
-from connectors.http import RetryPolicy, new_session, request
-from connectors.plugins import PluginRegistry
-from notify.message import Message, MessageKind
+from sales_velocity.kernel.errors import DeliveryError, RemoteError, RetriableAPIError
+from sales_velocity.kernel.http import RetryPolicy, new_session, request
+from sales_velocity.kernel.plugins import PluginRegistry
+from sales_velocity.notify.message import Message, MessageKind
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -54,14 +54,6 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "sales_velocity.channels"
 SLACK_TEXT_LIMIT = 3000
-
-
-class DeliveryError(VelocityError):
-    """A message could not be delivered; ``channel_down`` says the channel itself is unusable now."""
-
-    def __init__(self, message: str, *, channel_down: bool = True) -> None:
-        super().__init__(message)
-        self.channel_down = channel_down
 
 
 # --------------------------------------------------------------------------- settings
@@ -168,9 +160,23 @@ class EmailSettings(ChannelSettings):
 
 @runtime_checkable
 class Channel(Protocol):
-    """What the notifier needs from a channel."""
+    """What the notifier and the CLI need from a channel (everything they use)."""
 
-    settings: Any
+    needs_recipient: ClassVar[bool]
+    """Reminders need a recipient address on this channel (e-mail); others post them as they are."""
+
+    @property
+    def settings(self) -> ChannelSettings:
+        """The validated ``[[notify.channels]]`` table the channel was built from."""
+        ...
+
+    def check(self) -> str:
+        """Make one cheap check that sends nothing; return what was checked."""
+        ...
+
+    def bind_output(self, out: TextIO) -> None:
+        """Write to ``out`` (the CLI's output) where the channel prints; others ignore it."""
+        ...
 
     def send(self, message: Message) -> None:
         """Deliver one message; raise (preferably ``DeliveryError``) on failure."""
@@ -184,10 +190,15 @@ class StdoutChannel:
     """Print each message to the run's output (plain text or Markdown)."""
 
     settings_model: ClassVar[type[ChannelSettings]] = StdoutSettings
+    needs_recipient: ClassVar[bool] = False
 
     def __init__(self, settings: StdoutSettings, *, stream: TextIO | None = None) -> None:
         self.settings = settings
         self.stream = stream
+
+    def check(self) -> str:
+        """Nothing to check without sending."""
+        return "nothing to check"
 
     def bind_output(self, out: TextIO) -> None:
         """Print to ``out`` (the CLI's output) instead of ``sys.stdout``."""
@@ -205,9 +216,13 @@ class FileChannel:
     """Write each message to ``<path>/<dedupe key>.md`` or ``.json`` (atomically)."""
 
     settings_model: ClassVar[type[ChannelSettings]] = FileSettings
+    needs_recipient: ClassVar[bool] = False
 
     def __init__(self, settings: FileSettings) -> None:
         self.settings = settings
+
+    def bind_output(self, out: TextIO) -> None:
+        """This channel does not print; nothing to bind."""
 
     def check(self) -> str:
         """Check that the folder exists or can be created."""
@@ -247,6 +262,7 @@ class FileChannel:
 
 class _HttpChannel:
     settings: _HttpSettings
+    needs_recipient: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -258,6 +274,13 @@ class _HttpChannel:
         self.settings = settings
         self._session = session or new_session()
         self._sleep = sleep
+
+    def check(self) -> str:
+        """Nothing to check without sending."""
+        return "nothing to check"
+
+    def bind_output(self, out: TextIO) -> None:
+        """This channel does not print; nothing to bind."""
 
     def _post(self, url: str, payload: Mapping[str, Any], headers: Mapping[str, str]) -> None:
         what = f"{self.settings.kind} channel {self.settings.name!r}"
@@ -276,7 +299,7 @@ class _HttpChannel:
             )
         except RetriableAPIError as exc:
             raise DeliveryError(str(exc), channel_down=True) from None
-        except ConnectorError as exc:
+        except RemoteError as exc:
             raise DeliveryError(str(exc), channel_down=False) from None
 
 
@@ -366,6 +389,9 @@ class EmailChannel:
         if s.username is not None and s.password is not None:
             smtp.login(s.username, s.password.get_secret_value())
         return smtp
+
+    def bind_output(self, out: TextIO) -> None:
+        """This channel does not print; nothing to bind."""
 
     def check(self) -> str:
         """Connect, log in and say hello, without sending anything."""

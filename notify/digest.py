@@ -17,8 +17,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from metrics.concurrent import read_concurrently
-from metrics.hygiene import (
+from sales_velocity.metrics.concurrent import read_concurrently
+from sales_velocity.metrics.hygiene import (
     BOTTLENECKS,
     HygieneSettings,
     HygieneSummary,
@@ -26,10 +26,17 @@ from metrics.hygiene import (
     find_stalled,
     hygiene_summary,
 )
-from metrics.job import load_snapshots, snapshot_for
-from metrics.settings import MetricsSettings
-from metrics.stage_times import StageWait, stage_wait_times
-from metrics.velocity import Levers, ScopeVelocity, Velocity, WhatIf, compute_velocity, what_ifs
+from sales_velocity.metrics.job import load_snapshots, snapshot_for
+from sales_velocity.metrics.settings import MetricsSettings
+from sales_velocity.metrics.stage_times import StageWait, stage_wait_times
+from sales_velocity.metrics.velocity import (
+    Levers,
+    ScopeVelocity,
+    Velocity,
+    WhatIf,
+    compute_velocity,
+    what_ifs,
+)
 
 __all__ = ["TREND_DAYS", "Digest", "Trend", "build_digest", "digest_data"]
 

@@ -25,17 +25,18 @@ from typing import Any, Literal, TextIO
 import sqlalchemy as sa
 import structlog
 
-from metrics.settings import MetricsSettings
-from notify import outbox
-from notify.channels import Channel, DeliveryError
-from notify.chart import trend_png
-from notify.digest import Digest, build_digest, digest_data
-from notify.message import InlineImage, Message, MessageKind
-from notify.reminders import ReminderPlan, plan_reminders, record_plan
-from notify.render import texts
-from notify.settings import NotifySettings, RemindersSettings
-from notify.views import render_digest, render_reminders
-from sync.store import outbox_table
+from sales_velocity.kernel.errors import DeliveryError
+from sales_velocity.metrics.settings import MetricsSettings
+from sales_velocity.notify import outbox
+from sales_velocity.notify.channels import Channel
+from sales_velocity.notify.chart import trend_png
+from sales_velocity.notify.digest import Digest, build_digest, digest_data
+from sales_velocity.notify.message import InlineImage, Message, MessageKind
+from sales_velocity.notify.reminders import ReminderPlan, plan_reminders, record_plan
+from sales_velocity.notify.render import texts
+from sales_velocity.notify.settings import NotifySettings, RemindersSettings
+from sales_velocity.notify.views import render_digest, render_reminders
+from sales_velocity.sync.store import outbox_table
 
 __all__ = ["ChannelResult", "NotifyResult", "build_messages", "run_notify"]
 
@@ -191,7 +192,7 @@ def _targets(channel: Channel, message: Message) -> str | None:
     """Why ``channel`` cannot take ``message``, or ``None`` when it can."""
     if not _takes(channel, message.kind):
         return "not sent on this channel"
-    if message.kind == "reminders" and getattr(channel, "needs_recipient", False) and not message.recipient:
+    if message.kind == "reminders" and channel.needs_recipient and not message.recipient:
         owners = ", ".join(o.get("name") or o.get("owner") or "?" for o in message.data.get("owners", []))
         return f"no e-mail address for {owners} and no notify.fallback_to"
     return None
@@ -212,9 +213,7 @@ def run_notify(
     """Queue and deliver today's digest and reminders on every configured channel."""
     channels = list(notify.channels)
     for channel in channels:
-        bind = getattr(channel, "bind_output", None)
-        if bind is not None:
-            bind(out)
+        channel.bind_output(out)
     results = {_name(c): ChannelResult(_name(c), str(c.settings.kind)) for c in channels}
     names = list(results)
     if not dry_run:

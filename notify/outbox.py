@@ -28,8 +28,8 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.exc import IntegrityError
 
-from notify.message import Message
-from sync.store import outbox_table
+from sales_velocity.notify.message import Message
+from sales_velocity.sync.store import outbox_table
 
 __all__ = [
     "OutboxRow",

@@ -25,9 +25,9 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from metrics.hygiene import StalledDeal, find_stalled
-from notify.settings import RemindersSettings
-from sync.store import reminder_state_table
+from sales_velocity.metrics.hygiene import StalledDeal, find_stalled
+from sales_velocity.notify.settings import RemindersSettings
+from sales_velocity.sync.store import reminder_state_table
 
 __all__ = ["OwnerReminders", "ReminderMessage", "ReminderPlan", "plan_reminders", "record_plan"]
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 
 import jinja2
 
-from notify.formatting import Texts
+from sales_velocity.notify.formatting import Texts
 
 __all__ = ["Format", "Raw", "Rendered", "escape_for", "pad_table", "render_template", "slack_blocks", "texts"]
 
@@ -103,7 +103,7 @@ def _finalize_for(fmt: Format) -> Any:
 def environment(fmt: Format) -> jinja2.Environment:
     """The Jinja environment of one format (cached)."""
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("notify", "templates"),
+        loader=jinja2.PackageLoader(__package__ or "sales_velocity.notify", "templates"),
         autoescape=fmt == "html",  # noqa: S701 - the other formats escape in `finalize` (see above)
         finalize=None if fmt == "html" else _finalize_for(fmt),
         trim_blocks=True,
@@ -153,5 +153,6 @@ def slack_blocks(subject: str, mrkdwn: str) -> dict[str, Any]:
 @functools.cache
 def texts(locale: str) -> Texts:
     """The message catalog of ``locale`` (``notify/locales/<locale>.toml``)."""
-    data = resources.files("notify").joinpath("locales", f"{locale}.toml").read_text(encoding="utf-8")
+    package = resources.files(__package__ or "sales_velocity.notify")
+    data = package.joinpath("locales", f"{locale}.toml").read_text(encoding="utf-8")
     return Texts(locale, tomllib.loads(data))

@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation, ValidationError, field_validator
 
-from connectors import validation_problems
-from connectors.base import ConfigError, ConfigProblem
-from metrics.hygiene import HygieneSettings
-from notify.channels import Channel, build_channel
+from sales_velocity.kernel.config import validation_problems
+from sales_velocity.kernel.errors import ConfigError, ConfigProblem
+from sales_velocity.metrics.hygiene import HygieneSettings
+from sales_velocity.notify.channels import Channel, build_channel
 
 __all__ = ["NotifySettings", "RemindersSettings", "load_notify_settings"]
 

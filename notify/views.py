@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from metrics.hygiene import BOTTLENECKS, RuleHit, StalledDeal
-from metrics.settings import WhatIfSettings
-from metrics.velocity import ScopeVelocity
-from notify.chart import sparkline
-from notify.digest import Digest
-from notify.formatting import Formatter, Texts
-from notify.reminders import ReminderMessage
-from notify.render import Format, Rendered, render_template, slack_blocks, texts
+from sales_velocity.metrics.hygiene import BOTTLENECKS, RuleHit, StalledDeal
+from sales_velocity.metrics.settings import WhatIfSettings
+from sales_velocity.metrics.velocity import ScopeVelocity
+from sales_velocity.notify.chart import sparkline
+from sales_velocity.notify.digest import Digest
+from sales_velocity.notify.formatting import Formatter, Texts
+from sales_velocity.notify.reminders import ReminderMessage
+from sales_velocity.notify.render import Format, Rendered, render_template, slack_blocks, texts
 
 __all__ = ["digest_view", "reminders_view", "render_digest", "render_reminders", "rule_text"]
 

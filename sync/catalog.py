@@ -18,8 +18,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
-from connectors.base import Connector, Deal
-from sync.store import owners_table, pipelines_table, sources_table, stages_table
+from sales_velocity.connectors.base import Connector, Deal
+from sales_velocity.sync.store import owners_table, pipelines_table, sources_table, stages_table
 
 __all__ = ["KnownCatalog", "catalog_due", "dialect_insert", "load_known", "refresh_catalog"]
 

@@ -21,7 +21,7 @@
 6. after a ``complete`` checkpoint, marks the source's deals that the pull did not
    contain as ``deleted`` (never deleting rows).
 
-A ``ConnectorError`` (or any other exception) ends the pull with status
+A ``RemoteError`` (or any other exception) ends the pull with status
 ``failed``; what was committed before stays. One source failing never raises out
 of ``sync_source``: the caller decides what the run's exit code is.
 """
@@ -38,10 +38,11 @@ from typing import Any, Literal
 import sqlalchemy as sa
 import structlog
 
-from connectors.base import Checkpoint, Connector, ConnectorError, Deal, Rejected
-from sync.catalog import KnownCatalog, catalog_due, dialect_insert, load_known, refresh_catalog
-from sync.rows import RowEncoder
-from sync.store import (
+from sales_velocity.connectors.base import Checkpoint, Connector, Deal, Rejected
+from sales_velocity.kernel.errors import RemoteError
+from sales_velocity.sync.catalog import KnownCatalog, catalog_due, dialect_insert, load_known, refresh_catalog
+from sales_velocity.sync.rows import RowEncoder
+from sales_velocity.sync.store import (
     deals_table,
     sync_rejects_table,
     sync_runs_table,
@@ -317,7 +318,7 @@ def sync_source(
     clock = now or _utcnow
     run_id = run_id or uuid.uuid4().hex[:12]
     source = connector.name
-    kind = str(getattr(connector, "kind", type(connector).__name__))
+    kind = connector.kind
     started = time.perf_counter()
     with structlog.contextvars.bound_contextvars(source=source, run_id=run_id):
         with engine.connect() as conn:
@@ -349,7 +350,7 @@ def sync_source(
                     else:
                         writer.add(item)
                     writing = False
-            except ConnectorError as exc:
+            except RemoteError as exc:
                 _keep_written(conn, writing)
                 result.status, result.error = "failed", str(exc)
             except Exception as exc:  # a bug or a store failure must not stop other sources

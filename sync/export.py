@@ -1,15 +1,23 @@
-"""Export of the stored deals in the canonical CSV columns, names resolved, streamed."""
+"""Export of the stored deals in the canonical CSV columns, names resolved, streamed.
+
+``export_rows`` reads them (a server-side cursor, never every deal at once);
+``write_export`` writes them as CSV (the header first) or JSON lines.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Any
+import csv
+import datetime as dt
+import json
+from collections.abc import Iterable, Iterator
+from decimal import Decimal
+from typing import Any, Literal, TextIO
 
 import sqlalchemy as sa
 
-from sync.store import deals_table, owners_table, pipelines_table, stages_table
+from sales_velocity.sync.store import deals_table, owners_table, pipelines_table, stages_table
 
-__all__ = ["EXPORT_COLUMNS", "export_rows"]
+__all__ = ["EXPORT_COLUMNS", "export_rows", "write_export"]
 
 EXPORT_COLUMNS = (
     "source", "id", "title", "amount", "currency", "pipeline", "stage", "status", "archived",
@@ -48,3 +56,36 @@ def export_rows(engine: sa.Engine, source: str | None = None) -> Iterator[dict[s
                 "next_activity_at": row.next_activity_at, "last_activity_at": row.last_activity_at,
                 "updated_at": row.updated_at, "link": row.link,
             }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        cents = value.quantize(Decimal("0.01"))
+        return str(cents if cents == value else value.normalize())
+    if isinstance(value, bool):
+        return value
+    if value is None or isinstance(value, str | int):
+        return value
+    return str(value)
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return _plain(value)
+
+
+def write_export(rows: Iterable[dict[str, Any]], fmt: Literal["csv", "json"], out: TextIO) -> None:
+    """Write ``rows`` (from ``export_rows``) to ``out`` as CSV with a header, or as JSON lines."""
+    if fmt == "json":
+        for row in rows:
+            out.write(json.dumps({k: _plain(v) for k, v in row.items()}, ensure_ascii=False) + "\n")
+        return
+    writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})

@@ -24,7 +24,7 @@ from contextlib import AbstractContextManager, contextmanager
 import sqlalchemy as sa
 import structlog
 
-from sync.store import leases_table
+from sales_velocity.sync.store import leases_table
 
 __all__ = ["DEFAULT_LEASE", "Lease", "daily_lock", "named_lock", "source_lock"]
 

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
-from connectors.base import Deal
+from sales_velocity.connectors.base import Deal
 
 __all__ = ["DEAL_COLUMNS", "RowEncoder"]
 

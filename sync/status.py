@@ -14,8 +14,8 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from sync.cron import cron_trigger
-from sync.store import outbox_table, sync_runs_table
+from sales_velocity.kernel.schedule import cron_trigger
+from sales_velocity.sync.store import outbox_table, sync_runs_table
 
 __all__ = ["ChannelStatus", "SourceStatus", "Status", "collect_status", "render_status",
            "write_prometheus"]

@@ -45,7 +45,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from connectors.base import StoreError
+from sales_velocity.kernel.errors import StoreError
 
 __all__ = [
     "Base",
@@ -66,6 +66,7 @@ __all__ = [
     "VelocitySnapshot",
     "check_schema",
     "deals_table",
+    "ensure_schema",
     "leases_table",
     "make_engine",
     "make_session_factory",
@@ -458,6 +459,27 @@ def schema_revision(engine: Engine) -> tuple[str | None, str | None]:
     head = ScriptDirectory.from_config(_alembic_config(engine)).get_current_head()
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
+    return current, head
+
+
+def ensure_schema(engine: Engine) -> tuple[str | None, str | None] | None:
+    """Create or upgrade the schema to the latest revision if it is behind.
+
+    Returns ``(from, to)`` when it migrated, ``None`` when it was current.
+
+    Raises:
+        StoreError: the database cannot be reached (the message names it, password masked).
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        current, head = schema_revision(engine)
+    except SQLAlchemyError as exc:
+        url = engine.url.render_as_string(hide_password=True)
+        raise StoreError(f"cannot open the store {url}: {type(exc).__name__}: {exc.args[0]}") from None
+    if current == head:
+        return None
+    upgrade(engine)
     return current, head
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 import structlog
 
-from sync.store import make_engine, upgrade
+from sales_velocity.sync.store import make_engine, upgrade
 
 PG_URL = os.environ.get("VELOCITY_TEST_DATABASE_URL", "")
 _postgres_tests_run = 0
@@ -28,8 +29,19 @@ _postgres_tests_run = 0
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
+OUR_FOLDERS = ("kernel", "connectors", "sync", "metrics", "notify", "scheduler")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail the run when PostgreSQL was required but no PostgreSQL test ran."""
+    """Fail the run when PostgreSQL was required but none ran, or a folder was imported bare.
+
+    A folder imported under its bare name (``notify`` instead of ``sales_velocity.notify``)
+    would be a second copy of our modules; only the working directory makes it importable.
+    """
+    bare = sorted(name for name in sys.modules if name.split(".")[0] in OUR_FOLDERS)
+    if bare:
+        print(f"\nERROR: imported by bare folder name, not as sales_velocity.*: {', '.join(bare)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
     required = os.environ.get("VELOCITY_REQUIRE_POSTGRES") == "1"
     if required and _postgres_tests_run == 0 and session.testscollected:
         print("\nERROR: VELOCITY_REQUIRE_POSTGRES=1 but no PostgreSQL test ran")

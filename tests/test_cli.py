@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from scheduler import main
-from sync.store import deals_table, make_engine, snapshots_table, sync_runs_table
+from sales_velocity.scheduler import main
+from sales_velocity.sync.store import deals_table, make_engine, snapshots_table, sync_runs_table
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures" / "csv"
@@ -162,8 +162,8 @@ def maven_config(tmp_path: Path) -> Path:
 
 def spawn_sync(config: Path, db_url: str) -> subprocess.Popen[str]:
     """Start `velocity sync` as a separate process against ``db_url``."""
-    env = {**os.environ, "VELOCITY_DATABASE_URL": db_url, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-c", "import scheduler; raise SystemExit(scheduler.main())",
+    env = {**os.environ, "VELOCITY_DATABASE_URL": db_url}
+    command = [sys.executable, "-m", "sales_velocity.scheduler",
                "--config", str(config), "sync"]
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -171,7 +171,7 @@ def spawn_sync(config: Path, db_url: str) -> subprocess.Popen[str]:
 class TestConcurrency:
     def test_a_second_process_skips_a_held_source_and_exits_0(self, tmp_path: Path, db_url: str) -> None:
         """While another run holds a source, `velocity sync` in a new process skips it, says so, exits 0."""
-        from sync.lock import source_lock
+        from sales_velocity.sync.lock import source_lock
 
         config = maven_config(tmp_path)
         assert velocity(["--config", str(config), "init"], env=store_env(db_url))[0] == 0

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from connectors.base import ConfigError, ConfigProblem
-from scheduler import SecretRedactor, configure_logging, expand_env, load_config, main
+from sales_velocity.kernel.config import expand_env
+from sales_velocity.kernel.errors import ConfigError, ConfigProblem
+from sales_velocity.kernel.logs import SecretRedactor, configure_logging
+from sales_velocity.scheduler import load_config, main
 
 GOOD = """
 timezone = "Europe/Oslo"

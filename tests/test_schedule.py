@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from structlog.testing import capture_logs
 
-from scheduler import ScheduleSettings, build_scheduler
+from sales_velocity.kernel.schedule import ScheduleSettings, build_scheduler
 
 OSLO = ZoneInfo("Europe/Oslo")
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +91,8 @@ class TestWiring:
 SCRIPT = textwrap.dedent("""
     import datetime as dt, sys, time
     from pathlib import Path
-    from scheduler import ScheduleSettings, build_scheduler, configure_logging, serve
+    from sales_velocity.kernel.logs import configure_logging
+    from sales_velocity.kernel.schedule import ScheduleSettings, build_scheduler, serve
     marks = Path(sys.argv[1])
     def slow_job():
         (marks / "started").write_text("x")

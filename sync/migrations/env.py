@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
-from sync.store import Base, make_engine
+from sales_velocity.sync.store import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

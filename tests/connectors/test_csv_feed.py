@@ -33,9 +33,9 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from connectors import build_connector, validate_settings
-from connectors.base import Checkpoint, ConfigError, Deal, FatalAPIError, Rejected, StageVisit
-from connectors.csv_feed import (
+from sales_velocity.connectors import build_connector
+from sales_velocity.connectors.base import Checkpoint, Deal, Rejected, StageVisit
+from sales_velocity.connectors.csv_feed import (
     CANONICAL_COLUMNS,
     CsvFeedConnector,
     CsvFeedError,
@@ -45,10 +45,12 @@ from connectors.csv_feed import (
     parse_amount,
     parse_status,
 )
-from connectors.demo import generate as demo
-from sync.engine import SyncResult, sync_source
-from sync.store import deals_table, sync_rejects_table
-from tests.connectors.contract import check_connector, check_stream
+from sales_velocity.connectors.demo import generate as demo
+from sales_velocity.kernel.config import validate_settings
+from sales_velocity.kernel.errors import ConfigError, FatalAPIError
+from sales_velocity.kernel.testing.contract import check_connector, check_stream
+from sales_velocity.sync.engine import SyncResult, sync_source
+from sales_velocity.sync.store import deals_table, sync_rejects_table
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 CSV_DIR = FIXTURES / "csv"
@@ -457,8 +459,8 @@ class TestStageHistory:
 
     def test_history_reaches_where_deals_wait(self, sqlite_store: sa.Engine) -> None:
         """The bundled demo's histories give 'where deals wait' a median for its open stages."""
-        from metrics.settings import MetricsSettings
-        from metrics.stage_times import stage_wait_times
+        from sales_velocity.metrics.settings import MetricsSettings
+        from sales_velocity.metrics.stage_times import stage_wait_times
 
         connector = demo_feed()
         assert sync_source(sqlite_store, connector).status == "ok"

@@ -12,27 +12,25 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from connectors import load_connector_factory, validate_settings
-from connectors.base import (
+from sales_velocity.connectors import load_connector_factory
+from sales_velocity.connectors.base import Checkpoint, Deal, Rejected, StreamItem
+from sales_velocity.connectors.hubspot import HubSpotConnector, HubSpotSettings
+from sales_velocity.connectors.hubspot.client import classify_hubspot_error
+from sales_velocity.connectors.hubspot.cursor import HubSpotCursor
+from sales_velocity.connectors.hubspot.mapping import deal_properties
+from sales_velocity.kernel.config import validate_settings
+from sales_velocity.kernel.errors import (
     AuthError,
     BudgetExhaustedError,
-    Checkpoint,
     ConfigError,
-    ConnectorError,
-    Deal,
     FatalAPIError,
     RateLimitError,
-    Rejected,
+    RemoteError,
     RetriableAPIError,
-    StreamItem,
 )
-from connectors.http import RetryPolicy
-from connectors.hubspot import HubSpotConnector, HubSpotSettings
-from connectors.hubspot_client import classify_hubspot_error
-from connectors.hubspot_cursor import HubSpotCursor
-from connectors.hubspot_mapping import deal_properties
-from tests.connectors.contract import check_connector, check_stream
-from tests.connectors.fake_hubspot import (
+from sales_velocity.kernel.http import RetryPolicy
+from sales_velocity.kernel.testing.contract import check_connector, check_stream
+from sales_velocity.kernel.testing.fake_hubspot import (
     ERRORS,
     TOKEN,
     FakeHubSpot,
@@ -532,7 +530,7 @@ class TestSecrets:
             for call in ("pipelines", "owners", "check"):
                 try:
                     getattr(make_connector(fake, access_token=TOKEN), call)()
-                except ConnectorError as exc:
+                except RemoteError as exc:
                     errors.append(str(exc))
                     errors.append(repr(exc))
         assert len(errors) == 6
@@ -588,7 +586,7 @@ class TestClassify:
          (530, None, AuthError, None), (404, None, FatalAPIError, None)],
     )
     def test_each_area(self, area: str, status: int, retry_after: str | None,
-                       error: type[ConnectorError], retried_after: float | None) -> None:
+                       error: type[RemoteError], retried_after: float | None) -> None:
         """Unrelated ApiException classes of deals, pipelines and owners map alike."""
         module = importlib.import_module(f"hubspot.crm.{area}")
         exc = module.ApiException(status=status, reason="x")

@@ -6,7 +6,13 @@ import random
 
 import pytest
 
-from connectors.hubspot_cursor import FullSweep, HubSpotCursor, ModifiedWalk, SearchQuery, WalkError
+from sales_velocity.connectors.hubspot.cursor import (
+    FullSweep,
+    HubSpotCursor,
+    ModifiedWalk,
+    SearchQuery,
+    WalkError,
+)
 
 
 class TestCursor:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from connectors.base import Deal, Rejected, StageVisit
-from connectors.hubspot_mapping import (
+from sales_velocity.connectors.base import Deal, Rejected, StageVisit
+from sales_velocity.connectors.hubspot.mapping import (
     BASE_DEAL_PROPERTIES,
     Catalog,
     DealMapper,
@@ -22,10 +22,10 @@ from connectors.hubspot_mapping import (
     parse_pipelines,
     to_ms,
 )
-from tests.conftest import FIXTURES
+from sales_velocity.kernel.testing import PAYLOADS
 
 UTC = dt.UTC
-HUBSPOT = FIXTURES / "hubspot"
+HUBSPOT = PAYLOADS / "hubspot"
 
 
 def _model(data: Any) -> Any:

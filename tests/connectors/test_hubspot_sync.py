@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-import sync.engine as engine_module
-from connectors.hubspot import HubSpotConnector
-from scheduler import main
-from sync.engine import SyncResult, read_cursor, sync_source
-from sync.store import deals_table, make_engine
-from tests.connectors.fake_hubspot import TOKEN, FakeHubSpot, RealClock, make_connector
+import sales_velocity.sync.engine as engine_module
+from sales_velocity.connectors.hubspot import HubSpotConnector
+from sales_velocity.kernel.testing.fake_hubspot import TOKEN, FakeHubSpot, RealClock, make_connector
+from sales_velocity.scheduler import main
+from sales_velocity.sync.engine import SyncResult, read_cursor, sync_source
+from sales_velocity.sync.store import deals_table, make_engine
 
 CENT = Decimal("0.0001")
 State = dict[str, tuple[str, str | None, Decimal | None, str | None]]

@@ -12,17 +12,11 @@ import responses
 from responses import matchers
 from structlog.testing import capture_logs
 
-from connectors.base import (
-    AuthError,
-    BudgetExhaustedError,
-    Checkpoint,
-    Deal,
-    FatalAPIError,
-    RetriableAPIError,
-)
-from connectors.pipedrive import PipedriveConnector, PipedriveSettings
-from tests.connectors.contract import check_connector, check_stream
-from tests.connectors.fake_pipedrive import FIXTURES, FakeTime, fixture
+from sales_velocity.connectors.base import Checkpoint, Deal
+from sales_velocity.connectors.pipedrive import PipedriveConnector, PipedriveSettings
+from sales_velocity.kernel.errors import AuthError, BudgetExhaustedError, FatalAPIError, RetriableAPIError
+from sales_velocity.kernel.testing.contract import check_connector, check_stream
+from sales_velocity.kernel.testing.fake_pipedrive import FIXTURES, FakeTime, fixture
 
 TOKEN = "pd-secret-token-9f8e7d"
 ROOT = "https://acme.pipedrive.com"

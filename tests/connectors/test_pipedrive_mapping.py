@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from connectors import build_connector, validate_settings
-from connectors.base import ConfigError, Deal, FatalAPIError, Rejected
-from connectors.pipedrive import PipedriveConnector, PipedriveSettings
-from connectors.pipedrive_mapping import (
+from sales_velocity.connectors import build_connector
+from sales_velocity.connectors.base import Deal, Rejected
+from sales_velocity.connectors.pipedrive import PipedriveConnector, PipedriveSettings
+from sales_velocity.connectors.pipedrive.mapping import (
     CustomField,
     activity_time,
     map_deal,
@@ -20,8 +20,10 @@ from connectors.pipedrive_mapping import (
     parse_time,
     resolve_custom_fields,
 )
-from connectors.pipedrive_paging import CursorPaginator, Watermark, format_time, parse_cursor
-from tests.connectors.fake_pipedrive import NEXT_STEP_KEY, fixture
+from sales_velocity.connectors.pipedrive.paging import CursorPaginator, Watermark, format_time, parse_cursor
+from sales_velocity.kernel.config import validate_settings
+from sales_velocity.kernel.errors import ConfigError, FatalAPIError
+from sales_velocity.kernel.testing.fake_pipedrive import NEXT_STEP_KEY, fixture
 
 UTC = dt.UTC
 TOKEN = "pd-secret-token-9f8e7d"

@@ -13,11 +13,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from connectors.pipedrive import PipedriveConnector, PipedriveSettings
-from sync.engine import SyncResult, read_cursor, sync_source
-from sync.store import deals_table, owners_table, stage_events_table, stages_table, sync_runs_table
-from tests.connectors.contract import check_connector, check_stream
-from tests.connectors.fake_pipedrive import FIXTURES, FakePipedrive, FakeTime
+from sales_velocity.connectors.pipedrive import PipedriveConnector, PipedriveSettings
+from sales_velocity.kernel.testing.contract import check_connector, check_stream
+from sales_velocity.kernel.testing.fake_pipedrive import FIXTURES, FakePipedrive, FakeTime
+from sales_velocity.sync.engine import SyncResult, read_cursor, sync_source
+from sales_velocity.sync.store import (
+    deals_table,
+    owners_table,
+    stage_events_table,
+    stages_table,
+    sync_runs_table,
+)
 
 SOURCE = "pipedrive"
 START = dt.datetime(2026, 9, 1, 8, 0, tzinfo=dt.UTC)
@@ -306,7 +312,7 @@ class TestFaults:
 class TestFiveThousandDeals:
     def test_velocity_sync_pipedrive_stores_a_company_of_5000_deals(self, tmp_path: Path):
         """``velocity sync pipedrive`` stores 5,000 deals; after changes the next sync matches again."""
-        from scheduler import main  # the CLI is the composition root: import it only here
+        from sales_velocity.scheduler import main  # the CLI is the composition root: import it only here
 
         fake = FakePipedrive()
         seed(fake, 5000, seed_value=11)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from metrics.concurrent import can_read_concurrently, read_concurrently
-from sync.store import make_engine
+from sales_velocity.metrics.concurrent import can_read_concurrently, read_concurrently
+from sales_velocity.sync.store import make_engine
 
 
 def _thread_and_answer(engine: sa.Engine, answer: int) -> tuple[str, int]:

@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from metrics.hygiene import (
+from sales_velocity.metrics.hygiene import (
     HygieneSettings,
     RuleHit,
     ThresholdOverride,

@@ -8,10 +8,10 @@ from decimal import Decimal
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from metrics.job import load_snapshots, run_metrics, snapshot_for
-from metrics.settings import MetricsSettings
-from metrics.velocity import compute_velocity
-from sync.store import snapshots_table
+from sales_velocity.metrics.job import load_snapshots, run_metrics, snapshot_for
+from sales_velocity.metrics.settings import MetricsSettings
+from sales_velocity.metrics.velocity import compute_velocity
+from sales_velocity.sync.store import snapshots_table
 from tests.metrics.test_velocity_rows import deal, insert_deals, insert_pipeline, seed_deals, utc
 
 D = Decimal

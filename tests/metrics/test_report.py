@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from metrics.report import FIELDS, render_report
-from metrics.velocity import Levers, ScopeVelocity, Velocity, VelocityReport
+from sales_velocity.metrics.report import FIELDS, render_report
+from sales_velocity.metrics.velocity import Levers, ScopeVelocity, Velocity, VelocityReport
 
 D = Decimal
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "golden"

@@ -3,8 +3,8 @@ from __future__ import annotations
 import datetime as dt
 from decimal import Decimal
 
-from metrics.settings import MetricsSettings
-from metrics.stage_times import StageWait, stage_wait_times
+from sales_velocity.metrics.settings import MetricsSettings
+from sales_velocity.metrics.stage_times import StageWait, stage_wait_times
 from tests.notify.factory import AS_OF, NOW, add_deal, add_event, add_pipeline, days_ago
 
 SETTINGS = MetricsSettings(timezone="Europe/Oslo", currency="NOK")

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from metrics.settings import MetricsSettings, WhatIfSettings
-from metrics.velocity import Levers, Velocity, velocity_of, what_ifs, window_bounds
+from sales_velocity.metrics.settings import MetricsSettings, WhatIfSettings
+from sales_velocity.metrics.velocity import Levers, Velocity, velocity_of, what_ifs, window_bounds
 
 D = Decimal
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sync.store import deals_table, owners_table, pipelines_table
+from sales_velocity.sync.store import deals_table, owners_table, pipelines_table
 
 SYNCED = dt.datetime(2026, 11, 26, 6, 0, tzinfo=dt.UTC)
 LONG_AGO = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)

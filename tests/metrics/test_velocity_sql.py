@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 import sqlalchemy as sa
 
-import metrics.velocity as velocity_module
-from metrics.settings import MetricsSettings
-from metrics.velocity import ScopeVelocity, VelocityReport, compute_velocity, window_bounds
+import sales_velocity.metrics.velocity as velocity_module
+from sales_velocity.metrics.settings import MetricsSettings
+from sales_velocity.metrics.velocity import ScopeVelocity, VelocityReport, compute_velocity, window_bounds
 from tests.metrics.test_velocity_rows import (
     deal,
     insert_deals,

@@ -7,8 +7,8 @@ from decimal import Decimal
 
 import pytest
 
-from metrics.job import run_metrics
-from metrics.settings import MetricsSettings
+from sales_velocity.metrics.job import run_metrics
+from sales_velocity.metrics.settings import MetricsSettings
 from tests.notify.factory import AS_OF, NOW, add_deal, add_event, add_owner, add_pipeline, days_ago
 
 METRICS = MetricsSettings(timezone="Europe/Oslo", currency="NOK")

@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from sync.store import (
+from sales_velocity.sync.store import (
     deals_table,
     owners_table,
     pipelines_table,

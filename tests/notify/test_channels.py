@@ -6,8 +6,8 @@ import pytest
 import responses
 from responses import matchers
 
-from connectors.base import ConfigError
-from notify.channels import (
+from sales_velocity.kernel.errors import ConfigError
+from sales_velocity.notify.channels import (
     DeliveryError,
     EmailChannel,
     FileChannel,
@@ -15,8 +15,8 @@ from notify.channels import (
     WebhookChannel,
     build_channel,
 )
-from notify.message import InlineImage, Message
-from notify.settings import load_notify_settings
+from sales_velocity.notify.message import InlineImage, Message
+from sales_velocity.notify.settings import load_notify_settings
 from tests.notify.smtp import free_port, smtp_server
 
 HOOK = "https://hooks.slack.com/services/T000/B000/SECRETTOKEN"

@@ -8,9 +8,9 @@ import responses
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-from notify.job import run_notify
-from notify.settings import load_notify_settings
-from sync.store import outbox_table, reminder_state_table
+from sales_velocity.notify.job import run_notify
+from sales_velocity.notify.settings import load_notify_settings
+from sales_velocity.sync.store import outbox_table, reminder_state_table
 from tests.notify.conftest import METRICS
 from tests.notify.factory import AS_OF, NOW, update_deal
 from tests.notify.smtp import free_port, smtp_server

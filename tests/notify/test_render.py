@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from notify.chart import sparkline, trend_png
-from notify.job import build_messages
-from notify.render import escape_for, slack_blocks
-from notify.settings import load_notify_settings
+from sales_velocity.notify.chart import sparkline, trend_png
+from sales_velocity.notify.job import build_messages
+from sales_velocity.notify.render import escape_for, slack_blocks
+from sales_velocity.notify.settings import load_notify_settings
 from tests.notify.conftest import METRICS
 from tests.notify.factory import AS_OF, NOW
 

@@ -12,19 +12,20 @@ import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
 
-import sync.engine as engine_module
-from connectors.base import (
+import sales_velocity.sync.engine as engine_module
+from sales_velocity.connectors.base import (
     Checkpoint,
     Deal,
     Owner,
     Pipeline,
-    RetriableAPIError,
+    SourceSettings,
     Stage,
     StageVisit,
     StreamItem,
 )
-from sync.engine import read_cursor, sync_source
-from sync.store import DealRow, DealStageEvent, OwnerRow, StageRow, SyncReject, SyncRun
+from sales_velocity.kernel.errors import RetriableAPIError
+from sales_velocity.sync.engine import read_cursor, sync_source
+from sales_velocity.sync.store import DealRow, DealStageEvent, OwnerRow, StageRow, SyncReject, SyncRun
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -57,6 +58,11 @@ class ScriptedConnector:
     asked: list[str | None] = field(default_factory=list)
     catalog_calls: int = 0
     owner_ids: tuple[str, ...] = ("u1",)
+
+    @property
+    def settings(self) -> SourceSettings:
+        """A plain source table: the name and kind, enabled."""
+        return SourceSettings(name=self.name, kind=self.kind)
 
     def pipelines(self) -> Iterable[Pipeline]:
         """One pipeline with a rotting stage and a won stage."""
@@ -266,7 +272,7 @@ class TestFaults:
 
     def test_rejected_records_are_stored_and_counted(self, store: sa.Engine) -> None:
         """Rejected records are counted, kept in sync_rejects with where and why, and the rest load."""
-        from connectors.base import Rejected
+        from sales_velocity.connectors.base import Rejected
 
         items: list[StreamItem] = [deal("1"), Rejected("line 3", "amount 'x' is not a number"),
                                    Checkpoint("c")]
@@ -278,7 +284,7 @@ class TestFaults:
 
     def test_rejected_deal_with_an_id_is_not_deleted(self, store: sa.Engine) -> None:
         """A deal whose record is unreadable this time is still in the source: not marked deleted."""
-        from connectors.base import Rejected
+        from sales_velocity.connectors.base import Rejected
 
         sync_source(store, ScriptedConnector([deal("1"), deal("2"), Checkpoint("a", complete=True)]),
                     now=clock())

@@ -7,8 +7,8 @@ import threading
 
 import sqlalchemy as sa
 
-from sync.lock import named_lock, source_lock
-from sync.store import leases_table
+from sales_velocity.sync.lock import named_lock, source_lock
+from sales_velocity.sync.store import leases_table
 
 T0 = dt.datetime(2026, 11, 26, 7, 0, tzinfo=dt.UTC)
 

@@ -6,7 +6,7 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from sync.status import ChannelStatus, SourceStatus, Status, render_status, write_prometheus
+from sales_velocity.sync.status import ChannelStatus, SourceStatus, Status, render_status, write_prometheus
 
 GOLDEN = Path(__file__).parent.parent / "fixtures" / "golden" / "status.txt"
 UTC = dt.UTC

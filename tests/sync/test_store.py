@@ -10,8 +10,8 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from connectors.base import StoreError
-from sync.store import Base, check_schema, deals_table, make_engine, upgrade
+from sales_velocity.kernel.errors import StoreError
+from sales_velocity.sync.store import Base, check_schema, deals_table, make_engine, upgrade
 
 
 class TestSchema:
@@ -63,8 +63,8 @@ class TestTypes:
 class TestFastPath:
     def test_encoded_rows_read_back_through_the_column_types(self, store: sa.Engine) -> None:
         """Rows written by the engine's driver-level encoder read back exactly through the ORM types."""
-        from connectors.base import Deal
-        from sync.rows import DEAL_COLUMNS, RowEncoder
+        from sales_velocity.connectors.base import Deal
+        from sales_velocity.sync.rows import DEAL_COLUMNS, RowEncoder
 
         moment = dt.datetime(2026, 3, 29, 1, 30, 5, 120, tzinfo=dt.UTC)
         deal = Deal(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import sync.store
+import sales_velocity.sync.store
 
 
 revision = '0001'
@@ -27,7 +27,7 @@ def upgrade() -> None:
     sa.Column('external_id', sa.String(length=200), nullable=False),
     sa.Column('pipeline_id', sa.String(length=200), nullable=True),
     sa.Column('stage_id', sa.String(length=200), nullable=False),
-    sa.Column('entered_at', sync.store.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('entered_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=False),
     sa.Column('observed', sa.Boolean(), nullable=False),
     sa.PrimaryKeyConstraint('id')
     )
@@ -38,28 +38,28 @@ def upgrade() -> None:
     sa.Column('source', sa.String(length=100), nullable=False),
     sa.Column('external_id', sa.String(length=200), nullable=False),
     sa.Column('title', sa.Text(), nullable=True),
-    sa.Column('amount', sync.store.Money(precision=20, scale=4), nullable=True),
+    sa.Column('amount', sales_velocity.sync.store.Money(precision=20, scale=4), nullable=True),
     sa.Column('currency', sa.String(length=3), nullable=True),
     sa.Column('pipeline_id', sa.String(length=200), nullable=True),
     sa.Column('stage_id', sa.String(length=200), nullable=True),
     sa.Column('status', sa.String(length=10), nullable=False),
     sa.Column('archived', sa.Boolean(), nullable=False),
     sa.Column('owner_id', sa.String(length=200), nullable=True),
-    sa.Column('created_at', sync.store.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('closed_at', sync.store.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('closed_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=True),
     sa.Column('expected_close_date', sa.Date(), nullable=True),
-    sa.Column('stage_entered_at', sync.store.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('stage_entered_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=True),
     sa.Column('next_step', sa.Text(), nullable=True),
-    sa.Column('next_activity_at', sync.store.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('last_activity_at', sync.store.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('updated_at', sync.store.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('next_activity_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_activity_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('updated_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=True),
     sa.Column('link', sa.Text(), nullable=True),
     sa.Column('whole_days', sa.Boolean(), nullable=False),
     sa.Column('raw', sa.JSON(), nullable=True),
     sa.Column('content_hash', sa.String(length=32), nullable=False),
-    sa.Column('first_seen_at', sync.store.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('synced_at', sync.store.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('deleted_at', sync.store.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('first_seen_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('synced_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('deleted_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('source', 'external_id')
     )
     with op.batch_alter_table('deals', schema=None) as batch_op:
@@ -77,8 +77,8 @@ def upgrade() -> None:
     sa.Column('status', sa.String(length=10), nullable=False),
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('last_error', sa.Text(), nullable=True),
-    sa.Column('created_at', sync.store.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('sent_at', sync.store.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('created_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('sent_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=True),
     sa.PrimaryKeyConstraint('id')
     )
     with op.batch_alter_table('outbox', schema=None) as batch_op:
@@ -101,7 +101,7 @@ def upgrade() -> None:
     op.create_table('sources',
     sa.Column('name', sa.String(length=100), nullable=False),
     sa.Column('kind', sa.String(length=50), nullable=False),
-    sa.Column('created_at', sync.store.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('created_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
     op.create_table('stages',
@@ -119,8 +119,8 @@ def upgrade() -> None:
     op.create_table('sync_leases',
     sa.Column('name', sa.String(length=200), nullable=False),
     sa.Column('holder', sa.String(length=200), nullable=False),
-    sa.Column('acquired_at', sync.store.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('expires_at', sync.store.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('acquired_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('name')
     )
     op.create_table('sync_rejects',
@@ -140,8 +140,8 @@ def upgrade() -> None:
     sa.Column('run_id', sa.String(length=40), nullable=False),
     sa.Column('source', sa.String(length=100), nullable=False),
     sa.Column('full', sa.Boolean(), nullable=False),
-    sa.Column('started_at', sync.store.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('finished_at', sync.store.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('started_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('finished_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=True),
     sa.Column('status', sa.String(length=10), nullable=False),
     sa.Column('seen', sa.Integer(), nullable=False),
     sa.Column('inserted', sa.Integer(), nullable=False),
@@ -158,7 +158,7 @@ def upgrade() -> None:
     op.create_table('sync_state',
     sa.Column('source', sa.String(length=100), nullable=False),
     sa.Column('cursor', sa.Text(), nullable=True),
-    sa.Column('updated_at', sync.store.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('updated_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('source')
     )
     op.create_table('velocity_snapshots',
@@ -172,22 +172,22 @@ def upgrade() -> None:
     sa.Column('won', sa.Integer(), nullable=False),
     sa.Column('lost', sa.Integer(), nullable=False),
     sa.Column('win_rate', sa.Numeric(precision=12, scale=10), nullable=True),
-    sa.Column('avg_deal_value', sync.store.Money(precision=20, scale=4), nullable=True),
+    sa.Column('avg_deal_value', sales_velocity.sync.store.Money(precision=20, scale=4), nullable=True),
     sa.Column('cycle_days', sa.Numeric(precision=14, scale=6), nullable=True),
-    sa.Column('velocity', sync.store.Money(precision=20, scale=4), nullable=True),
+    sa.Column('velocity', sales_velocity.sync.store.Money(precision=20, scale=4), nullable=True),
     sa.Column('undefined_reason', sa.Text(), nullable=True),
     sa.Column('excluded_no_amount', sa.Integer(), nullable=False),
     sa.Column('excluded_currency', sa.Integer(), nullable=False),
-    sa.Column('computed_at', sync.store.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('computed_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('as_of', 'window_days', 'scope', 'key')
     )
     op.create_table('reminder_state',
     sa.Column('source', sa.String(length=100), nullable=False),
     sa.Column('external_id', sa.String(length=200), nullable=False),
     sa.Column('rule', sa.String(length=40), nullable=False),
-    sa.Column('first_seen_at', sync.store.UTCDateTime(timezone=True), nullable=False),
-    sa.Column('last_sent_at', sync.store.UTCDateTime(timezone=True), nullable=True),
-    sa.Column('resolved_at', sync.store.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('first_seen_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('last_sent_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('resolved_at', sales_velocity.sync.store.UTCDateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['source', 'external_id'], ['deals.source', 'deals.external_id'], name='fk_reminder_deal'),
     sa.PrimaryKeyConstraint('source', 'external_id', 'rule')
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import sync.store
+import sales_velocity.sync.store
 
 revision = "0002"
 down_revision = "0001"
@@ -20,7 +20,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table("sources") as batch_op:
-        batch_op.add_column(sa.Column("catalog_synced_at", sync.store.UTCDateTime(timezone=True),
+        batch_op.add_column(sa.Column("catalog_synced_at", sales_velocity.sync.store.UTCDateTime(timezone=True),
                                       nullable=True))
 
 

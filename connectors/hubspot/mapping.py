@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from connectors.base import Deal, DealStatus, Owner, Pipeline, Rejected, Stage, StageVisit
+from sales_velocity.connectors.base import Deal, DealStatus, Owner, Pipeline, Rejected, Stage, StageVisit
 
 __all__ = [
     "BASE_DEAL_PROPERTIES",

@@ -20,7 +20,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from connectors.base import FatalAPIError
+from sales_velocity.kernel.errors import FatalAPIError
 
 __all__ = ["CursorPaginator", "Watermark", "format_time", "parse_cursor"]
 

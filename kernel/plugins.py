@@ -10,81 +10,49 @@ tables that use it. An unknown kind is a config error naming the installed ones.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from importlib.metadata import entry_points
-from typing import Any, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from sales_velocity.kernel.config import validate_settings
+from sales_velocity.kernel.errors import ConfigError
 
-from connectors.base import ConfigError, ConfigProblem
-
-__all__ = ["PluginRegistry", "validate_settings", "validation_problems"]
-
-M = TypeVar("M", bound=BaseModel)
-
-
-def validation_problems(error: ValidationError, prefix: str = "") -> list[ConfigProblem]:
-    """Turn a pydantic ``ValidationError`` into problems with dotted key paths.
-
-    Secret values never appear: only the key path and pydantic's message are kept.
-    """
-    problems = []
-    for item in error.errors(include_url=False, include_input=False):
-        parts = [prefix] if prefix else []
-        for loc in item["loc"]:
-            if isinstance(loc, int):
-                parts[-1:] = [f"{parts[-1]}[{loc}]"] if parts else [f"[{loc}]"]
-            else:
-                parts.append(str(loc))
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unknown key"
-        problems.append(ConfigProblem(".".join(parts), message))
-    return problems
-
-
-def validate_settings(
-    model: type[M],
-    raw: Mapping[str, Any],
-    path: str,
-    context: Mapping[str, Any] | None = None,
-) -> M:
-    """Validate ``raw`` against ``model``, raising one ``ConfigError`` with every problem.
-
-    ``context`` reaches validators as ``info.context`` (e.g. ``config_dir``, to
-    resolve relative paths against the config file's folder).
-    """
-    try:
-        return model.model_validate(dict(raw), context=dict(context or {}))
-    except ValidationError as exc:
-        raise ConfigError(validation_problems(exc, path)) from None
+__all__ = ["PluginRegistry"]
 
 
 class PluginRegistry:
     """The plugins of one entry-point group, e.g. ``sales_velocity.connectors``."""
 
-    def __init__(self, group: str, noun: str) -> None:
+    def __init__(self, group: str, noun: str, *,
+                 discover: Callable[[str], Iterable[EntryPoint]] | None = None) -> None:
         self.group = group
         self.noun = noun
+        self._discover = discover or (lambda name: entry_points(group=name))
         self._loaded: dict[str, Any] = {}
 
     def installed(self) -> list[str]:
         """The sorted kinds installed in this group."""
-        return sorted({ep.name for ep in entry_points(group=self.group)})
+        return sorted({ep.name for ep in self._discover(self.group)})
 
     def load(self, kind: str) -> Any:
         """The class registered as ``kind`` (loaded once).
 
         Raises:
             LookupError: nothing of that kind is installed; the message lists what is.
+            ImportError: the entry point is installed but fails to import (named in the message).
             TypeError: the entry point is not a plugin (it has no ``settings_model``).
         """
         if kind not in self._loaded:
-            matches = [ep for ep in entry_points(group=self.group) if ep.name == kind]
+            matches = [ep for ep in self._discover(self.group) if ep.name == kind]
             if not matches:
                 kinds = ", ".join(self.installed()) or "none"
                 raise LookupError(f"no {self.noun} of kind {kind!r} is installed (installed: {kinds})")
-            factory = matches[0].load()
+            try:
+                factory = matches[0].load()
+            except Exception as exc:  # a broken plugin fails the tables that use it, not the run
+                raise ImportError(f"{self.noun} {kind!r} (entry point {matches[0].value!r} in "
+                                  f"{self.group}) failed to import: {type(exc).__name__}: {exc}"
+                                  ) from None
             if not hasattr(factory, "settings_model"):
                 raise TypeError(f"{self.noun} {kind!r} ({factory!r}) has no settings_model")
             self._loaded[kind] = factory
@@ -104,6 +72,6 @@ class PluginRegistry:
             raise ConfigError.single(f"{path}.kind", f"field required (installed: {kinds})")
         try:
             factory = self.load(kind)
-        except (LookupError, TypeError) as exc:
+        except (LookupError, ImportError, TypeError) as exc:
             raise ConfigError.single(f"{path}.kind", str(exc)) from None
         return factory(validate_settings(factory.settings_model, raw, path, context))

@@ -1,7 +1,7 @@
 """Reading one CSV row: amounts, dates, statuses, and the row-to-``Deal`` parser.
 
 Pure functions and a small parser class, separate from the file handling in
-``connectors.csv_feed`` so each can be tested on its own.
+``csv_feed.connector`` so each can be tested on its own.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
-from connectors.base import Deal, DealStatus, StageVisit
+from sales_velocity.connectors.base import Deal, DealStatus, StageVisit
 
 if TYPE_CHECKING:
-    from connectors.csv_feed import CsvFeedSettings
+    from sales_velocity.connectors.csv_feed.settings import CsvFeedSettings
 
 __all__ = [
     "MAX_ID_LENGTH", "RowLayout", "RowParser", "history_entries", "parse_amount", "parse_status",

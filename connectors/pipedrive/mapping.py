@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
-from connectors.base import Deal, DealStatus, Owner, Pipeline, Rejected, Stage
+from sales_velocity.connectors.base import Deal, DealStatus, Owner, Pipeline, Rejected, Stage
 
 __all__ = [
     "CANONICAL_FIELDS",

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Iterable
 from decimal import Decimal
 
-from connectors.base import Checkpoint, Connector, Deal, Rejected, StreamItem
+from sales_velocity.connectors.base import Checkpoint, Connector, Deal, Rejected, StreamItem
 
 DATETIME_FIELDS = (
     "created_at",

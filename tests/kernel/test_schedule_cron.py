@@ -7,7 +7,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sync.cron import cron_trigger, translate_day_of_week
+from sales_velocity.kernel.schedule import cron_trigger, translate_day_of_week
 
 
 class TestDayOfWeek:

@@ -2,13 +2,13 @@
 
 Requests go through ``hubspot-api-client`` (``HubSpot(access_token=...,
 host=base_url)``) with the client's own retries off; every call runs inside
-``connectors.http.call_with_retry`` (429/5xx/connection errors retried with
+``kernel.http.call_with_retry`` (429/5xx/connection errors retried with
 backoff and ``Retry-After``; 401/403 fail at once) behind two client-side
 limiters: one for the app's requests per 10 s, one for the search API's
 requests per second. A 429 whose ``policyName`` is ``DAILY`` is not retried: the
 daily budget is spent and the next run resumes from the cursor.
 
-How deals are pulled (``deals(since)``; cursor rules in ``connectors.hubspot_cursor``):
+How deals are pulled (``deals(since)``; cursor rules in ``hubspot.cursor``):
 
 * **Full sweep** (no cursor, a full sweep to resume, or the periodic
   reconciliation every ``full_sync_every_days``): the list endpoint, 100 deals
@@ -36,30 +36,22 @@ import random
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import replace
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import structlog
 from hubspot import HubSpot
 from hubspot.crm.deals import Filter, FilterGroup, PublicObjectSearchRequest
-from pydantic import Field, SecretStr, field_validator
 
-from connectors.base import (
+from sales_velocity.connectors.base import (
     Checkpoint,
     Deal,
-    FatalAPIError,
     Owner,
     Pipeline,
     Rejected,
     SourceSettings,
     StreamItem,
 )
-from connectors.http import (
-    DEFAULT_TIMEOUT,
-    RateLimiter,
-    RetryPolicy,
-    call_with_retry,
-)
-from connectors.hubspot_client import (
+from sales_velocity.connectors.hubspot.client import (
     DEALS_SCOPE_HINT,
     OWNERS_SCOPE_HINT,
     classify_hubspot_error,
@@ -68,14 +60,28 @@ from connectors.hubspot_client import (
     ms_of,
     next_after,
 )
-from connectors.hubspot_cursor import FullSweep, HubSpotCursor, ModifiedWalk, SearchQuery, WalkError
-from connectors.hubspot_mapping import (
+from sales_velocity.connectors.hubspot.cursor import (
+    FullSweep,
+    HubSpotCursor,
+    ModifiedWalk,
+    SearchQuery,
+    WalkError,
+)
+from sales_velocity.connectors.hubspot.mapping import (
     Catalog,
     DealMapper,
     deal_properties,
     parse_owner,
     parse_pipelines,
     to_ms,
+)
+from sales_velocity.connectors.hubspot.settings import HubSpotSettings
+from sales_velocity.kernel.errors import FatalAPIError
+from sales_velocity.kernel.http import (
+    DEFAULT_TIMEOUT,
+    RateLimiter,
+    RetryPolicy,
+    call_with_retry,
 )
 
 __all__ = [
@@ -97,41 +103,6 @@ OWNERS_PAGE_SIZE = 100
 PIPELINES_TTL_S = 600.0
 """``deals()`` reuses pipelines fetched by ``pipelines()`` this recently (seconds)."""
 DEFAULT_RETRY_POLICY = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=60.0)
-
-
-class HubSpotSettings(SourceSettings):
-    """One ``[[sources]]`` table of kind ``hubspot``."""
-
-    kind: Literal["hubspot"] = "hubspot"
-    access_token: SecretStr = Field(description="Private-app access token (use ${HUBSPOT_TOKEN}).")
-    base_url: str = Field(
-        "https://api.hubapi.com",
-        description="API root; tests and proxies point it elsewhere.",
-    )
-    portal_id: int | None = Field(None, ge=1, description="HubSpot account id, for links to deals.")
-    requests_per_10s: int = Field(
-        100, ge=1, le=1000,
-        description="Client-side limit per 10 s: 100 on Free/Starter, 190 on Pro/Enterprise.",
-    )
-    search_requests_per_second: int = Field(
-        4, ge=1, le=50, description="Client-side limit for the search API (HubSpot allows 4-5/s).",
-    )
-    lookback_minutes: int = Field(
-        5, ge=0, le=1440,
-        description="Re-read changes this much older than the cursor (search indexing lags).",
-    )
-    full_sync_every_days: int | None = Field(
-        7, ge=1,
-        description="Full reconciliation sweep this often (catches hard deletes and restores); "
-        "unset to never sweep after the first sync.",
-    )
-
-    @field_validator("base_url")
-    @classmethod
-    def _check_base_url(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must start with https:// or http://")
-        return value.rstrip("/")
 
 
 def _utcnow() -> dt.datetime:
@@ -274,7 +245,7 @@ class HubSpotConnector:
 
         Raises:
             FatalAPIError: the stored cursor is unreadable, or the search answered
-                out of order; other ``ConnectorError``s as classified.
+                out of order; other ``RemoteError``s as classified.
         """
         start_ms = to_ms(self._now())
         try:

@@ -30,11 +30,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import requests
 import structlog
 
-from connectors.base import (
+from sales_velocity.kernel.errors import (
     AuthError,
-    ConnectorError,
     FatalAPIError,
     RateLimitError,
+    RemoteError,
     RetriableAPIError,
 )
 
@@ -105,7 +105,7 @@ def classify_status(
     retry_after: float | None = None,
     auth_hint: str = "",
     detail: str = "",
-) -> ConnectorError | None:
+) -> RemoteError | None:
     """Map an HTTP status to the error the caller should raise, or ``None`` for success.
 
     Args:
@@ -137,7 +137,7 @@ def call_with_retry(
     *,
     policy: RetryPolicy,
     what: str,
-    classify: Callable[[BaseException], ConnectorError | None] | None = None,
+    classify: Callable[[BaseException], RemoteError | None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
 ) -> T:
@@ -145,19 +145,19 @@ def call_with_retry(
 
     ``classify`` turns a foreign exception (e.g. the HubSpot client's
     ``ApiException``) into one of ours; ``RetriableAPIError`` is retried, any
-    other ``ConnectorError`` is raised at once, ``None`` re-raises the original.
+    other ``RemoteError`` is raised at once, ``None`` re-raises the original.
 
     Raises:
         RetriableAPIError: the last retriable failure after ``max_attempts``.
-        ConnectorError: a non-retriable failure, immediately.
+        RemoteError: a non-retriable failure, immediately.
     """
     attempt = 0
     while True:
         attempt += 1
         try:
             return fn()
-        except ConnectorError as exc:
-            error: ConnectorError = exc
+        except RemoteError as exc:
+            error: RemoteError = exc
         except Exception as exc:
             mapped = classify(exc) if classify else None
             if mapped is None:
@@ -273,7 +273,7 @@ def request(
     classified, e.g. to pace by rate-limit headers.
 
     Raises:
-        ConnectorError: classified failure after retries (see ``classify_status``).
+        RemoteError: classified failure after retries (see ``classify_status``).
     """
 
     def attempt() -> requests.Response:

@@ -2,7 +2,7 @@
 
 * ``classify_hubspot_error`` turns any of the client's per-area ``ApiException``
   classes (recognised by shape: ``status``, ``headers``, ``body``) and urllib3's
-  connection errors into our error tree, for ``connectors.http.call_with_retry``.
+  connection errors into our error tree, for ``kernel.http.call_with_retry``.
 * ``json_body`` reads a raw deal page (``_preload_content=False``): the client's
   model deserialisation parses every timestamp with dateutil and cost more than
   the rest of the sync, so deal pages are read as plain JSON.
@@ -16,15 +16,15 @@ from typing import Any
 
 import urllib3
 
-from connectors.base import (
+from sales_velocity.connectors.hubspot.mapping import parse_datetime, to_ms
+from sales_velocity.kernel.errors import (
     AuthError,
     BudgetExhaustedError,
-    ConnectorError,
     FatalAPIError,
+    RemoteError,
     RetriableAPIError,
 )
-from connectors.http import classify_status, parse_retry_after
-from connectors.hubspot_mapping import parse_datetime, to_ms
+from sales_velocity.kernel.http import classify_status, parse_retry_after
 
 __all__ = [
     "DEALS_SCOPE_HINT",
@@ -42,7 +42,7 @@ OWNERS_SCOPE_HINT = "token rejected or missing scope crm.objects.owners.read"
 
 def classify_hubspot_error(
     exc: BaseException, *, what: str, auth_hint: str = DEALS_SCOPE_HINT, secret: str = ""
-) -> ConnectorError | None:
+) -> RemoteError | None:
     """Turn a HubSpot client or urllib3 failure into one of our errors (``None``: not ours).
 
     Every API area of the client has its own ``ApiException`` class, so they are

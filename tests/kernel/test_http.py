@@ -10,8 +10,8 @@ import requests
 import responses
 from structlog.testing import capture_logs
 
-from connectors.base import AuthError, FatalAPIError, RateLimitError, RetriableAPIError
-from connectors.http import (
+from sales_velocity.kernel.errors import AuthError, FatalAPIError, RateLimitError, RetriableAPIError
+from sales_velocity.kernel.http import (
     RateLimiter,
     RetryPolicy,
     backoff_delay,

@@ -12,7 +12,7 @@ it. It behaves like the parts of HubSpot the sync uses:
   sort, ``limit`` <= 200, numeric offset ``after``, and HubSpot's HTTP 400 once
   a query pages past 10,000 results; ties in the sort come back in an arbitrary
   order (``shuffle_ties``), as HubSpot promises nothing about them;
-* HubSpot's error bodies (``tests/fixtures/hubspot/errors.json``): 401, 403
+* HubSpot's error bodies (``payloads/hubspot/errors.json``): 401, 403
   missing scope, 429 ``RATE_LIMIT`` with ``policyName`` (with or without
   ``Retry-After``), 5xx.
 
@@ -35,15 +35,17 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from connectors.hubspot import HubSpotConnector, HubSpotSettings
+from sales_velocity.kernel.testing import PAYLOADS
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "hubspot"
+if TYPE_CHECKING:
+    from sales_velocity.connectors.hubspot import HubSpotConnector
+
+FIXTURES = PAYLOADS / "hubspot"
 TOKEN = "pat-na1-11111111-2222-3333-4444-555555555555"
 BASE_TIME = dt.datetime(2026, 11, 26, 9, 0, tzinfo=dt.UTC)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -634,6 +636,8 @@ def make_connector(fake: FakeHubSpot, **settings: Any) -> HubSpotConnector:
         "portal_id": 1234567, "requests_per_10s": 1000, "search_requests_per_second": 50,
     }
     values.update(settings)
+    from sales_velocity.connectors.hubspot import HubSpotConnector, HubSpotSettings
+
     return HubSpotConnector(
         HubSpotSettings(**values), sleep=fake.clock.sleep, clock=fake.clock.monotonic,
         now=fake.clock.now, rng=random.Random(0),

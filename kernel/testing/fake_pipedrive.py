@@ -22,13 +22,14 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from werkzeug.serving import make_server
 from werkzeug.wrappers import Request, Response
 
-FIXTURES = Path(__file__).parents[1] / "fixtures" / "pipedrive"
+from sales_velocity.kernel.testing import PAYLOADS
+
+FIXTURES = PAYLOADS / "pipedrive"
 NEXT_STEP_KEY = "5f2d8c7a1e0b4c3d9a8b7c6d5e4f3a2b1c0d9e8f"
 PURGE_AFTER = dt.timedelta(days=30)
 TOKEN_COST = {
@@ -38,7 +39,7 @@ TOKEN_COST = {
 
 
 def fixture(name: str) -> Any:
-    """Load a JSON payload from tests/fixtures/pipedrive."""
+    """Load a JSON payload from payloads/pipedrive."""
     return json.loads((FIXTURES / name).read_text(encoding="utf-8"))
 
 

@@ -23,7 +23,7 @@ Only open deals are looked up, because only open deals are checked for hygiene;
 closed deals keep no activity dates. Set ``fetch_activities = false`` to skip
 the look-ups entirely.
 
-The cursor is the highest deal ``update_time`` seen (see ``pipedrive_paging``).
+The cursor is the highest deal ``update_time`` seen (see ``pipedrive.paging``).
 ``deals(None)`` reads everything and ends with ``Checkpoint(complete=True)``, so
 the engine marks deals that are gone (purged after 30 days) as deleted;
 ``deals(cursor)`` reads what changed since ``cursor - overlap``. The archived
@@ -31,7 +31,7 @@ list is read first, then the deal list with a checkpoint after every page.
 Assumption (not documented by Pipedrive): archiving and deleting a deal moves
 its ``update_time``; a ``--full`` sync corrects the store if that ever fails.
 
-Rate limits: every request goes through ``connectors.http.request`` (timeouts,
+Rate limits: every request goes through ``kernel.http.request`` (timeouts,
 retries with backoff, ``Retry-After``). A client-side limiter keeps under the
 burst limit, and the ``x-ratelimit-remaining``/``x-ratelimit-reset`` headers
 pause it when the 2-second window is spent. When the company's daily token
@@ -49,30 +49,23 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import requests
 import structlog
-from pydantic import Field, SecretStr, field_validator
 
-from connectors.base import (
-    AuthError,
-    BudgetExhaustedError,
+from sales_velocity.connectors.base import (
     Checkpoint,
     Deal,
-    FatalAPIError,
     Owner,
     Pipeline,
     Rejected,
     SourceSettings,
     StreamItem,
 )
-from connectors.http import RateLimiter, RetryPolicy, new_session, request
-from connectors.pipedrive_mapping import (
-    CANONICAL_FIELDS,
+from sales_velocity.connectors.pipedrive.mapping import (
     CustomField,
     activity_time,
     map_deal,
@@ -81,7 +74,10 @@ from connectors.pipedrive_mapping import (
     parse_time,
     resolve_custom_fields,
 )
-from connectors.pipedrive_paging import CursorPaginator, Watermark, parse_cursor
+from sales_velocity.connectors.pipedrive.paging import CursorPaginator, Watermark, parse_cursor
+from sales_velocity.connectors.pipedrive.settings import PipedriveSettings
+from sales_velocity.kernel.errors import AuthError, BudgetExhaustedError, FatalAPIError
+from sales_velocity.kernel.http import RateLimiter, RetryPolicy, new_session, request
 
 __all__ = ["PAGE_SIZE", "PipedriveConnector", "PipedriveSettings"]
 
@@ -103,91 +99,12 @@ in three benchmark runs on a busy machine)."""
 MAX_ARRIVAL_MARGIN_SECONDS = 0.4
 BUDGET_RECHECK_SECONDS = 900.0
 """After a response said the daily budget is at 0, requests are refused locally this long."""
-_DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
 Clock = Callable[[], dt.datetime]
 
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
-
-
-class PipedriveSettings(SourceSettings):
-    """One ``[[sources]]`` table of kind ``pipedrive``."""
-
-    kind: Literal["pipedrive"] = "pipedrive"
-    api_token: SecretStr = Field(description="API token (Settings > Personal preferences > API).")
-    company_domain: str = Field(description="The company's subdomain: 'acme' for https://acme.pipedrive.com.")
-    base_url: str | None = Field(
-        default=None,
-        description="Override of https://{company_domain}.pipedrive.com; /api/v1 and /api/v2 are appended.",
-    )
-    custom_fields: dict[str, str] = Field(
-        default_factory=dict,
-        description=f"Custom field name -> canonical field, one of {', '.join(CANONICAL_FIELDS)}.",
-    )
-    overlap_seconds: int = Field(
-        default=60, ge=0, le=86_400,
-        description="Re-read deals updated this many seconds before the cursor (late writes).",
-    )
-    requests_per_window: int = Field(
-        default=20, ge=1, le=1000,
-        description="Client-side burst limit per 2 seconds (20 fits the smallest plan).",
-    )
-    fetch_activities: bool = Field(
-        default=True, description="Look up next/last activity dates of open deals.",
-    )
-    max_attempts: int = Field(default=6, ge=1, le=20, description="Attempts per request (429, 5xx).")
-    timeout_seconds: float = Field(default=60.0, gt=0, le=600, description="Read timeout per request.")
-
-    @field_validator("api_token")
-    @classmethod
-    def _token_present(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value().strip():
-            raise ValueError("must not be empty")
-        return value
-
-    @field_validator("company_domain")
-    @classmethod
-    def _domain(cls, value: str) -> str:
-        value = value.strip()
-        if not _DOMAIN.match(value):
-            raise ValueError("must be the subdomain only, e.g. 'acme' for https://acme.pipedrive.com")
-        return value
-
-    @field_validator("base_url")
-    @classmethod
-    def _base_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        value = value.strip().rstrip("/")
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("must start with https:// (e.g. https://acme.pipedrive.com)")
-        if value.endswith(("/api/v1", "/api/v2")):
-            raise ValueError("leave out /api/v1 or /api/v2; they are appended")
-        return value
-
-    @field_validator("custom_fields")
-    @classmethod
-    def _canonical(cls, value: dict[str, str]) -> dict[str, str]:
-        problems = [
-            f"{name!r} -> {target!r} (allowed: {', '.join(CANONICAL_FIELDS)})"
-            for name, target in value.items() if target not in CANONICAL_FIELDS
-        ]
-        if problems:
-            raise ValueError("unknown canonical field: " + "; ".join(problems))
-        targets = list(value.values())
-        doubled = sorted({t for t in targets if targets.count(t) > 1})
-        if doubled:
-            raise ValueError(f"several custom fields map to {', '.join(doubled)}")
-        if any(not name.strip() for name in value):
-            raise ValueError("a custom field name must not be empty")
-        return value
-
-    @property
-    def root_url(self) -> str:
-        """The base URL that ``/api/v1`` and ``/api/v2`` are appended to."""
-        return self.base_url or f"https://{self.company_domain}.pipedrive.com"
 
 
 def _header_number(response: requests.Response, name: str) -> float | None:
