@@ -88,16 +88,16 @@ def pandas_velocity(engine: sa.Engine, settings: MetricsSettings, as_of: dt.date
 
     start, end = _bounds(as_of, settings.window_days, settings)
     close_at = df["closed_at"].fillna(df["updated_at"])
-    in_window = (close_at > start) & (close_at <= end)
+    in_window = (close_at >= start) & (close_at < end)
     status = df["status"]
     df["won"] = (status == "won") & in_window
     df["lost"] = (status == "lost") & in_window
     df["open"] = (
         ~df["archived"]
-        & (df["created_at"].isna() | (df["created_at"] <= end))
+        & (df["created_at"].isna() | (df["created_at"] < end))
         & ((status == "open")
-           | (status.isin(["won", "lost"]) & (close_at > end))
-           | ((status == "deleted") & (df["deleted_at"] > end)))
+           | (status.isin(["won", "lost"]) & (close_at >= end))
+           | ((status == "deleted") & (df["deleted_at"] >= end)))
     )
     seconds = (close_at - df["created_at"]).dt.total_seconds()
     rounded = np.where(df["whole_days"], np.floor(seconds / 86400 + 0.5) * 86400, np.floor(seconds + 0.5))

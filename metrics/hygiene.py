@@ -1,6 +1,7 @@
 """Pipeline hygiene: which open deals are stalled, and why (see ``shared/DESIGN.md``).
 
-Six rules, each evaluated in SQL over the store for open, non-archived deals:
+Six rules, each evaluated in SQL over the deals open at ``as_of`` (``metrics.window.open_at``:
+not archived, created before ``start(as_of + 1)``, not closed nor deleted before it):
 
 =====================  ==================================================================
 rule                   holds when
@@ -39,6 +40,7 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict, Field
 
 from sales_velocity.metrics.sql import elapsed_days
+from sales_velocity.metrics.window import day_start, open_at
 from sales_velocity.sync.store import UTCDateTime, deals_table, owners_table, pipelines_table, stages_table
 
 __all__ = [
@@ -168,9 +170,8 @@ class HygieneSummary:
 
 
 def reference_instant(as_of: dt.date, now: dt.datetime, zone: ZoneInfo) -> dt.datetime:
-    """The instant day counts are measured at: ``now``, or the end of ``as_of`` if earlier."""
-    end = dt.datetime.combine(as_of + dt.timedelta(days=1), dt.time(0), tzinfo=zone).astimezone(dt.UTC)
-    return min(now.astimezone(dt.UTC), end)
+    """The instant day counts are measured at: ``now``, or ``start(as_of + 1)`` if earlier."""
+    return min(now.astimezone(dt.UTC), day_start(as_of + dt.timedelta(days=1), zone))
 
 
 def _match(override: ThresholdOverride) -> sa.ColumnElement[bool]:
@@ -210,9 +211,7 @@ def _flags_query(settings: HygieneSettings, as_of: dt.date, now: dt.datetime, zo
     """Open deals with one 0/1 column per rule, the limits and the names to show."""
     d, p, s, o = deals_table.c, pipelines_table.c, stages_table.c, owners_table.c
     at = sa.literal(reference_instant(as_of, now, zone), UTCDateTime())
-    today_start = sa.literal(
-        dt.datetime.combine(as_of, dt.time(0), tzinfo=zone).astimezone(dt.UTC), UTCDateTime()
-    )
+    today_start = sa.literal(day_start(as_of, zone), UTCDateTime())
     stuck_limit = _limit(settings, "stuck_days").label("stuck_limit")
     inactive_limit = _limit(settings, "inactive_days").label("inactive_limit")
     last_touch = sa.func.coalesce(d.last_activity_at, d.created_at)
@@ -242,7 +241,7 @@ def _flags_query(settings: HygieneSettings, as_of: dt.date, now: dt.datetime, zo
             .outerjoin(stages_table, stage_join)
             .outerjoin(owners_table, sa.and_(o.source == d.source, o.external_id == d.owner_id))
         )
-        .where(d.status == "open", sa.not_(d.archived))
+        .where(open_at(day_start(as_of + dt.timedelta(days=1), zone)))
         .subquery("flags")
     )
 

@@ -2,8 +2,8 @@
 
 From ``deal_stage_events``: a deal's time in a stage runs from entering it to
 entering the next one (``LEAD`` over the deal's events by time), or to its close
-for the last stage it was in. Only deals won in the window ``(end(T) - W, end(T)]``
-count (close time: ``closed_at``, else ``updated_at``, as in ``metrics.velocity``),
+for the last stage it was in. Only deals won in the window ``[start(T-W+1), start(T+1))``
+count (close time: ``closed_at``, else ``updated_at``, see ``metrics.window``),
 and won/lost stages themselves are left out (nobody waits in "Won").
 
 The won deals are materialised first (``WITH won AS MATERIALIZED``, SQLite 3.35+
@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.sql import elapsed_days
-from sales_velocity.metrics.velocity import window_bounds
+from sales_velocity.metrics.window import close_time, closed_in_window, window_bounds
 from sales_velocity.sync.store import deals_table, pipelines_table, stage_events_table, stages_table
 
 __all__ = ["StageWait", "stage_wait_times"]
@@ -61,10 +61,9 @@ def stage_wait_times(
     window = window_days or settings.window_days
     start, end = window_bounds(as_of, window, settings.zone)
     d, e = deals_table.c, stage_events_table.c
-    close = sa.func.coalesce(d.closed_at, d.updated_at)
     won = (
-        sa.select(d.source, d.external_id, d.pipeline_id, close.label("closed"))
-        .where(d.status == "won", close > start, close <= end)
+        sa.select(d.source, d.external_id, d.pipeline_id, close_time().label("closed"))
+        .where(d.status == "won", closed_in_window(start, end))
         .cte("won")
         .prefix_with("MATERIALIZED")
     )

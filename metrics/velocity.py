@@ -5,14 +5,15 @@ window of ``W`` days (see ``shared/DESIGN.md``)::
 
     velocity = N * V * p / L          value per day, Decimal, 0.01 ROUND_HALF_UP
 
-* ``T`` is a local date in the configured zone and means the *end* of that day
-  (local midnight starting ``T+1``); the window is ``(end(T) - W days, end(T)]``,
-  both bounds at local midnight (:func:`window_bounds`), compared in UTC.
-* ``N``: deals open at ``end(T)``, rebuilt from dates, never from today's
-  status: not archived; created at or before ``end(T)`` (or no creation date);
-  and still open then: status ``open``, or ``won``/``lost`` with a close time
-  after ``end(T)``, or ``deleted`` with ``deleted_at`` after ``end(T)`` (a
-  deleted deal without ``deleted_at`` counts as deleted always).
+* ``T`` is a local date in the configured zone; the window is the ``W`` local
+  days ending with ``T``, the half-open ``[start(T-W+1), start(T+1))`` with
+  ``start(d)`` local midnight starting ``d`` (:func:`window_bounds`), compared
+  in UTC. Every comparison is half-open on that grid (``metrics.window``).
+* ``N``: deals open at ``T``, rebuilt from dates, never from today's status:
+  not archived; created before ``start(T+1)`` (or no creation date); and still
+  open then: status ``open``, or ``won``/``lost`` with a close time at or after
+  ``start(T+1)``, or ``deleted`` with ``deleted_at`` at or after ``start(T+1)``
+  (a deleted deal without ``deleted_at`` counts as deleted always).
 * A won or lost deal's *close time* is ``closed_at``, or ``updated_at`` when the
   CRM gave no close date. One with neither is closed at an unknown time: it is
   out of ``N`` and out of every window.
@@ -47,14 +48,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
-from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
 from sales_velocity.metrics.concurrent import can_read_concurrently, read_concurrently
 from sales_velocity.metrics.settings import MetricsSettings, WhatIfSettings
 from sales_velocity.metrics.sql import ElapsedSeconds
-from sales_velocity.sync.store import UTCDateTime, deals_table, owners_table, pipelines_table
+from sales_velocity.metrics.window import close_time, closed_in_window, open_at, window_bounds
+from sales_velocity.sync.store import deals_table, owners_table, pipelines_table
 
 __all__ = [
     "Levers",
@@ -64,6 +65,7 @@ __all__ = [
     "VelocityReport",
     "WhatIf",
     "compute_velocity",
+    "cycle_seconds",
     "velocity_of",
     "what_ifs",
     "window_bounds",
@@ -231,23 +233,6 @@ class VelocityReport:
         return [s for s in self.scopes if s.scope == scope]
 
 
-# --------------------------------------------------------------------------- time
-
-
-def window_bounds(as_of: dt.date, window_days: int, zone: ZoneInfo) -> tuple[dt.datetime, dt.datetime]:
-    """``(start, end)`` in UTC of the window ``(start, end]`` ending with local day ``as_of``.
-
-    ``end`` is local midnight starting ``as_of + 1``; ``start`` is local
-    midnight ``window_days`` local days earlier (so DST changes inside the
-    window do not shift it by an hour).
-    """
-    def midnight(day: dt.date) -> dt.datetime:
-        return dt.datetime.combine(day, dt.time(0), tzinfo=zone).astimezone(dt.UTC)
-
-    end_day = as_of + dt.timedelta(days=1)
-    return midnight(end_day - dt.timedelta(days=window_days)), midnight(end_day)
-
-
 # --------------------------------------------------------------------------- SQL
 
 
@@ -265,29 +250,29 @@ class _Totals:
     cycle_deals: int = 0
 
 
+def cycle_seconds() -> sa.ColumnElement[Any]:
+    """SQL: one deal's cycle in whole seconds, creation to close time (whole days for date-only deals).
+
+    Negative when the close is before the creation (bad data): the aggregates
+    count such a deal as 0 days.
+    """
+    d = deals_table.c
+    seconds = ElapsedSeconds(d.created_at, close_time())
+    return sa.cast(
+        sa.func.round(sa.case((d.whole_days, sa.func.round(seconds / 86400) * 86400), else_=seconds)),
+        sa.BigInteger,
+    )
+
+
 def _aggregates(start: dt.datetime, end: dt.datetime) -> tuple[list[sa.ColumnElement[Any]],
                                                                 sa.ColumnElement[bool]]:
     """The aggregate columns of every scope query, and the filter of relevant deals."""
     d = deals_table
-    start_p, end_p = sa.literal(start, UTCDateTime()), sa.literal(end, UTCDateTime())
-    close_at = sa.func.coalesce(d.c.closed_at, d.c.updated_at)
-    in_window = sa.and_(close_at > start_p, close_at <= end_p)
+    in_window = closed_in_window(start, end)
     won = sa.and_(d.c.status == "won", in_window)
     lost = sa.and_(d.c.status == "lost", in_window)
-    open_at_end = sa.and_(
-        sa.not_(d.c.archived),
-        sa.or_(d.c.created_at.is_(None), d.c.created_at <= end_p),
-        sa.or_(
-            d.c.status == "open",
-            sa.and_(d.c.status.in_(("won", "lost")), close_at > end_p),
-            sa.and_(d.c.status == "deleted", d.c.deleted_at > end_p),
-        ),
-    )
-    seconds = ElapsedSeconds(d.c.created_at, close_at)
-    per_deal = sa.cast(
-        sa.func.round(sa.case((d.c.whole_days, sa.func.round(seconds / 86400) * 86400), else_=seconds)),
-        sa.BigInteger,
-    )
+    open_at_end = open_at(end)
+    per_deal = cycle_seconds()
     cycle_deal = sa.and_(won, d.c.created_at.is_not(None))
 
     def count(cond: sa.ColumnElement[bool]) -> sa.ColumnElement[Any]:

@@ -109,21 +109,23 @@ class TestSeedThroughStore:
 
 class TestOpenAtPastDate:
     def test_open_is_rebuilt_from_dates(self, store: sa.Engine) -> None:
-        """For a past T, deals are counted as they were then, not by today's status."""
-        end = utc(2026, 7, 1)  # T = 2026-06-30 in UTC
+        """For a past T, deals are counted as they were then, not by today's status (half-open at start(T+1))."""
+        end = utc(2026, 7, 1)  # start(T+1) for T = 2026-06-30 in UTC
         second = dt.timedelta(seconds=1)
         insert_deals(store, [
             deal("open"),
             deal("no-created", created=None),
-            deal("created-at-end", created=end),
+            deal("created-just-before-end", created=end - second),
             deal("won-after-T", status="won", closed=utc(2026, 8, 1), amount=10),
+            deal("won-at-end", status="won", created=utc(2026, 6, 21), closed=end, amount=100),
             deal("lost-after-T", status="lost", closed=end + second),
-            deal("deleted-after-T", status="deleted", deleted_at=utc(2026, 9, 1)),
+            deal("deleted-at-end", status="deleted", deleted_at=end),
             deal("won-no-close-updated-after-T", status="won", closed=None, updated=utc(2026, 8, 1)),
             # not open at T:
-            deal("won-at-end", status="won", created=utc(2026, 6, 21), closed=end, amount=100),
-            deal("created-after-T", created=end + second),
-            deal("deleted-before-T", status="deleted", deleted_at=utc(2026, 6, 1)),
+            deal("created-at-end", created=end),
+            deal("won-just-before-end", status="won", created=utc(2026, 6, 21), closed=end - second,
+                 amount=500),
+            deal("deleted-before-T", status="deleted", deleted_at=end - second),
             deal("deleted-unknown", status="deleted", deleted_at=None),
             deal("archived", archived=True),
             deal("won-no-dates", status="won", closed=None, updated=None, amount=5),
@@ -131,10 +133,10 @@ class TestOpenAtPastDate:
                  updated=utc(2026, 6, 15), amount=300),
         ])
         all_ = scope(compute_velocity(store, UTC_SETTINGS, dt.date(2026, 6, 30)))
-        assert all_.levers.opportunities == 7
+        assert all_.levers.opportunities == 8
         assert (all_.levers.won, all_.levers.lost) == (2, 0)
-        assert all_.levers.avg_deal_value == D(200)
-        assert all_.levers.cycle_days == D(10)  # 10 days and 10 days
+        assert all_.levers.avg_deal_value == D(400)  # 500 and 300
+        assert all_.levers.cycle_days == D(10 * 86400 - 1 + 10 * 86400) / (2 * 86400)
         # today the store has moved on: only the deals open now count (created after T included)
         today = scope(compute_velocity(store, UTC_SETTINGS, dt.date(2026, 11, 26)))
         assert today.levers.opportunities == 4
@@ -163,20 +165,20 @@ class TestWindowBounds:
     )
     def test_bounds_are_local_midnights(self, store: sa.Engine, zone: str, as_of: dt.date,
                                         end: dt.datetime) -> None:
-        """A close at end(T) is in, at the window start is out, one second either side flips it."""
+        """Half-open: a close at start(T-W+1) is in, at start(T+1) is out; one second either side flips it."""
         settings = MetricsSettings(timezone=zone, currency="USD")
         start, computed_end = window_bounds(as_of, 90, settings.zone)
         assert computed_end == end
         second = dt.timedelta(seconds=1)
         insert_deals(store, [
-            deal("won-at-end", status="won", closed=end, amount=100),
-            deal("won-after-end", status="won", closed=end + second, amount=999),
+            deal("won-just-before-end", status="won", closed=end - second, amount=100),
+            deal("won-at-end", status="won", closed=end, amount=999),
             deal("lost-at-start", status="lost", closed=start),
             deal("lost-after-start", status="lost", closed=start + second),
             deal("lost-just-before-start", status="lost", closed=start - second),
         ])
         all_ = scope(compute_velocity(store, settings, as_of))
-        assert (all_.levers.won, all_.levers.lost, all_.levers.opportunities) == (1, 1, 1)
+        assert (all_.levers.won, all_.levers.lost, all_.levers.opportunities) == (1, 2, 1)
         assert all_.levers.avg_deal_value == D(100)
 
 
