@@ -5,6 +5,9 @@ transaction, so re-running a day (or back-filling a missed one) is idempotent.
 Snapshots feed the digest's trends (``load_snapshots``) and let a report be
 rebuilt without recomputing it (``snapshot_for``).
 
+A snapshot of a day computed after that day ended (a back-fill, ``--as-of`` in
+the past, or the history rebuild of ``metrics.history``) is marked ``rebuilt``.
+
 Stored levers are rounded to the columns' precision (win rate to 10 places,
 average value to 4, cycle days to 6); the stored velocity is the computed one.
 """
@@ -30,7 +33,7 @@ from sales_velocity.metrics.velocity import (
 )
 from sales_velocity.sync.store import snapshots_table
 
-__all__ = ["load_snapshots", "run_metrics", "snapshot_for"]
+__all__ = ["load_history", "load_snapshots", "run_metrics", "snapshot_for", "snapshot_rows"]
 
 log = structlog.get_logger(__name__)
 
@@ -49,7 +52,12 @@ def _round(value: Decimal | int | None, places: Decimal) -> Decimal | None:
     return None if value is None else Decimal(value).quantize(places, rounding=ROUND_HALF_UP)
 
 
-def _row(report: VelocityReport, s: ScopeVelocity, computed_at: dt.datetime) -> dict[str, Any]:
+def snapshot_rows(report: VelocityReport, computed_at: dt.datetime, *, rebuilt: bool) -> list[dict[str, Any]]:
+    """The snapshot rows of a report, one per scope (``rebuilt``: reconstructed after its day)."""
+    return [_row(report, s, computed_at, rebuilt) for s in report.scopes]
+
+
+def _row(report: VelocityReport, s: ScopeVelocity, computed_at: dt.datetime, rebuilt: bool) -> dict[str, Any]:
     row: dict[str, Any] = {
         "as_of": report.as_of,
         "window_days": report.window_days,
@@ -68,6 +76,7 @@ def _row(report: VelocityReport, s: ScopeVelocity, computed_at: dt.datetime) -> 
         "excluded_no_amount": s.excluded_no_amount,
         "excluded_currency": s.excluded_currency,
         "computed_at": computed_at,
+        "rebuilt": rebuilt,
     }
     if _has_timezone_column():
         row["timezone"] = report.timezone
@@ -94,11 +103,13 @@ def run_metrics(engine: sa.Engine, settings: MetricsSettings, as_of: dt.date, *,
     started = time.monotonic()
     computed_at = now or dt.datetime.now(dt.UTC)
     report = compute_velocity(engine, settings, as_of)
+    # a day that had ended before the computation is a reconstruction, not a snapshot taken on the day
+    rebuilt = as_of < computed_at.astimezone(settings.zone).date()
     snaps = snapshots_table
     with engine.begin() as conn:
         conn.execute(sa.delete(snaps).where(snaps.c.as_of == as_of,
                                             snaps.c.window_days == report.window_days))
-        conn.execute(sa.insert(snaps), [_row(report, s, computed_at) for s in report.scopes])
+        conn.execute(sa.insert(snaps), snapshot_rows(report, computed_at, rebuilt=rebuilt))
     overall = report.all
     log.info(
         "metrics.computed",
@@ -136,6 +147,30 @@ def load_snapshots(engine: sa.Engine, scope: str, key: str, since: dt.date, unti
     )
     with engine.connect() as conn:
         return [(row.as_of, row.velocity) for row in conn.execute(query)]
+
+
+def load_history(engine: sa.Engine, scope: str, key: str, since: dt.date, until: dt.date,
+                 window_days: int) -> list[tuple[dt.date, Decimal | None, bool]]:
+    """Like :func:`load_snapshots`, with whether each day's snapshot was rebuilt (not taken on the day)."""
+    snaps = snapshots_table
+    query = (
+        sa.select(snaps.c.as_of, snaps.c.velocity, snaps.c.rebuilt)
+        .where(snaps.c.scope == scope, snaps.c.key == key, snaps.c.window_days == window_days,
+               snaps.c.as_of >= since, snaps.c.as_of <= until)
+        .order_by(snaps.c.as_of)
+    )
+    with engine.connect() as conn:
+        return [(row.as_of, row.velocity, bool(row.rebuilt)) for row in conn.execute(query)]
+
+
+def has_snapshots(engine: sa.Engine, window_days: int, before: dt.date) -> bool:
+    """Whether any snapshot of this window exists before ``before`` (false on the first run)."""
+    snaps = snapshots_table
+    with engine.connect() as conn:
+        return conn.execute(
+            sa.select(snaps.c.as_of)
+            .where(snaps.c.window_days == window_days, snaps.c.as_of < before).limit(1)
+        ).first() is not None
 
 
 def snapshot_for(engine: sa.Engine, as_of: dt.date, window_days: int, *,

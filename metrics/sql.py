@@ -9,7 +9,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-__all__ = ["ElapsedSeconds", "elapsed_days"]
+__all__ = ["ElapsedSeconds", "EpochSeconds", "elapsed_days"]
 
 
 class ElapsedSeconds(FunctionElement[Any]):
@@ -35,3 +35,23 @@ def _elapsed_seconds_sqlite(element: ElapsedSeconds, compiler: SQLCompiler, **kw
 def elapsed_days(start: sa.ColumnElement[Any], end: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
     """SQL: fractional days from ``start`` to ``end``."""
     return ElapsedSeconds(start, end) / 86400.0
+
+
+class EpochSeconds(FunctionElement[Any]):
+    """SQL: whole seconds since 1970-01-01 UTC of a timestamp (fractions dropped, toward the past)."""
+
+    type = sa.BigInteger()
+    inherit_cache = True
+    name = "epoch_seconds"
+
+
+@compiles(EpochSeconds)
+def _epoch_seconds_default(element: EpochSeconds, compiler: SQLCompiler, **kw: Any) -> str:
+    (moment,) = (compiler.process(arg, **kw) for arg in element.clauses)
+    return f"CAST(floor(EXTRACT(EPOCH FROM {moment})) AS BIGINT)"
+
+
+@compiles(EpochSeconds, "sqlite")
+def _epoch_seconds_sqlite(element: EpochSeconds, compiler: SQLCompiler, **kw: Any) -> str:
+    (moment,) = (compiler.process(arg, **kw) for arg in element.clauses)
+    return f"CAST(strftime('%s', {moment}) AS INTEGER)"

@@ -66,6 +66,9 @@ __all__ = [
     "WhatIf",
     "compute_velocity",
     "cycle_seconds",
+    "lever_sums",
+    "report_from_groups",
+    "scope_labels",
     "velocity_of",
     "what_ifs",
     "window_bounds",
@@ -264,9 +267,13 @@ def cycle_seconds() -> sa.ColumnElement[Any]:
     )
 
 
-def _aggregates(start: dt.datetime, end: dt.datetime) -> tuple[list[sa.ColumnElement[Any]],
+def lever_sums(start: dt.datetime, end: dt.datetime) -> tuple[list[sa.ColumnElement[Any]],
                                                                 sa.ColumnElement[bool]]:
-    """The aggregate columns of every scope query, and the filter of relevant deals."""
+    """The aggregate columns of every scope query, and the filter of relevant deals.
+
+    The window is ``[start, end)``; the history rebuild (``metrics.history``)
+    takes the same sums over its whole grid and slides the window in Python.
+    """
     d = deals_table
     in_window = closed_in_window(start, end)
     won = sa.and_(d.c.status == "won", in_window)
@@ -344,7 +351,11 @@ def _grouped_rows(engine: sa.Engine, query: sa.Select[Any],
     return [row for rows in parts for row in rows]
 
 
-def _labels(conn: sa.Connection) -> tuple[dict[tuple[str, str], str], dict[tuple[str, str], str]]:
+Labels = tuple[dict[tuple[str, str], str], dict[tuple[str, str], str]]
+"""Pipeline names and owner names by (source, external id)."""
+
+
+def scope_labels(conn: sa.Connection) -> Labels:
     """Pipeline names and owner names (else e-mail) by (source, external id)."""
     p, o = pipelines_table, owners_table
     pipelines = {(r.source, r.external_id): r.name
@@ -355,7 +366,7 @@ def _labels(conn: sa.Connection) -> tuple[dict[tuple[str, str], str], dict[tuple
     return pipelines, owners
 
 
-def _add(t: _Totals, row: sa.Row[Any]) -> None:
+def _add(t: _Totals, row: Any) -> None:
     t.opportunities += int(row.opportunities)
     t.won += int(row.won)
     t.lost += int(row.lost)
@@ -366,7 +377,7 @@ def _add(t: _Totals, row: sa.Row[Any]) -> None:
     t.cycle_seconds += Decimal(row.cycle_seconds or 0)
 
 
-def _roll_up(rows: Iterable[sa.Row[Any]], pipeline_names: dict[tuple[str, str], str],
+def _roll_up(rows: Iterable[Any], pipeline_names: dict[tuple[str, str], str],
              owner_names: dict[tuple[str, str], str]) -> dict[ScopeKind, dict[tuple[str, str], _Totals]]:
     """Sum the groups into the all, pipeline and owner scopes."""
     totals: dict[ScopeKind, dict[tuple[str, str], _Totals]] = {
@@ -454,13 +465,27 @@ def compute_velocity(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
     if window < 1:
         raise ValueError(f"window_days must be at least 1, got {window}")
     start, end = window_bounds(as_of, window, settings.zone)
-    columns, relevant = _aggregates(start, end)
-    scopes: list[ScopeVelocity] = []
+    columns, relevant = lever_sums(start, end)
     with engine.connect() as conn:
-        pipeline_names, owner_names = _labels(conn)
+        pipeline_names, owner_names = scope_labels(conn)
         ranges = _scan_ranges(conn)
     rows = _grouped_rows(engine, _grouped_query(columns, relevant), ranges)
-    rolled = _roll_up(rows, pipeline_names, owner_names)
+    return report_from_groups(rows, (pipeline_names, owner_names), settings, as_of, window)
+
+
+def report_from_groups(rows: Iterable[Any], labels: Labels, settings: MetricsSettings,
+                       as_of: dt.date, window: int) -> VelocityReport:
+    """The report from the sums of groups (by source, pipeline, owner and currency).
+
+    Each row has ``source``, ``pipeline_id``, ``owner_id``, ``currency`` and the
+    sums ``opportunities``, ``won``, ``lost``, ``no_amount``, ``amount_deals``,
+    ``amount_sum``, ``cycle_deals`` and ``cycle_seconds``; a row counts only
+    where one deal of it is open at ``T`` or closed in the window. The scan of
+    :func:`compute_velocity` and the history rebuild (``metrics.history``) both
+    end here, so their figures cannot differ.
+    """
+    scopes: list[ScopeVelocity] = []
+    rolled = _roll_up(rows, *labels)
     for kind, totals in rolled.items():
         found = [
             _scope(kind, f"{src}/{ext}" if kind != "all" else "", t, settings, window)

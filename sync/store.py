@@ -39,6 +39,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
 )
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
@@ -317,6 +318,7 @@ class VelocitySnapshot(Base):
     ``scope`` is ``all``, ``pipeline`` or ``owner``; ``key`` is the stable id
     (``<source>/<external id>``, empty for ``all``) and ``label`` what people read.
     ``velocity`` is ``NULL`` exactly when it is undefined, ``undefined_reason`` says why.
+    ``rebuilt`` marks a snapshot reconstructed from deal dates after its day.
     """
 
     __tablename__ = "velocity_snapshots"
@@ -338,6 +340,8 @@ class VelocitySnapshot(Base):
     excluded_no_amount: Mapped[int] = mapped_column(Integer, default=0)
     excluded_currency: Mapped[int] = mapped_column(Integer, default=0)
     computed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    rebuilt: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    """True when rebuilt later from deal dates (first run, ``--since``, back-fill), not taken on the day."""
 
 
 class OutboxMessage(Base):

@@ -109,7 +109,7 @@ class TestSeedThroughStore:
 
 class TestOpenAtPastDate:
     def test_open_is_rebuilt_from_dates(self, store: sa.Engine) -> None:
-        """For a past T, deals are counted as they were then, not by today's status (half-open at start(T+1))."""
+        """For a past T, deals count as they were then, not by today's status (half-open at start(T+1))."""
         end = utc(2026, 7, 1)  # start(T+1) for T = 2026-06-30 in UTC
         second = dt.timedelta(seconds=1)
         insert_deals(store, [

@@ -168,7 +168,7 @@ class TestPublicDataSet:
         assert (FIXTURES / "maven_sales_pipeline.csv").read_bytes() == PUBLIC_DATA.read_bytes()
 
     def test_velocity_as_of_2017_12_31_over_90_days(self, tmp_path: Path, db_url: str) -> None:
-        """The report on the public data set (T = 2017-12-31, W = 90) equals the figure computed from the CSV."""
+        """The report on the public data set (T = 2017-12-31, W = 90) equals the figure from the CSV."""
         shutil.copy(FIXTURES / "maven_sales_pipeline.csv", tmp_path / "maven.csv")
         config = tmp_path / "velocity.toml"
         config.write_text(MAVEN_CONFIG, encoding="utf-8")
