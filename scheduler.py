@@ -34,7 +34,8 @@ from sales_velocity.kernel.config import TimeZoneName, expand_env, secret_values
 from sales_velocity.kernel.errors import ConfigError, ConfigProblem, StoreError, VelocityError
 from sales_velocity.kernel.logs import LoggingSettings, SecretRedactor, configure_logging
 from sales_velocity.kernel.schedule import ScheduleSettings, build_scheduler, serve
-from sales_velocity.metrics.job import missed_days, run_metrics
+from sales_velocity.metrics.history import fill_history, rebuild_snapshots
+from sales_velocity.metrics.job import run_metrics
 from sales_velocity.metrics.report import render_report
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.velocity import compute_velocity
@@ -305,9 +306,21 @@ def _as_of(ctx: Context, value: dt.date | None) -> dt.date:
 
 
 def cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
-    """Compute and store today's (or --as-of's) velocity snapshots."""
+    """Compute and store today's (or --as-of's) velocity snapshots; --since rebuilds the days before."""
     as_of = _as_of(ctx, args.as_of)
-    report = run_metrics(ctx.ready_engine(), ctx.config.metrics, as_of, now=ctx.now())
+    engine = ctx.ready_engine()
+    if args.since is not None:
+        if args.since >= as_of:
+            raise ConfigError.single("--since", f"{args.since} is not before the as-of date {as_of}")
+        try:
+            result = rebuild_snapshots(engine, ctx.config.metrics, args.since, as_of - dt.timedelta(days=1),
+                                       now=ctx.now(), overwrite=args.overwrite)
+        except ValueError as exc:
+            raise ConfigError.single("--since", str(exc)) from None
+        kept = f"; {len(result.kept)} kept as taken on the day" if result.kept else ""
+        ctx.print(f"velocity snapshots rebuilt from deal dates for {len(result.rebuilt)} days "
+                  f"({args.since} to {as_of - dt.timedelta(days=1)}){kept} in {result.duration_s:.1f}s")
+    report = run_metrics(engine, ctx.config.metrics, as_of, now=ctx.now())
     ctx.print(f"velocity snapshots stored for {as_of}: {len(report.scopes)} scopes")
     return EXIT_OK
 
@@ -330,10 +343,9 @@ def run_daily(ctx: Context, as_of: dt.date, *, notify: bool = True, dry_run: boo
               only: Literal["digest", "reminders"] | None = None) -> int:
     """Metrics (back-filling missed days) then the notifier; returns an exit code."""
     engine = ctx.ready_engine()
-    window = ctx.config.metrics.window_days
-    for day in missed_days(engine, window, as_of, ctx.config.schedule.backfill_days):
-        run_metrics(engine, ctx.config.metrics, day, now=ctx.now())
-        log.info("metrics.backfilled", as_of=day.isoformat())
+    # first run: the window's days before today; later: the days missed since the last run
+    fill_history(engine, ctx.config.metrics, as_of, backfill_days=ctx.config.schedule.backfill_days,
+                 now=ctx.now())
     run_metrics(engine, ctx.config.metrics, as_of, now=ctx.now())
     if not notify:
         return EXIT_OK
@@ -475,6 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sync)
     p = sub.add_parser("metrics", help="compute and store velocity snapshots")
     p.add_argument("--as-of", type=_date)
+    p.add_argument("--since", type=_date, metavar="DATE",
+                   help="also rebuild one snapshot per day from DATE to the day before, from deal dates")
+    p.add_argument("--overwrite", action="store_true",
+                   help="with --since: replace snapshots taken on the day too")
     p.set_defaults(func=cmd_metrics)
     p = sub.add_parser("report", help="print the velocity report")
     p.add_argument("--as-of", type=_date)

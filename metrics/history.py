@@ -46,14 +46,14 @@ import sqlalchemy as sa
 import structlog
 
 from sales_velocity.metrics.concurrent import can_read_concurrently, read_concurrently
-from sales_velocity.metrics.job import snapshot_rows
+from sales_velocity.metrics.job import has_snapshots, missed_days, snapshot_rows
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.sql import EpochSeconds
 from sales_velocity.metrics.velocity import VelocityReport, cycle_seconds, report_from_groups, scope_labels
 from sales_velocity.metrics.window import close_time, day_start
 from sales_velocity.sync.store import UTCDateTime, deals_table, snapshots_table
 
-__all__ = ["NEVER", "RebuildResult", "rebuild_reports", "rebuild_snapshots"]
+__all__ = ["NEVER", "RebuildResult", "fill_history", "rebuild_reports", "rebuild_snapshots"]
 
 log = structlog.get_logger(__name__)
 
@@ -346,3 +346,23 @@ def rebuild_snapshots(engine: sa.Engine, settings: MetricsSettings, first: dt.da
     log.info("metrics.rebuilt", first=first.isoformat(), last=last.isoformat(), window_days=window,
              days=len(days), kept=len(taken), duration_ms=round(result.duration_s * 1000))
     return result
+
+
+def fill_history(engine: sa.Engine, settings: MetricsSettings, as_of: dt.date, *, backfill_days: int,
+                 now: dt.datetime | None = None) -> RebuildResult | None:
+    """The days before ``as_of`` the daily job rebuilds before taking today's snapshot.
+
+    On the first run (no snapshot of this window before ``as_of``) the
+    ``window_days`` days before ``as_of``, so the 7- and 30-day change and the
+    chart exist at once; later, the days missed since the last snapshot (at
+    most ``backfill_days``). ``None`` when there is nothing to rebuild.
+    """
+    window = settings.window_days
+    if not has_snapshots(engine, window, as_of):
+        first, last = as_of - dt.timedelta(days=window), as_of - dt.timedelta(days=1)
+    else:
+        missed = missed_days(engine, window, as_of, backfill_days)
+        if not missed:
+            return None
+        first, last = missed[0], missed[-1]
+    return rebuild_snapshots(engine, settings, first, last, now=now)

@@ -84,7 +84,7 @@ class TestSeedExample:
         assert everything["velocity_per_day"] == "11111.11"
 
     def test_metrics_stores_snapshots_and_backfills_a_gap(self, tmp_path: Path, db_url: str) -> None:
-        """`run` three days after the last one back-fills the missed days' snapshots in one go."""
+        """The first `run` rebuilds the 90 days before it; one 4 days later back-fills the 3 missed days."""
         config = str(seed_config(tmp_path))
         env = store_env(db_url)
         code, _ = velocity(["--config", config, "run", "--no-notify", "--as-of", "2026-11-20"], env=env)
@@ -97,7 +97,36 @@ class TestSeedExample:
                 sa.select(snapshots_table.c.as_of).where(snapshots_table.c.scope == "all")
                 .order_by(snapshots_table.c.as_of)).scalars().all()
         engine.dispose()
-        assert days == [dt.date(2026, 11, d) for d in (20, 21, 22, 23, 24)]
+        first = dt.date(2026, 11, 20) - dt.timedelta(days=90)
+        assert days == [first + dt.timedelta(days=n) for n in range(90)] + [
+            dt.date(2026, 11, d) for d in (20, 21, 22, 23, 24)]
+
+    def test_first_run_has_history_and_since_rebuilds(self, tmp_path: Path, db_url: str) -> None:
+        """A first run stores 90 rebuilt days and today's snapshot, taken on the day; --since rebuilds."""
+        since = dt.date(2026, 6, 1)
+        config = str(seed_config(tmp_path))
+        env = store_env(db_url)
+        assert velocity(["--config", config, "run", "--no-notify"], env=env)[0] == 0
+        engine = make_engine(db_url)
+        s = snapshots_table
+
+        def flags() -> dict[dt.date, bool]:
+            with engine.connect() as conn:
+                rows = conn.execute(sa.select(s.c.as_of, s.c.rebuilt).where(s.c.scope == "all"))
+                return {row.as_of: bool(row.rebuilt) for row in rows}
+
+        today = dt.date(2026, 11, 26)
+        expected = {today - dt.timedelta(days=n): n > 0 for n in range(91)}
+        assert flags() == expected
+        code, out = velocity(["--config", config, "metrics", "--since", "2026-06-01"], env=env)
+        assert code == 0, out
+        assert "rebuilt from deal dates for 178 days (2026-06-01 to 2026-11-25)" in out
+        assert flags() == {**expected, **{since + dt.timedelta(days=n): True for n in range(178)}}
+        code, out = velocity(["--config", config, "metrics", "--since", "2026-11-20", "--overwrite"], env=env)
+        assert "for 6 days (2026-11-20 to 2026-11-25) in" in out
+        code, _ = velocity(["--config", config, "metrics", "--since", "2026-11-26"], env=env)
+        assert code == 2
+        engine.dispose()
 
 
 class TestFaults:

@@ -1,4 +1,4 @@
-"""History from the first run: the one-pass rebuild gives each day's report exactly, and is stored as rebuilt."""
+"""History from the first run: the one-pass rebuild gives each day's report exactly, stored as rebuilt."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def sync_maven(tmp_path: Path, db_url: str) -> None:
 
 class TestRebuildEqualsRecompute:
     def test_every_day_of_the_demo(self, tmp_path: Path, db_url: str) -> None:
-        """Each of 90 rebuilt days (across the October DST change) is the report a recompute of that day gives."""
+        """Each of 90 rebuilt days (across the October DST change) is the report a recompute gives."""
         sync_demo(tmp_path, db_url)
         settings = MetricsSettings(timezone="Europe/Oslo", currency="NOK")
         last = dt.date(2026, 11, 26)
@@ -94,7 +94,8 @@ class TestRebuildEqualsRecompute:
         with pytest.raises(ValueError, match="after the last day"):
             rebuild_reports(store, settings, dt.date(2026, 1, 2), dt.date(2026, 1, 1))
         with pytest.raises(ValueError, match="more than"):
-            rebuild_reports(store, settings, dt.date(2000, 1, 1), dt.date(2000, 1, 1) + dt.timedelta(days=MAX_DAYS))
+            rebuild_reports(store, settings, dt.date(2000, 1, 1),
+                            dt.date(2000, 1, 1) + dt.timedelta(days=MAX_DAYS))
 
 
 class TestSegments:
@@ -127,7 +128,8 @@ class TestRebuildSnapshots:
         assert stored(store) == {dt.date(2026, 11, d): d != 24 for d in (22, 23, 24, 25)}
         again = rebuild_snapshots(store, settings, dt.date(2026, 11, 22), dt.date(2026, 11, 25), now=NOW,
                                   overwrite=True)
-        assert len(again.rebuilt) == 4 and again.kept == ()
+        assert len(again.rebuilt) == 4
+        assert again.kept == ()
         assert stored(store) == {dt.date(2026, 11, d): True for d in (22, 23, 24, 25)}
         with store.connect() as conn:
             count = conn.execute(sa.select(sa.func.count()).select_from(snapshots_table)).scalar()
