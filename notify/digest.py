@@ -2,8 +2,9 @@
 
 It reads what the metrics job stored: today's velocity snapshot per scope
 (``metrics.job.snapshot_for``; computed on the fly, read-only, if the day has no
-snapshot yet), the overall velocity 7 and 30 days earlier (``load_snapshots``;
-"no history yet" when that day has none), the what-ifs, where deals wait
+snapshot yet), the overall velocity 7 and 30 days earlier (``load_history``;
+"no history yet" when that day has none; marked when it was rebuilt from deal
+dates), the what-ifs, where deals wait
 (``metrics.stage_times``), the hygiene summary and the worst stalled deals
 (``metrics.hygiene``).
 """
@@ -26,7 +27,7 @@ from sales_velocity.metrics.hygiene import (
     find_stalled,
     hygiene_summary,
 )
-from sales_velocity.metrics.job import load_snapshots, snapshot_for
+from sales_velocity.metrics.job import load_history, snapshot_for
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.stage_times import StageWait, stage_wait_times
 from sales_velocity.metrics.velocity import (
@@ -48,7 +49,8 @@ class Trend:
     """Overall velocity ``days`` earlier and the change since.
 
     ``available`` is false when no snapshot exists for that day ("no history
-    yet"); ``previous`` is ``None`` when that day's velocity was undefined.
+    yet"); ``previous`` is ``None`` when that day's velocity was undefined;
+    ``rebuilt`` when that day's snapshot was rebuilt from deal dates.
     """
 
     days: int
@@ -56,6 +58,7 @@ class Trend:
     previous: Decimal | None = None
     change: Decimal | None = None
     change_pct: Decimal | None = None
+    rebuilt: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,20 +79,24 @@ class Digest:
     hygiene: HygieneSummary
     worst: tuple[StalledDeal, ...]
     history: tuple[tuple[dt.date, Decimal | None], ...]
+    rebuilt_days: int = 0
+    """Days of ``history`` whose snapshot was rebuilt from deal dates, not taken on the day."""
 
 
 def _trend(
-    days: int, current: Decimal | None, history: dict[dt.date, Decimal | None], as_of: dt.date
+    days: int, current: Decimal | None, history: dict[dt.date, Decimal | None], as_of: dt.date,
+    rebuilt: set[dt.date],
 ) -> Trend:
     day = as_of - dt.timedelta(days=days)
     if day not in history:
         return Trend(days, available=False)
     previous = history[day]
     if previous is None or current is None:
-        return Trend(days, available=True, previous=previous)
+        return Trend(days, available=True, previous=previous, rebuilt=day in rebuilt)
     change = current - previous
     pct = (change / previous * 100).quantize(Decimal("0.1")) if previous else None
-    return Trend(days, available=True, previous=previous, change=change, change_pct=pct)
+    return Trend(days, available=True, previous=previous, change=change, change_pct=pct,
+                 rebuilt=day in rebuilt)
 
 
 def build_digest(
@@ -113,9 +120,11 @@ def build_digest(
         levers = Levers(0, 0, 0, None, None, None)
         overall = ScopeVelocity("all", "", "All pipelines", levers, Velocity(None, "no data"))
     since = as_of - dt.timedelta(days=max(chart_days, *TREND_DAYS))
-    series = load_snapshots(engine, "all", "", since, as_of, window)
+    stored = load_history(engine, "all", "", since, as_of, window)
+    series = [(day, value) for day, value, _ in stored]
+    rebuilt = {day for day, _, was_rebuilt in stored if was_rebuilt}
     by_day = dict(series)
-    trends = tuple(_trend(days, overall.velocity.value, by_day, as_of) for days in TREND_DAYS)
+    trends = tuple(_trend(days, overall.velocity.value, by_day, as_of, rebuilt) for days in TREND_DAYS)
     chart_start = as_of - dt.timedelta(days=chart_days - 1)
     history = tuple((day, value) for day, value in series if day >= chart_start)
     if as_of not in by_day:
@@ -147,6 +156,7 @@ def build_digest(
         hygiene=summary,
         worst=tuple(worst),
         history=history,
+        rebuilt_days=sum(1 for day, _ in history if day in rebuilt),
     )
 
 
@@ -185,6 +195,7 @@ def digest_data(d: Digest) -> dict[str, Any]:
                 "previous": _dec(t.previous),
                 "change": _dec(t.change),
                 "change_pct": _dec(t.change_pct),
+                "rebuilt": t.rebuilt,
             }
             for t in d.trends
         ],

@@ -112,6 +112,8 @@ def digest_view(
         else:
             pct = f" ({f.signed_percent(trend.change_pct)})" if trend.change_pct is not None else ""
             value = f.signed_money(trend.change) + pct
+        if trend.available and trend.rebuilt:
+            value += " " + t("rebuilt_mark")
         trends.append({"label": t("change_over", days=trend.days), "value": value})
     what_ifs = [
         t(
@@ -172,6 +174,7 @@ def digest_view(
         ],
         "trends": trends,
         "sparkline": sparkline(d.history),
+        "history_note": t("history_note", n=d.rebuilt_days, days=len(d.history)) if d.rebuilt_days else "",
         "what_ifs": what_ifs,
         "headers": headers,
         "pipelines": [_row(s, t, f) for s in d.pipelines],

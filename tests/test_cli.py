@@ -57,6 +57,12 @@ class TestDemo:
         assert code == 0, out
         assert "demo: ok: 400 seen, 400 new" in out
         assert "velocity" in out.lower()
+        # history from the first run: both changes and the trend, marked as rebuilt
+        assert "no history yet" not in out
+        assert "Change over 7 days: " in out
+        assert "Change over 30 days: " in out
+        assert "Trend: " in out
+        assert "89 of the 90 days in the trend are rebuilt from deal dates" in out
         assert (tmp_path / "velocity.db").exists()
         code, report = velocity(["--config", str(tmp_path / "config.toml"), "report",
                                  "--format", "json"])
