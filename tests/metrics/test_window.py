@@ -150,7 +150,7 @@ def public_figure(path: Path, as_of: dt.date, window: int) -> dict[str, Any]:
         if (not r["engage_date"] or day(r["engage_date"]) <= as_of)
         and (r["deal_stage"] not in ("Won", "Lost") or day(r["close_date"]) > as_of)
     ]
-    value = sum(Decimal(r["close_value"]) for r in won) / len(won)
+    value = sum((Decimal(r["close_value"]) for r in won), Decimal(0)) / len(won)
     cycle = Decimal(sum((day(r["close_date"]) - day(r["engage_date"])).days for r in won)) / len(won)
     rate = Decimal(len(won)) / (len(won) + len(lost))
     return {
