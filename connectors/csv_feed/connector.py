@@ -51,6 +51,7 @@ import csv
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -75,9 +76,11 @@ from sales_velocity.connectors.csv_feed.mapping import (
     MAX_ID_LENGTH,
     RowLayout,
     RowParser,
+    detect_delimiter,
+    first_filled,
     history_entries,
 )
-from sales_velocity.connectors.csv_feed.settings import CANONICAL_COLUMNS, CsvFeedSettings
+from sales_velocity.connectors.csv_feed.settings import CANONICAL_COLUMNS, DELIMITERS, CsvFeedSettings
 from sales_velocity.kernel.errors import FatalAPIError
 
 __all__ = ["CsvFeedConnector", "CsvFeedError", "MissingColumnsError", "format_rejects"]
@@ -85,13 +88,17 @@ __all__ = ["CsvFeedConnector", "CsvFeedError", "MissingColumnsError", "format_re
 log = structlog.get_logger(__name__)
 
 READ_CHUNK = 1 << 16
+FIRST_REASONS = 3
+"""Rejected rows quoted in the error of a mostly rejected pull."""
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
+"""The bundled demo's folder: ``rebase_dates_from`` is meant for files in it only."""
 
 
 # --------------------------------------------------------------------------- errors
 
 
 class CsvFeedError(FatalAPIError):
-    """The feed's file cannot be read at all (missing, empty, not UTF-8, wrong columns)."""
+    """The feed's file cannot be read at all (missing, empty, header not decodable, wrong columns)."""
 
     def __init__(self, message: str, *, path: Path, source: str | None = None) -> None:
         super().__init__(message, source=source)
@@ -186,16 +193,20 @@ class CsvFeedConnector:
         the CSV reader cannot split comes as ``(line, csv.Error)``. Blank lines are skipped.
 
         Raises:
-            CsvFeedError: empty file, header not UTF-8, or missing columns.
+            CsvFeedError: empty file, header not decodable, or missing columns.
         """
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        reader = csv.reader(text, delimiter=self.settings.delimiter)
+        text = io.TextIOWrapper(raw, encoding=self.settings.python_encoding(), errors="surrogateescape",
+                                newline="")
+        first = text.readline()
+        delimiter = self.settings.delimiter or detect_delimiter(first.rstrip("\r\n"), DELIMITERS)
+        reader = csv.reader(itertools.chain([first], text), delimiter=delimiter)
         header = next(reader, None)
         if header is None or not any(h.strip() for h in header):
             raise self._error("the file is empty (no header line)")
         headers = tuple(h.strip() for h in header)
         if any(_has_undecodable(h) for h in headers):
-            raise self._error("the header line is not valid UTF-8; save the file as UTF-8")
+            raise self._error(
+                f"the header line is not valid {self._encoding_name()}; {self._encoding_advice()}")
         layout = self._layout(headers)
 
         def rows() -> Iterator[tuple[int, list[str] | csv.Error]]:
@@ -216,15 +227,17 @@ class CsvFeedConnector:
     def _layout(self, headers: tuple[str, ...]) -> RowLayout:
         exact = {h: i for i, h in reversed(list(enumerate(headers)))}
         folded = {h.casefold(): i for i, h in reversed(list(enumerate(headers)))}
-        index: dict[str, int] = {}
+        index: dict[str, tuple[int, ...]] = {}
         missing: list[str] = []
         for name in CANONICAL_COLUMNS:
-            wanted = self.settings.columns.get(name, name)
-            i = exact.get(wanted, folded.get(wanted.casefold()))
-            if i is not None:
-                index[name] = i
-            elif name in self.settings.columns:
-                missing.append(f'{name} (mapped to "{wanted}")')
+            wanted = self.settings.columns.get(name, [name])
+            found = [exact.get(w, folded.get(w.casefold())) for w in wanted]
+            absent = [w for w, i in zip(wanted, found, strict=True) if i is None]
+            if name in self.settings.columns and absent:
+                quoted = ", ".join(json.dumps(w, ensure_ascii=False) for w in absent)
+                missing.append(f"{name} (mapped to {quoted})")
+            elif not absent:
+                index[name] = tuple(i for i in found if i is not None)
         if "id" not in index and "id" not in self.settings.columns:
             missing.insert(0, "id")
         if "stage" not in index and "status" not in index:
@@ -234,7 +247,7 @@ class CsvFeedConnector:
             hint = ""
             if len(headers) == 1:
                 for sep in (";", "\t", ",", "|"):
-                    if sep in headers[0] and sep != self.settings.delimiter:
+                    if sep in headers[0] and sep != (self.settings.delimiter or ","):
                         hint = f" (the header looks {sep!r}-separated: set delimiter = {json.dumps(sep)})"
                         break
             raise MissingColumnsError(
@@ -272,6 +285,8 @@ class CsvFeedConnector:
         """
         started = time.perf_counter()
         shift = self._shift_days()
+        if (advice := self.rebase_warning()) is not None:
+            log.warning("csv_feed.rebase_outside_demo", source=self.name, path=str(self.path), advice=advice)
         if since is not None:
             with self._open() as f:
                 unchanged = self._cursor(_sha256_of(f), shift) == since
@@ -280,6 +295,7 @@ class CsvFeedConnector:
                 yield Checkpoint(cursor=since, complete=False)
                 return
         deals = rejected = 0
+        first_reasons: list[Rejected] = []
         with self._open() as f:
             hashing = _HashingReader(f)
             layout, rows = self._rows(io.BufferedReader(hashing))
@@ -292,6 +308,8 @@ class CsvFeedConnector:
                     deals += 1
                 else:
                     rejected += 1
+                    if len(first_reasons) < FIRST_REASONS:
+                        first_reasons.append(item)
                 yield item
             while hashing.read(READ_CHUNK):  # hash any bytes the reader left unread
                 pass
@@ -315,7 +333,38 @@ class CsvFeedConnector:
                 rejected=rejected, advice="more rows were rejected than read: deals missing from the "
                 "file are not marked deleted this time",
             )
+            # A failed sync: the cursor stays where it was, so the next run reads the file again
+            # (and fails again) until the file or the options are fixed.
+            failure = self._failure(deals, rejected, first_reasons)
+            yield Checkpoint(cursor=since, complete=False, failure=failure)
+            return
         yield Checkpoint(cursor=cursor, complete=complete)
+
+    def _failure(self, deals: int, rejected: int, first: Sequence[Rejected]) -> str:
+        """Why a mostly rejected pull failed, with its first reasons."""
+        share = "every row was" if deals == 0 else f"{rejected} of {deals + rejected} rows were"
+        return (f"{self.path}: {share} rejected ({deals} loaded), so this sync failed and marked "
+                f"nothing deleted; check the file's columns and the source's options. First: "
+                + "; ".join(f"{r.where}: {r.reason}" for r in first))
+
+    def _encoding_name(self) -> str:
+        return "UTF-8" if self.settings.python_encoding() == "utf-8-sig" else self.settings.encoding
+
+    def _encoding_advice(self) -> str:
+        if self.settings.python_encoding() == "utf-8-sig":
+            return 'save the file as UTF-8, or set its encoding (Excel on Windows: encoding = "cp1252")'
+        return f"check the source's encoding option (now {self.settings.encoding!r})"
+
+    def rebase_warning(self) -> str | None:
+        """Advice when ``rebase_dates_from`` is set on a file that is not the bundled demo's, else None."""
+        if self.settings.rebase_dates_from is None:
+            return None
+        try:
+            self.path.resolve().relative_to(DEMO_DIR)
+        except ValueError:
+            return ("rebase_dates_from shifts every date of this file (it is meant for the bundled demo, "
+                    'kind = "demo"); remove it for real data')
+        return None
 
     def _read_row(
         self, parser: RowParser, first_line: dict[str, int], line: int, fields: list[str] | csv.Error,
@@ -324,14 +373,15 @@ class CsvFeedConnector:
         where = f"line {line}"
         if isinstance(fields, csv.Error):
             return Rejected(where, f"cannot be split into fields ({fields})")
-        at = parser.layout.index["id"]
-        external_id = (fields[at].strip()[:MAX_ID_LENGTH] or None) if at < len(fields) else None
+        external_id = first_filled(fields, parser.layout.index["id"])[1][:MAX_ID_LENGTH] or None
         if external_id is not None and _has_undecodable(external_id):
             external_id = None
         if len(fields) < width or (len(fields) > width and any(f.strip() for f in fields[width:])):
             return Rejected(where, f"has {len(fields)} fields, the header has {width}", external_id)
-        if any(_has_undecodable(f) for f in fields):
-            return Rejected(where, "is not valid UTF-8; save the file as UTF-8", external_id)
+        bad = [h for h, f in zip(parser.layout.headers, fields, strict=False) if _has_undecodable(f)]
+        if bad:
+            return Rejected(where, f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not valid "
+                            f"{self._encoding_name()}; {self._encoding_advice()}", external_id)
         try:
             deal = parser.parse(fields[:width])
         except ValueError as exc:
@@ -359,8 +409,8 @@ class CsvFeedConnector:
             width = len(layout.headers)
             for _, fields in records:
                 rows += 1
-                if isinstance(fields, csv.Error) or len(fields) < width:
-                    continue
+                if isinstance(fields, csv.Error) or len(fields) < width or any(map(_has_undecodable, fields)):
+                    continue  # the row is rejected when the deals are read
                 pipeline = layout.get(fields, "pipeline") or self.settings.default_pipeline
                 seen = stages.setdefault(pipeline, {})
                 for _, name, _ in history_entries(layout.get(fields, "stage_history")):
@@ -406,7 +456,9 @@ class CsvFeedConnector:
             CsvFeedError: the file is missing or its header lacks required columns.
         """
         catalog = self._scan()
-        return f"{self.path.name}: {catalog.rows} rows, {catalog.columns} columns"
+        warning = self.rebase_warning()
+        return (f"{self.path.name}: {catalog.rows} rows, {catalog.columns} columns"
+                + (f"; warning: {warning}" if warning else ""))
 
 
 def _has_undecodable(text: str) -> bool:
