@@ -45,6 +45,7 @@ from sales_velocity.connectors.csv_feed import (
     parse_amount,
     parse_status,
 )
+from sales_velocity.connectors.demo import DemoConnector
 from sales_velocity.connectors.demo import generate as demo
 from sales_velocity.kernel.config import validate_settings
 from sales_velocity.kernel.errors import ConfigError, FatalAPIError
@@ -77,13 +78,9 @@ def feed(
 
 def demo_feed() -> CsvFeedConnector:
     """The bundled demo feed as config.example.toml configures it, on the demo's own day."""
-    configured = build_connector(
-        {"name": "demo", "kind": "csv", "path": "connectors/demo/demo_deals.csv",
-         "rebase_dates_from": "2026-11-26", "currency": "NOK", "timezone": "Europe/Oslo"},
-        "sources[0]", {"config_dir": REPO},
-    )
-    assert isinstance(configured, CsvFeedConnector)
-    return CsvFeedConnector(configured.settings, today=lambda: AS_OF)
+    configured = build_connector({"name": "demo", "kind": "demo"}, "sources[0]", {"config_dir": REPO})
+    assert isinstance(configured, DemoConnector)
+    return DemoConnector(configured.demo_settings, today=lambda: AS_OF)
 
 
 def pull(connector: CsvFeedConnector, since: str | None = None) -> tuple[
