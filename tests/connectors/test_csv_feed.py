@@ -169,7 +169,8 @@ class TestParseAmount:
 
     @pytest.mark.parametrize(
         "text",
-        ["12x", "ABC 500", "kr", "$ 5 EUR", "1e5", "NaN", "-", "1,234,56", "12 34", "1,234.567,8", "50,", "1 234.567,5"],
+        ["12x", "ABC 500", "kr", "$ 5 EUR", "1e5", "NaN", "-", "1,234,56", "12 34", "1,234.567,8", "50,",
+         "1 234.567,5"],
     )
     def test_non_numbers_are_errors(self, text: str) -> None:
         """Anything that is not cleanly a number raises with a reason."""
