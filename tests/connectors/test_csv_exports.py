@@ -372,7 +372,8 @@ class TestMostlyRejected:
             assert '  line 3: created_at "02/01/26" is not a date' in out
         engine = make_engine(f"sqlite:///{tmp_path / 'velocity.db'}")
         with engine.connect() as conn:
-            statuses = dict(conn.execute(sa.text("SELECT external_id, status FROM deals")).all())
+            statuses = {r.external_id: r.status for r in conn.execute(
+                sa.text("SELECT external_id, status FROM deals"))}
         engine.dispose()
         assert statuses == {"X-1": "open", "X-2": "open", "X-3": "open"}
 
