@@ -157,7 +157,8 @@ def write_export(rows: Iterable[dict[str, Any]], fmt: Literal["csv", "json"], ou
                                        for stage, entered_at in row.get("stage_history", [])]
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         return
-    writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\n")
+    # CRLF (RFC 4180), so a CR inside a cell is quoted too
+    writer = csv.DictWriter(out, fieldnames=EXPORT_COLUMNS, lineterminator="\r\n")
     writer.writeheader()
     for row in rows:
         cells = {k: _csv_cell(v) for k, v in row.items() if k != "stage_history"}
