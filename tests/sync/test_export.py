@@ -8,7 +8,7 @@ import io
 import json
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 
@@ -47,7 +47,7 @@ def stored(url: str) -> tuple[dict[str, tuple[Any, ...]], set[tuple[str, str, dt
 
 class TestRoundTrip:
     def test_export_feeds_back_in_with_its_stage_history(self, tmp_path: Path, db_url: str) -> None:
-        """demo -> store -> export --format csv -> a csv source -> a second store: same deals, same history."""
+        """Demo -> store -> `export --format csv` -> a csv source -> a new store: same deals and history."""
         first = tmp_path / "first.toml"
         first.write_text('timezone = "Europe/Oslo"\ncurrency = "NOK"\n'
                          '[[sources]]\nname = "demo"\nkind = "demo"\n', encoding="utf-8")
@@ -82,12 +82,13 @@ class TestRoundTrip:
         first = json.loads(out.splitlines()[0])
         assert first["stage_history"]
         assert set(first["stage_history"][0]) == {"stage", "entered_at"}
-        assert dt.datetime.fromisoformat(first["stage_history"][0]["entered_at"]).utcoffset() == dt.timedelta(0)
+        entered = dt.datetime.fromisoformat(first["stage_history"][0]["entered_at"])
+        assert entered.utcoffset() == dt.timedelta(0)
 
 
 def row(title: str, **extra: Any) -> dict[str, Any]:
     """An export row as ``export_rows`` yields it."""
-    base: dict[str, Any] = {c: None for c in EXPORT_COLUMNS}
+    base: dict[str, Any] = dict.fromkeys(EXPORT_COLUMNS)
     base.update(source="s", id=title[:8] or "x", title=title, amount=Decimal("-1500"), currency="NOK",
                 pipeline="P", stage="S", status="open", archived=False, stage_history=[])
     base.update(extra)
@@ -95,7 +96,7 @@ def row(title: str, **extra: Any) -> dict[str, Any]:
 
 
 class TestFormulaCells:
-    TITLES = ["=HYPERLINK(\"http://x\")", "+47 22 33 44 55", "-5 % rabatt", "@SUM(A1:A9)", "\tTab first",
+    TITLES: ClassVar[list[str]] = ["=HYPERLINK(\"http://x\")", "+47 22 33 44 55", "-5 % rabatt", "@SUM(A1:A9)", "\tTab first",
               "\rCR first", "A=B is fine", "'quoted already"]
 
     def test_neutralise_formula(self) -> None:
