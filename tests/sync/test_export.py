@@ -96,8 +96,9 @@ def row(title: str, **extra: Any) -> dict[str, Any]:
 
 
 class TestFormulaCells:
-    TITLES: ClassVar[list[str]] = ["=HYPERLINK(\"http://x\")", "+47 22 33 44 55", "-5 % rabatt", "@SUM(A1:A9)", "\tTab first",
-              "\rCR first", "A=B is fine", "'quoted already"]
+    TITLES: ClassVar[list[str]] = [
+        "=HYPERLINK(\"http://x\")", "+47 22 33 44 55", "-5 % rabatt", "@SUM(A1:A9)", "\tTab first",
+        "\rCR first", "A=B is fine", "'quoted already"]
 
     def test_neutralise_formula(self) -> None:
         """A text beginning with = + - @ tab or CR gets a leading apostrophe; others are left alone."""
