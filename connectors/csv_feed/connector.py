@@ -2,47 +2,56 @@
 
 The file has one deal per row and a header line. Its columns are mapped to the
 canonical names in ``CANONICAL_COLUMNS`` through ``[sources.columns]`` (a
-canonical name that is not mapped is looked up under its own name)::
+canonical name that is not mapped is looked up under its own name; a list of
+headers takes the first non-empty cell of them)::
 
     [[sources]]
     name = "export"
     kind = "csv"
     path = "exports/deals.csv"        # relative to the config file
-    date_format = "%d.%m.%Y"          # besides ISO 8601
+    encoding = "cp1252"               # any Python codec; default UTF-8 (BOM or not)
+    date_format = "%d.%m.%Y"          # or a list; besides ISO 8601
     [sources.columns]
     id = "Deal ID"
     stage = "Stage"
-    [sources.status]                  # stage values meaning won/lost (no status column)
+    closed_at = ["Won time", "Lost time"]
+    [sources.status]                  # values of the status column, else of the stage column
+    open = ["Åpen"]
     won = ["Won"]
     lost = ["Lost"]
 
 Reading rules:
 
-* The file is UTF-8, with or without a byte-order mark, and is streamed: rows
-  are read one at a time, never all at once.
+* The file is decoded with ``encoding`` and streamed: rows are read one at a
+  time, never all at once. The delimiter is ``delimiter``, or detected from the
+  header line (``mapping.detect_delimiter``).
 * A row that cannot be read is yielded as a ``Rejected`` item (``where`` is
   ``"line N"``, the header being line 1) and skipped; the other rows are kept. A
-  later row repeating an earlier id is rejected and the first one is kept.
-* A missing file, an empty file or a missing required column (``id``, and
-  ``stage`` or ``status``) raises ``CsvFeedError`` before any deal is yielded.
+  later row repeating an earlier id is rejected and the first one is kept. A cell
+  the encoding cannot decode rejects its row, naming the column and the fix.
+* A missing file, an empty file, an undecodable header or a missing required
+  column (``id``, and ``stage`` or ``status``) raises ``CsvFeedError`` before any
+  deal is yielded.
 * The pull ends with ``Checkpoint(cursor, complete=True)``: the file holds every
-  live deal, so deals that vanished from it become ``deleted``. When more rows
-  were rejected than read (a wrong ``date_format``, say), the checkpoint is not
-  complete, so a broken file never deletes the store's deals; nor does a file with a
-  header and no rows (an export cut short). The cursor is the
-  file's SHA-256 plus a short fingerprint of the settings that shape the deals
-  (and of the demo rebase shift), so when neither changed, ``deals(cursor)``
-  yields only ``Checkpoint(cursor, complete=False)`` without reading a row.
+  live deal, so deals that vanished from it become ``deleted``. A file with a
+  header and no rows (an export cut short) ends with an incomplete checkpoint, so
+  it deletes nothing. When more rows were rejected than read (a wrong
+  ``date_format``, say), the last checkpoint is not complete, keeps the previous
+  cursor (the next run reads the file again) and carries a ``failure``: the sync
+  fails with the first reasons, and deletes nothing. The cursor is the file's
+  SHA-256 plus a short fingerprint of the settings that shape the deals (and of
+  the demo rebase shift), so when neither changed, ``deals(cursor)`` yields only
+  ``Checkpoint(cursor, complete=False)`` without reading a row.
 
 An optional ``stage_history`` column lists the stages a deal entered and when,
 ``Qualified@2026-01-05T10:00; Proposal@2026-02-01``, with the same date rules as
 the other columns; it feeds "where deals wait". Its stages also give the
 pipeline's stage order (open stages by first appearance, history first).
 
-Amounts take a decimal point or a decimal comma, with spaces, no-break spaces,
-commas or points as thousand separators (``50 000,50``, ``50,000.50``,
-``50000.5``). An amount like ``1,234`` (a thousand separator or a decimal
-comma?) is rejected as ambiguous unless ``decimal_separator`` is set.
+Amounts are read by ``mapping.parse_money``: a decimal point or comma, thousand
+separators, a currency symbol or code before or after, ``,-``. An amount like
+``1,234`` (a thousand separator or a decimal comma?) is rejected as ambiguous
+unless ``decimal_separator`` is set.
 """
 
 from __future__ import annotations
