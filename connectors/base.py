@@ -173,11 +173,15 @@ class Checkpoint:
     """Everything yielded so far is covered by ``cursor``; safe to make it durable.
 
     ``complete=True`` means the pull up to here contained every live deal of the
-    source, so deals missing from it are marked deleted.
+    source, so deals missing from it are marked deleted. ``failure`` (on the last
+    checkpoint, with ``complete=False``) says why a pull that was read to its end
+    still counts as a failed sync, e.g. a file whose rows were nearly all rejected:
+    what was read is kept, the sync is ``failed`` with this as its error.
     """
 
     cursor: str | None
     complete: bool = False
+    failure: str | None = None
 
 
 StreamItem = Deal | Rejected | Checkpoint

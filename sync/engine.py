@@ -222,6 +222,8 @@ class _Writer:
     def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write what is buffered and the cursor in one transaction; commit it when due."""
         self.flush()
+        if checkpoint.failure is not None:  # read to the end, but not good: a failed sync
+            self.result.status, self.result.error = "failed", checkpoint.failure
         if checkpoint.complete and self.track_seen:
             self.result.deleted += self._mark_missing_deleted()
         state = sync_state_table

@@ -80,7 +80,7 @@ timezone = "Nowhere/Atlantis"
         paths = {p.path for p in info.value.problems}
         assert {"store.url", "sources[0].kind", "sources[1].path", "sources[1].bogus",
                 "schedule.sync", "schedule.timezone"} <= paths
-        assert "installed: csv, hubspot, pipedrive" in str(info.value)
+        assert "installed: csv, demo, hubspot, pipedrive" in str(info.value)
         assert "environment variable MISSING_PATH is not set" in str(info.value)
 
     def test_duplicate_source_names_are_an_error(self, tmp_path: Path) -> None:

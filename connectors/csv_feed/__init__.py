@@ -2,7 +2,7 @@
 
 ``connector`` (the ``Connector``: reading, hashing and the cursor, delete
 detection), ``settings`` (its ``[[sources]]`` table and the canonical columns)
-and ``mapping`` (one row to a ``Deal``: amounts, dates, statuses, stage history).
+and ``mapping`` (the cell rules as pure functions, and one row to a ``Deal``).
 The file itself plays the client's role; there is no paging.
 """
 
@@ -12,7 +12,7 @@ from sales_velocity.connectors.csv_feed.connector import (
     MissingColumnsError,
     format_rejects,
 )
-from sales_velocity.connectors.csv_feed.mapping import parse_amount, parse_status
+from sales_velocity.connectors.csv_feed.mapping import parse_amount, parse_money, parse_status
 from sales_velocity.connectors.csv_feed.settings import CANONICAL_COLUMNS, CsvFeedSettings, StatusMapping
 
 __all__ = [
@@ -24,5 +24,6 @@ __all__ = [
     "StatusMapping",
     "format_rejects",
     "parse_amount",
+    "parse_money",
     "parse_status",
 ]

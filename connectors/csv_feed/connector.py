@@ -2,47 +2,56 @@
 
 The file has one deal per row and a header line. Its columns are mapped to the
 canonical names in ``CANONICAL_COLUMNS`` through ``[sources.columns]`` (a
-canonical name that is not mapped is looked up under its own name)::
+canonical name that is not mapped is looked up under its own name; a list of
+headers takes the first non-empty cell of them)::
 
     [[sources]]
     name = "export"
     kind = "csv"
     path = "exports/deals.csv"        # relative to the config file
-    date_format = "%d.%m.%Y"          # besides ISO 8601
+    encoding = "cp1252"               # any Python codec; default UTF-8 (BOM or not)
+    date_format = "%d.%m.%Y"          # or a list; besides ISO 8601
     [sources.columns]
     id = "Deal ID"
     stage = "Stage"
-    [sources.status]                  # stage values meaning won/lost (no status column)
+    closed_at = ["Won time", "Lost time"]
+    [sources.status]                  # values of the status column, else of the stage column
+    open = ["Åpen"]
     won = ["Won"]
     lost = ["Lost"]
 
 Reading rules:
 
-* The file is UTF-8, with or without a byte-order mark, and is streamed: rows
-  are read one at a time, never all at once.
+* The file is decoded with ``encoding`` and streamed: rows are read one at a
+  time, never all at once. The delimiter is ``delimiter``, or detected from the
+  header line (``mapping.detect_delimiter``).
 * A row that cannot be read is yielded as a ``Rejected`` item (``where`` is
   ``"line N"``, the header being line 1) and skipped; the other rows are kept. A
-  later row repeating an earlier id is rejected and the first one is kept.
-* A missing file, an empty file or a missing required column (``id``, and
-  ``stage`` or ``status``) raises ``CsvFeedError`` before any deal is yielded.
+  later row repeating an earlier id is rejected and the first one is kept. A cell
+  the encoding cannot decode rejects its row, naming the column and the fix.
+* A missing file, an empty file, an undecodable header or a missing required
+  column (``id``, and ``stage`` or ``status``) raises ``CsvFeedError`` before any
+  deal is yielded.
 * The pull ends with ``Checkpoint(cursor, complete=True)``: the file holds every
-  live deal, so deals that vanished from it become ``deleted``. When more rows
-  were rejected than read (a wrong ``date_format``, say), the checkpoint is not
-  complete, so a broken file never deletes the store's deals; nor does a file with a
-  header and no rows (an export cut short). The cursor is the
-  file's SHA-256 plus a short fingerprint of the settings that shape the deals
-  (and of the demo rebase shift), so when neither changed, ``deals(cursor)``
-  yields only ``Checkpoint(cursor, complete=False)`` without reading a row.
+  live deal, so deals that vanished from it become ``deleted``. A file with a
+  header and no rows (an export cut short) ends with an incomplete checkpoint, so
+  it deletes nothing. When more rows were rejected than read (a wrong
+  ``date_format``, say), the last checkpoint is not complete, keeps the previous
+  cursor (the next run reads the file again) and carries a ``failure``: the sync
+  fails with the first reasons, and deletes nothing. The cursor is the file's
+  SHA-256 plus a short fingerprint of the settings that shape the deals (and of
+  the demo rebase shift), so when neither changed, ``deals(cursor)`` yields only
+  ``Checkpoint(cursor, complete=False)`` without reading a row.
 
 An optional ``stage_history`` column lists the stages a deal entered and when,
 ``Qualified@2026-01-05T10:00; Proposal@2026-02-01``, with the same date rules as
 the other columns; it feeds "where deals wait". Its stages also give the
 pipeline's stage order (open stages by first appearance, history first).
 
-Amounts take a decimal point or a decimal comma, with spaces, no-break spaces,
-commas or points as thousand separators (``50 000,50``, ``50,000.50``,
-``50000.5``). An amount like ``1,234`` (a thousand separator or a decimal
-comma?) is rejected as ambiguous unless ``decimal_separator`` is set.
+Amounts are read by ``mapping.parse_money``: a decimal point or comma, thousand
+separators, a currency symbol or code before or after, ``,-``. An amount like
+``1,234`` (a thousand separator or a decimal comma?) is rejected as ambiguous
+unless ``decimal_separator`` is set.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ import csv
 import datetime as dt
 import hashlib
 import io
+import itertools
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -75,9 +85,11 @@ from sales_velocity.connectors.csv_feed.mapping import (
     MAX_ID_LENGTH,
     RowLayout,
     RowParser,
+    detect_delimiter,
+    first_filled,
     history_entries,
 )
-from sales_velocity.connectors.csv_feed.settings import CANONICAL_COLUMNS, CsvFeedSettings
+from sales_velocity.connectors.csv_feed.settings import CANONICAL_COLUMNS, DELIMITERS, CsvFeedSettings
 from sales_velocity.kernel.errors import FatalAPIError
 
 __all__ = ["CsvFeedConnector", "CsvFeedError", "MissingColumnsError", "format_rejects"]
@@ -85,13 +97,17 @@ __all__ = ["CsvFeedConnector", "CsvFeedError", "MissingColumnsError", "format_re
 log = structlog.get_logger(__name__)
 
 READ_CHUNK = 1 << 16
+FIRST_REASONS = 3
+"""Rejected rows quoted in the error of a mostly rejected pull."""
+DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
+"""The bundled demo's folder: ``rebase_dates_from`` is meant for files in it only."""
 
 
 # --------------------------------------------------------------------------- errors
 
 
 class CsvFeedError(FatalAPIError):
-    """The feed's file cannot be read at all (missing, empty, not UTF-8, wrong columns)."""
+    """The feed's file cannot be read at all (missing, empty, header not decodable, wrong columns)."""
 
     def __init__(self, message: str, *, path: Path, source: str | None = None) -> None:
         super().__init__(message, source=source)
@@ -186,16 +202,20 @@ class CsvFeedConnector:
         the CSV reader cannot split comes as ``(line, csv.Error)``. Blank lines are skipped.
 
         Raises:
-            CsvFeedError: empty file, header not UTF-8, or missing columns.
+            CsvFeedError: empty file, header not decodable, or missing columns.
         """
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        reader = csv.reader(text, delimiter=self.settings.delimiter)
+        text = io.TextIOWrapper(raw, encoding=self.settings.python_encoding(), errors="surrogateescape",
+                                newline="")
+        first = text.readline()
+        delimiter = self.settings.delimiter or detect_delimiter(first.rstrip("\r\n"), DELIMITERS)
+        reader = csv.reader(itertools.chain([first], text), delimiter=delimiter)
         header = next(reader, None)
         if header is None or not any(h.strip() for h in header):
             raise self._error("the file is empty (no header line)")
         headers = tuple(h.strip() for h in header)
         if any(_has_undecodable(h) for h in headers):
-            raise self._error("the header line is not valid UTF-8; save the file as UTF-8")
+            raise self._error(
+                f"the header line is not valid {self._encoding_name()}; {self._encoding_advice()}")
         layout = self._layout(headers)
 
         def rows() -> Iterator[tuple[int, list[str] | csv.Error]]:
@@ -216,15 +236,17 @@ class CsvFeedConnector:
     def _layout(self, headers: tuple[str, ...]) -> RowLayout:
         exact = {h: i for i, h in reversed(list(enumerate(headers)))}
         folded = {h.casefold(): i for i, h in reversed(list(enumerate(headers)))}
-        index: dict[str, int] = {}
+        index: dict[str, tuple[int, ...]] = {}
         missing: list[str] = []
         for name in CANONICAL_COLUMNS:
-            wanted = self.settings.columns.get(name, name)
-            i = exact.get(wanted, folded.get(wanted.casefold()))
-            if i is not None:
-                index[name] = i
-            elif name in self.settings.columns:
-                missing.append(f'{name} (mapped to "{wanted}")')
+            wanted = self.settings.columns.get(name, [name])
+            found = [exact.get(w, folded.get(w.casefold())) for w in wanted]
+            absent = [w for w, i in zip(wanted, found, strict=True) if i is None]
+            if name in self.settings.columns and absent:
+                quoted = ", ".join(json.dumps(w, ensure_ascii=False) for w in absent)
+                missing.append(f"{name} (mapped to {quoted})")
+            elif not absent:
+                index[name] = tuple(i for i in found if i is not None)
         if "id" not in index and "id" not in self.settings.columns:
             missing.insert(0, "id")
         if "stage" not in index and "status" not in index:
@@ -234,7 +256,7 @@ class CsvFeedConnector:
             hint = ""
             if len(headers) == 1:
                 for sep in (";", "\t", ",", "|"):
-                    if sep in headers[0] and sep != self.settings.delimiter:
+                    if sep in headers[0] and sep != (self.settings.delimiter or ","):
                         hint = f" (the header looks {sep!r}-separated: set delimiter = {json.dumps(sep)})"
                         break
             raise MissingColumnsError(
@@ -272,6 +294,8 @@ class CsvFeedConnector:
         """
         started = time.perf_counter()
         shift = self._shift_days()
+        if (advice := self.rebase_warning()) is not None:
+            log.warning("csv_feed.rebase_outside_demo", source=self.name, path=str(self.path), advice=advice)
         if since is not None:
             with self._open() as f:
                 unchanged = self._cursor(_sha256_of(f), shift) == since
@@ -280,6 +304,7 @@ class CsvFeedConnector:
                 yield Checkpoint(cursor=since, complete=False)
                 return
         deals = rejected = 0
+        first_reasons: list[Rejected] = []
         with self._open() as f:
             hashing = _HashingReader(f)
             layout, rows = self._rows(io.BufferedReader(hashing))
@@ -292,6 +317,8 @@ class CsvFeedConnector:
                     deals += 1
                 else:
                     rejected += 1
+                    if len(first_reasons) < FIRST_REASONS:
+                        first_reasons.append(item)
                 yield item
             while hashing.read(READ_CHUNK):  # hash any bytes the reader left unread
                 pass
@@ -315,7 +342,38 @@ class CsvFeedConnector:
                 rejected=rejected, advice="more rows were rejected than read: deals missing from the "
                 "file are not marked deleted this time",
             )
+            # A failed sync: the cursor stays where it was, so the next run reads the file again
+            # (and fails again) until the file or the options are fixed.
+            failure = self._failure(deals, rejected, first_reasons)
+            yield Checkpoint(cursor=since, complete=False, failure=failure)
+            return
         yield Checkpoint(cursor=cursor, complete=complete)
+
+    def _failure(self, deals: int, rejected: int, first: Sequence[Rejected]) -> str:
+        """Why a mostly rejected pull failed, with its first reasons."""
+        share = "every row was" if deals == 0 else f"{rejected} of {deals + rejected} rows were"
+        return (f"{self.path}: {share} rejected ({deals} loaded), so this sync failed and marked "
+                f"nothing deleted; check the file's columns and the source's options. First: "
+                + "; ".join(f"{r.where}: {r.reason}" for r in first))
+
+    def _encoding_name(self) -> str:
+        return "UTF-8" if self.settings.python_encoding() == "utf-8-sig" else self.settings.encoding
+
+    def _encoding_advice(self) -> str:
+        if self.settings.python_encoding() == "utf-8-sig":
+            return 'save the file as UTF-8, or set its encoding (Excel on Windows: encoding = "cp1252")'
+        return f"check the source's encoding option (now {self.settings.encoding!r})"
+
+    def rebase_warning(self) -> str | None:
+        """Advice when ``rebase_dates_from`` is set on a file that is not the bundled demo's, else None."""
+        if self.settings.rebase_dates_from is None:
+            return None
+        try:
+            self.path.resolve().relative_to(DEMO_DIR)
+        except ValueError:
+            return ("rebase_dates_from shifts every date of this file (it is meant for the bundled demo, "
+                    'kind = "demo"); remove it for real data')
+        return None
 
     def _read_row(
         self, parser: RowParser, first_line: dict[str, int], line: int, fields: list[str] | csv.Error,
@@ -324,14 +382,15 @@ class CsvFeedConnector:
         where = f"line {line}"
         if isinstance(fields, csv.Error):
             return Rejected(where, f"cannot be split into fields ({fields})")
-        at = parser.layout.index["id"]
-        external_id = (fields[at].strip()[:MAX_ID_LENGTH] or None) if at < len(fields) else None
+        external_id = first_filled(fields, parser.layout.index["id"])[1][:MAX_ID_LENGTH] or None
         if external_id is not None and _has_undecodable(external_id):
             external_id = None
         if len(fields) < width or (len(fields) > width and any(f.strip() for f in fields[width:])):
             return Rejected(where, f"has {len(fields)} fields, the header has {width}", external_id)
-        if any(_has_undecodable(f) for f in fields):
-            return Rejected(where, "is not valid UTF-8; save the file as UTF-8", external_id)
+        bad = [h for h, f in zip(parser.layout.headers, fields, strict=False) if _has_undecodable(f)]
+        if bad:
+            return Rejected(where, f"{', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not valid "
+                            f"{self._encoding_name()}; {self._encoding_advice()}", external_id)
         try:
             deal = parser.parse(fields[:width])
         except ValueError as exc:
@@ -359,8 +418,8 @@ class CsvFeedConnector:
             width = len(layout.headers)
             for _, fields in records:
                 rows += 1
-                if isinstance(fields, csv.Error) or len(fields) < width:
-                    continue
+                if isinstance(fields, csv.Error) or len(fields) < width or any(map(_has_undecodable, fields)):
+                    continue  # the row is rejected when the deals are read
                 pipeline = layout.get(fields, "pipeline") or self.settings.default_pipeline
                 seen = stages.setdefault(pipeline, {})
                 for _, name, _ in history_entries(layout.get(fields, "stage_history")):
@@ -406,7 +465,9 @@ class CsvFeedConnector:
             CsvFeedError: the file is missing or its header lacks required columns.
         """
         catalog = self._scan()
-        return f"{self.path.name}: {catalog.rows} rows, {catalog.columns} columns"
+        warning = self.rebase_warning()
+        return (f"{self.path.name}: {catalog.rows} rows, {catalog.columns} columns"
+                + (f"; warning: {warning}" if warning else ""))
 
 
 def _has_undecodable(text: str) -> bool:

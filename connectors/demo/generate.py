@@ -7,8 +7,8 @@ near 25 % and the hygiene problems the reminders look for: no next step, an
 overdue next step, a passed expected close date, a long time in one stage, weeks
 without activity, and a few deals without an amount. Each deal carries the stages
 it went through (``stage_history``), so "where deals wait" has data. Datetimes are written naive,
-meaning local time in the feed's time zone (Europe/Oslo in config.example.toml);
-``rebase_dates_from = "2026-11-26"`` shifts them so the demo always ends today.
+meaning local time in the feed's time zone (Europe/Oslo by default); the ``demo`` source
+(``connectors.demo.connector``) shifts them so the demo always ends today.
 """
 
 from __future__ import annotations

@@ -45,6 +45,7 @@ from sales_velocity.connectors.csv_feed import (
     parse_amount,
     parse_status,
 )
+from sales_velocity.connectors.demo import DemoConnector
 from sales_velocity.connectors.demo import generate as demo
 from sales_velocity.kernel.config import validate_settings
 from sales_velocity.kernel.errors import ConfigError, FatalAPIError
@@ -77,13 +78,9 @@ def feed(
 
 def demo_feed() -> CsvFeedConnector:
     """The bundled demo feed as config.example.toml configures it, on the demo's own day."""
-    configured = build_connector(
-        {"name": "demo", "kind": "csv", "path": "connectors/demo/demo_deals.csv",
-         "rebase_dates_from": "2026-11-26", "currency": "NOK", "timezone": "Europe/Oslo"},
-        "sources[0]", {"config_dir": REPO},
-    )
-    assert isinstance(configured, CsvFeedConnector)
-    return CsvFeedConnector(configured.settings, today=lambda: AS_OF)
+    configured = build_connector({"name": "demo", "kind": "demo"}, "sources[0]", {"config_dir": REPO})
+    assert isinstance(configured, DemoConnector)
+    return DemoConnector(configured.demo_settings, today=lambda: AS_OF)
 
 
 def pull(connector: CsvFeedConnector, since: str | None = None) -> tuple[
@@ -172,7 +169,8 @@ class TestParseAmount:
 
     @pytest.mark.parametrize(
         "text",
-        ["12x", "NOK 500", "1e5", "NaN", "-", "1,234,56", "12 34", "1,234.567,8", "50,", "1 234.567,5"],
+        ["12x", "ABC 500", "kr", "$ 5 EUR", "1e5", "NaN", "-", "1,234,56", "12 34", "1,234.567,8", "50,",
+         "1 234.567,5"],
     )
     def test_non_numbers_are_errors(self, text: str) -> None:
         """Anything that is not cleanly a number raises with a reason."""
@@ -235,10 +233,13 @@ class TestSettings:
         assert model.path == tmp_path / "a.csv"
 
     def test_defaults(self) -> None:
-        """The defaults match the documented ones."""
+        """The defaults match the documented ones (no delimiter: it is detected from the header)."""
         model = CsvFeedSettings(name="x", path=Path("a.csv"))
         assert (model.delimiter, model.timezone, model.default_pipeline, model.currency) == (
-            ",", "UTC", "default", None,
+            None, "UTC", "default", None,
+        )
+        assert (model.encoding, model.python_encoding(), model.date_format, model.date_formats) == (
+            "utf-8", "utf-8-sig", [], {},
         )
         assert model.status.won == ["Won", "Closed Won"]
         assert model.status.lost == ["Lost", "Closed Lost"]
@@ -524,7 +525,8 @@ class TestRejects:
         deals, rejects, _ = pull(feed(path))
         assert [(d.external_id, d.title) for d in deals] == [("X-2", "Café")]
         assert [(r.where, r.reason, r.external_id) for r in rejects] == [
-            ("line 2", "is not valid UTF-8; save the file as UTF-8", "X-1"),
+            ("line 2", 'title is not valid UTF-8; save the file as UTF-8, or set its encoding '
+                       '(Excel on Windows: encoding = "cp1252")', "X-1"),
         ]
 
     def test_overlong_id_is_a_bad_row(self, tmp_path: Path) -> None:
@@ -571,10 +573,10 @@ class TestErrors:
         assert "missing columns id (mapped to \"Deal ID\"), amount (mapped to \"Value\")" in str(info.value)
 
     def test_wrong_delimiter_gets_a_hint(self, tmp_path: Path) -> None:
-        """A ';' file read with ',' says which delimiter to set."""
+        """A ';' file read with delimiter = "," says which delimiter to set."""
         path = write(tmp_path, "id;stage\nX-1;Demo\n")
         with pytest.raises(MissingColumnsError, match='set delimiter = ";"'):
-            next(feed(path).deals(None))
+            next(feed(path, delimiter=",").deals(None))
 
     def test_empty_file(self, tmp_path: Path) -> None:
         """An empty file is an error, not an empty pull that would delete every deal."""
@@ -924,10 +926,11 @@ class TestEngine:
         assert statuses(store) == before
 
     def test_wrong_mapping_deletes_nothing(self, store: sa.Engine, seed_copy: Path) -> None:
-        """A mapping that makes every row unreadable rejects them all and deletes no deal."""
+        """A mapping that makes every row unreadable rejects them all, fails the sync, deletes no deal."""
         sync(store, seed_copy)
         broken = sync_source(store, feed(seed_copy, columns={"amount": "title"}))
-        assert (broken.status, broken.seen, broken.rejected, broken.deleted) == ("ok", 0, 150, 0)
+        assert (broken.status, broken.seen, broken.rejected, broken.deleted) == ("failed", 0, 150, 0)
+        assert (broken.error or "").startswith(f"{seed_copy}: every row was rejected (0 loaded)")
         assert Counter(statuses(store).values()) == {"open": 100, "lost": 40, "won": 10}
 
     def test_missing_column_leaves_an_empty_store_empty(self, store: sa.Engine, tmp_path: Path) -> None:
@@ -941,7 +944,7 @@ class TestEngine:
     def test_rejected_rows_are_stored(self, sqlite_store: sa.Engine) -> None:
         """The engine stores each bad row with its line and reason."""
         result = sync(sqlite_store, CSV_DIR / "bad_rows.csv")
-        assert (result.status, result.inserted, result.rejected) == ("ok", 3, 9)
+        assert (result.status, result.inserted, result.rejected) == ("failed", 3, 9)  # 9 bad of 12
         with sqlite_store.connect() as conn:
             rows = conn.execute(sa.select(sync_rejects_table.c.location, sync_rejects_table.c.reason))
             stored = [f"{row.location}: {row.reason}" for row in rows]
