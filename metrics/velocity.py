@@ -54,7 +54,7 @@ import sqlalchemy as sa
 from sales_velocity.metrics.concurrent import can_read_concurrently, read_concurrently
 from sales_velocity.metrics.settings import MetricsSettings, WhatIfSettings
 from sales_velocity.metrics.sql import ElapsedSeconds
-from sales_velocity.sync.store import UTCDateTime, deals_table, owners_table, pipelines_table
+from sales_velocity.sync.store import UTCDateTime, deals_table, owners_table, pipelines_table, reading_only
 
 __all__ = [
     "Levers",
@@ -471,10 +471,11 @@ def compute_velocity(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
     start, end = window_bounds(as_of, window, settings.zone)
     columns, relevant = _aggregates(start, end)
     scopes: list[ScopeVelocity] = []
-    with engine.connect() as conn:
+    with reading_only(), engine.connect() as conn:  # a reader: never waits for a writer on SQLite
         pipeline_names, owner_names = _labels(conn)
         ranges = _scan_ranges(conn)
-    rows = _grouped_rows(engine, _grouped_query(columns, relevant), ranges)
+    with reading_only():
+        rows = _grouped_rows(engine, _grouped_query(columns, relevant), ranges)
     rolled = _roll_up(rows, pipeline_names, owner_names)
     for kind, totals in rolled.items():
         found = [
