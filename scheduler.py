@@ -15,7 +15,9 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import signal
 import sys
+import threading
 import tomllib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -43,9 +45,9 @@ from sales_velocity.notify.job import run_notify
 from sales_velocity.notify.settings import NotifySettings, RemindersSettings, load_notify_settings
 from sales_velocity.sync.engine import SyncResult, sync_source
 from sales_velocity.sync.export import export_rows, write_export
-from sales_velocity.sync.lock import daily_lock, source_lock
+from sales_velocity.sync.lock import Lease, daily_lock, hold_all, source_lock
 from sales_velocity.sync.settings import StoreSettings, SyncSettings
-from sales_velocity.sync.store import check_schema, ensure_schema, make_engine, upgrade
+from sales_velocity.sync.store import check_schema, ensure_schema, make_engine, reading_only, upgrade
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 ENV_CONFIG = "VELOCITY_CONFIG"
@@ -251,9 +253,7 @@ def run_sync(ctx: Context, names: Sequence[str] = (), *, full: bool = False) -> 
     for connector in _select_sources(ctx, names):
         with source_lock(engine, connector.name, holder=ctx.run_id) as lease:
             if not lease:
-                log.info("sync.skipped", source=connector.name, reason="another run holds its lock")
-                results.append(SyncResult(source=connector.name, status="skipped",
-                                          error="another run holds this source's lock"))
+                results.append(_refused(connector.name, lease))
                 continue
             results.append(sync_source(engine, connector, full=full, run_id=ctx.run_id,
                                        now=ctx.now, batch_size=ctx.config.sync.batch_size,
@@ -261,6 +261,18 @@ def run_sync(ctx: Context, names: Sequence[str] = (), *, full: bool = False) -> 
                                        progress=_progress(connector.name, lease.renew),
                                        redact=ctx.redactor.redact))
     return results
+
+
+def _refused(source: str, lease: Lease) -> SyncResult:
+    """A source skipped because another run holds it; failed when that holder stopped renewing."""
+    if lease.holder_stale and lease.other is not None:
+        error = (f"held by {lease.other.describe()}, which has not renewed its lease since "
+                 f"{lease.other.renewed_at or lease.other.expires_at:%Y-%m-%d %H:%M:%S} UTC; "
+                 "it is taken over once the lease expires")
+        log.warning("sync.held_by_stale", source=source, error=error)
+        return SyncResult(source=source, status="failed", error=error)
+    log.info("sync.skipped", source=source, reason="another run holds its lock")
+    return SyncResult(source=source, status="skipped", error="another run holds this source's lock")
 
 
 def _progress(source: str, renew: Callable[[], None]) -> Callable[[int], None]:
@@ -327,15 +339,18 @@ def cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     """Print the velocity table (or JSON/CSV) computed from the store."""
-    report = compute_velocity(ctx.ready_engine(), ctx.config.metrics, _as_of(ctx, args.as_of),
-                              args.window_days)
+    engine = ctx.ready_engine()
+    with reading_only():  # a reader: never waits for a writer, works on a read-only store
+        report = compute_velocity(engine, ctx.config.metrics, _as_of(ctx, args.as_of), args.window_days)
     ctx.out.write(render_report(report, args.format))
     return EXIT_OK
 
 
 def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
     """Write the stored deals as CSV or JSON lines to stdout."""
-    write_export(export_rows(ctx.ready_engine(), args.source), args.format, ctx.out)
+    engine = ctx.ready_engine()
+    with reading_only():
+        write_export(export_rows(engine, args.source), args.format, ctx.out)
     return EXIT_OK
 
 
@@ -374,13 +389,36 @@ def cmd_notify(ctx: Context, args: argparse.Namespace) -> int:
 def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     """The one-shot job for cron and containers: sync, metrics, notify."""
     sync_code = _print_sync_results(ctx, run_sync(ctx, args.sources, full=args.full))
-    as_of = _as_of(ctx, args.as_of)
-    with daily_lock(ctx.ready_engine(), as_of, holder=ctx.run_id) as acquired:
+    return max(sync_code, daily_step(ctx, _as_of(ctx, args.as_of), notify=not args.no_notify))
+
+
+def daily_step(ctx: Context, as_of: dt.date, *, notify: bool = True) -> int:
+    """The daily step under the daily lock, never beside a sync: it holds every source's lock.
+
+    Sources another run is syncing are waited for (``sync.daily_wait_seconds``);
+    if one is still syncing after that, nothing is computed or sent and the
+    step says which source it waits for (exit 1).
+    """
+    engine = ctx.ready_engine()
+    with daily_lock(engine, as_of, holder=ctx.run_id) as acquired:
         if not acquired:
+            if acquired.holder_stale and acquired.other is not None:
+                ctx.print(f"daily step not run: the daily lock is held by {acquired.other.describe()}, "
+                          "which has stopped renewing it")
+                return EXIT_FAILED
             ctx.print("daily step skipped: another run holds the daily lock")
-            return sync_code
-        daily_code = run_daily(ctx, as_of, notify=not args.no_notify)
-    return max(sync_code, daily_code)
+            return EXIT_OK
+        names = [s.name for s in ctx.config.sources]
+        with hold_all(engine, names, holder=ctx.run_id,
+                      wait_s=ctx.config.sync.daily_wait_seconds) as busy:
+            if busy:
+                still = ", ".join(sorted(busy))
+                ctx.print(f"daily step held: {still} still syncing after "
+                          f"{ctx.config.sync.daily_wait_seconds:g}s; no metrics or messages today "
+                          "from this run (the next run builds them)")
+                log.warning("daily.held", sources=sorted(busy))
+                return EXIT_FAILED
+            return run_daily(ctx, as_of, notify=notify)
 
 
 def cmd_check(ctx: Context, _args: argparse.Namespace) -> int:
@@ -415,11 +453,13 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
 
     config = ctx.config
     channels = [c.settings.name for c in config.notify.channels]
-    status = collect_status(
-        ctx.ready_engine(), sources=[s.name for s in config.sources], channels=channels,
-        schedule={"sync": config.schedule.sync, "daily": config.schedule.daily},
-        timezone=config.schedule.timezone or config.timezone, now=ctx.now(),
-    )
+    engine = ctx.ready_engine()
+    with reading_only():
+        status = collect_status(
+            engine, sources=[s.name for s in config.sources], channels=channels,
+            schedule={"sync": config.schedule.sync, "daily": config.schedule.daily},
+            timezone=config.schedule.timezone or config.timezone, now=ctx.now(),
+        )
     ctx.out.write(render_status(status))
     if args.metrics_file:
         write_prometheus(status, Path(args.metrics_file))
@@ -428,12 +468,14 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_schedule(ctx: Context, args: argparse.Namespace) -> int:
     """Run as a long-lived scheduler until SIGTERM/SIGINT, which stop it after the running job."""
+    one_at_a_time = threading.Lock()  # the daily job never runs beside a sync job
 
     def job(body: Callable[[], int]) -> Callable[[], int]:
         def run() -> int:  # each run of a job gets a run id of its own
-            ctx.run_id = uuid.uuid4().hex[:12]
-            with structlog.contextvars.bound_contextvars(run_id=ctx.run_id):
-                return body()
+            with one_at_a_time:
+                ctx.run_id = uuid.uuid4().hex[:12]
+                with structlog.contextvars.bound_contextvars(run_id=ctx.run_id):
+                    return body()
         return run
 
     scheduler = build_scheduler(
@@ -449,13 +491,9 @@ def cmd_schedule(ctx: Context, args: argparse.Namespace) -> int:
 
 
 def cmd_run_daily_locked(ctx: Context) -> int:
-    """The scheduler's daily job: metrics and notify under the daily lock."""
-    as_of = ctx.config.today(ctx.now())
-    with daily_lock(ctx.ready_engine(), as_of, holder=ctx.run_id) as acquired:
-        if not acquired:
-            log.info("daily.skipped", reason="another run holds the daily lock")
-            return EXIT_OK
-        return run_daily(ctx, as_of)
+    """The scheduler's daily job: this moment's sync first, then metrics and notify (``daily_step``)."""
+    sync_code = _print_sync_results(ctx, run_sync(ctx))
+    return max(sync_code, daily_step(ctx, ctx.config.today(ctx.now())))
 
 
 # --------------------------------------------------------------------------- CLI
@@ -550,9 +588,14 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     redactor = configure_logging(log_settings, config.secrets)
     ctx = Context(config=config, out=out, now=now or (lambda: dt.datetime.now(dt.UTC)),
                   redactor=redactor)
+    previous = _terminate_like_interrupt()
     with structlog.contextvars.bound_contextvars(run_id=ctx.run_id, command=args.command):
         try:
             return int(args.func(ctx, args))
+        except KeyboardInterrupt:  # SIGINT or SIGTERM: locks were released on the way out
+            sys.stderr.write("velocity: interrupted; runs in progress are marked failed\n")
+            log.warning("command.interrupted")
+            return EXIT_FAILED
         except BrokenPipeError:  # `velocity export | head`: the reader left, not an error
             sys.stderr.close()
             return EXIT_OK
@@ -566,8 +609,20 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
             log.error("command.failed", error=str(exc))
             return EXIT_FAILED
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
             if ctx._engine is not None:
                 ctx._engine.dispose()
+
+
+def _terminate_like_interrupt() -> Any:
+    """Make SIGTERM (Docker, Kubernetes, systemd) raise ``KeyboardInterrupt`` like SIGINT.
+
+    Returns the previous handler (``None`` off the main thread, where signals cannot be set).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from sales_velocity.sync.store import reading_only
+
 __all__ = ["can_read_concurrently", "read_concurrently"]
 
 
@@ -35,9 +37,16 @@ def read_concurrently(engine: sa.Engine, calls: list[Callable[[], Any]]) -> list
     """Run ``calls`` (each opening its own connection of ``engine``) at once; return results in order.
 
     The first exception raised by a call is re-raised after all calls finished.
+    The calls only read: on SQLite their transactions are deferred (``reading_only``),
+    so they run side by side and never wait for a writer.
     """
+
+    def read(call: Callable[[], Any]) -> Any:
+        with reading_only():
+            return call()
+
     if len(calls) < 2 or not can_read_concurrently(engine):
-        return [call() for call in calls]
+        return [read(call) for call in calls]
     with ThreadPoolExecutor(max_workers=len(calls), thread_name_prefix="velocity-read") as pool:
-        futures = [pool.submit(call) for call in calls]
+        futures = [pool.submit(read, call) for call in calls]
         return [future.result() for future in futures]

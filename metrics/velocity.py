@@ -55,7 +55,7 @@ from sales_velocity.metrics.concurrent import can_read_concurrently, read_concur
 from sales_velocity.metrics.settings import MetricsSettings, WhatIfSettings
 from sales_velocity.metrics.sql import ElapsedSeconds
 from sales_velocity.metrics.window import close_time, closed_in_window, open_at, window_bounds
-from sales_velocity.sync.store import deals_table, owners_table, pipelines_table
+from sales_velocity.sync.store import deals_table, owners_table, pipelines_table, reading_only
 
 __all__ = [
     "Levers",
@@ -466,10 +466,11 @@ def compute_velocity(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
         raise ValueError(f"window_days must be at least 1, got {window}")
     start, end = window_bounds(as_of, window, settings.zone)
     columns, relevant = lever_sums(start, end)
-    with engine.connect() as conn:
+    with reading_only(), engine.connect() as conn:  # a reader: never waits for a writer on SQLite
         pipeline_names, owner_names = scope_labels(conn)
         ranges = _scan_ranges(conn)
-    rows = _grouped_rows(engine, _grouped_query(columns, relevant), ranges)
+    with reading_only():
+        rows = _grouped_rows(engine, _grouped_query(columns, relevant), ranges)
     return report_from_groups(rows, (pipeline_names, owner_names), settings, as_of, window)
 
 

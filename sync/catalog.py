@@ -81,9 +81,11 @@ def load_known(conn: sa.Connection, source: str) -> KnownCatalog:
 def refresh_catalog(conn: sa.Connection, connector: Connector, kind: str, now: dt.datetime) -> None:
     """Fetch and upsert the source row, its pipelines, stages and owners (the caller commits)."""
     source = connector.name
+    # fetch first, then write: no transaction (on SQLite, no write lock) is held across the network
+    pipelines = list(connector.pipelines())
+    owners = list(connector.owners())
     src = dialect_insert(conn, sources_table)
     conn.execute(src.values(name=source, kind=kind, created_at=now).on_conflict_do_nothing())
-    pipelines = list(connector.pipelines())
     _upsert(conn, pipelines_table, ["source", "external_id"], [
         {"source": source, "external_id": p.external_id, "name": p.name,
          "display_order": p.order} for p in pipelines
@@ -96,7 +98,7 @@ def refresh_catalog(conn: sa.Connection, connector: Connector, kind: str, now: d
     ])
     _upsert(conn, owners_table, ["source", "external_id"], [
         {"source": source, "external_id": o.external_id, "name": o.name, "email": o.email}
-        for o in connector.owners()
+        for o in owners
     ])
     conn.execute(sources_table.update().where(sources_table.c.name == source)
                  .values(catalog_synced_at=now))

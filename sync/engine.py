@@ -29,6 +29,8 @@ of ``sync_source``: the caller decides what the run's exit code is.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -327,6 +329,7 @@ def sync_source(
             run_pk = int(conn.execute(  # type: ignore[index]
                 sync_runs_table.insert().values(
                     run_id=run_id, source=source, full=full, started_at=clock(), status="running",
+                    host=socket.gethostname()[:255], pid=os.getpid(),
                 )
             ).inserted_primary_key[0])
             conn.commit()
@@ -334,8 +337,11 @@ def sync_source(
             result = writer.result
             result.run_id, result.full = run_id, full
             writing = True  # a failure while the catalog is written rolls it back
+            interrupted = False
             try:
-                if full or catalog_due(conn, source, clock(), catalog_max_age):
+                due = full or catalog_due(conn, source, clock(), catalog_max_age)
+                conn.commit()  # end the read before the network: no lock held while the CRM answers
+                if due:
                     refresh_catalog(conn, connector, kind, clock())
                     conn.commit()
                 else:
@@ -344,6 +350,7 @@ def sync_source(
                 seen_t.create(conn, checkfirst=True)
                 conn.execute(seen_t.delete())
                 writer.track_seen = True
+                conn.commit()
                 writing = False  # from here on, an exception outside the writer is the connector's
                 for item in connector.deals(since):
                     writing = True
@@ -352,6 +359,10 @@ def sync_source(
                     else:
                         writer.add(item)
                     writing = False
+            except KeyboardInterrupt:  # SIGINT or SIGTERM: close the run as failed, then stop
+                _keep_written(conn, writing)
+                result.status, result.error = "failed", "interrupted (SIGINT/SIGTERM)"
+                interrupted = True
             except RemoteError as exc:
                 _keep_written(conn, writing)
                 result.status, result.error = "failed", str(exc)
@@ -362,9 +373,10 @@ def sync_source(
             else:
                 # deals after the last checkpoint have no durable cursor: keep them anyway
                 writer.flush()
+                conn.commit()
                 if writer.known is not None and writer.known.stale:
                     refresh_catalog(conn, connector, kind, clock())
-                conn.commit()
+                    conn.commit()
             if writer.track_seen:
                 seen_t.drop(conn, checkfirst=True)
                 conn.commit()
@@ -381,6 +393,9 @@ def sync_source(
                 )
             )
             conn.commit()
+        if interrupted:
+            log.warning("sync.interrupted", source=source, run_id=run_id, seen=result.seen)
+            raise KeyboardInterrupt
         log.info(
             "sync.summary", source=source, run_id=run_id, status=result.status, full=full, seen=result.seen,
             inserted=result.inserted, updated=result.updated, unchanged=result.unchanged,

@@ -61,6 +61,16 @@ class SyncSettings(BaseModel):
         "Deals that refer to unknown ones, and --full, always refetch.",
     )
 
+    daily_wait_seconds: float = Field(
+        default=900, ge=0, le=86_400,
+        description="How long the daily step waits for sources another run is syncing; after "
+        "that it holds the digest and names them.",
+    )
+    deadline_seconds: float = Field(
+        default=1800, gt=0, le=86_400,
+        description="A source's sync that runs longer than this stops (what it wrote stays) and fails.",
+    )
+
     @property
     def catalog_max_age(self) -> dt.timedelta | None:
         """The maximum catalog age, ``None`` when every sync refetches."""

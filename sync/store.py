@@ -18,6 +18,9 @@ The schema is created by Alembic (``sync/migrations``); ``upgrade`` runs it.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, cast
@@ -26,6 +29,7 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Connection,
     Date,
     DateTime,
     Dialect,
@@ -74,6 +78,7 @@ __all__ = [
     "outbox_table",
     "owners_table",
     "pipelines_table",
+    "reading_only",
     "reminder_state_table",
     "schema_revision",
     "snapshots_table",
@@ -286,6 +291,9 @@ class SyncRun(Base):
     deleted: Mapped[int] = mapped_column(Integer, default=0)
     rejected: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    """Where the sync runs: a ``running`` row whose process is gone is marked ``interrupted``."""
 
 
 class SyncReject(Base):
@@ -310,6 +318,10 @@ class SyncLease(Base):
     holder: Mapped[str] = mapped_column(String(200))
     acquired_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     expires_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    renewed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    """The holder's last heartbeat; a lease not renewed within its TTL is taken over."""
 
 
 class VelocitySnapshot(Base):
@@ -366,6 +378,9 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
+    claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    """Which run moved the row to ``sending``, and when (``host:pid:run``)."""
 
 
 class ReminderState(Base):
@@ -399,13 +414,44 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     if url.startswith("sqlite"):
         kwargs.setdefault("connect_args", {}).setdefault("timeout", 30)
+    kwargs.setdefault("pool_pre_ping", True)  # one reconnect after a server restart
     engine = create_engine(url, **kwargs)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_on_connect)
+        event.listen(engine, "begin", _sqlite_begin)
     return engine
 
 
+_deferred_reads: ContextVar[bool] = ContextVar("velocity_deferred_reads", default=False)
+
+
+@contextmanager
+def reading_only() -> Iterator[None]:
+    """SQLite transactions begun inside this block are plain (deferred) read transactions.
+
+    Outside it every SQLite transaction begins ``IMMEDIATE``: it takes the write
+    lock up front, so a second writer waits for it (``busy_timeout``) instead of
+    failing with "database is locked" when its snapshot went stale in WAL mode.
+    Readers that never write (the concurrent metric scans, ``status``, ``report``,
+    ``export``) run here, side by side, and work on a read-only file.
+    """
+    token = _deferred_reads.set(True)
+    try:
+        yield
+    finally:
+        _deferred_reads.reset(token)
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    if _deferred_reads.get() or conn.get_execution_options().get("velocity_read_only"):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _sqlite_on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    # The driver's own transaction handling is off; SQLAlchemy's "begin" event emits BEGIN.
+    dbapi_conn.isolation_level = None
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

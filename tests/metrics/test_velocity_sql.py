@@ -57,7 +57,8 @@ class TestSeedThroughStore:
         statements: list[str] = []
 
         def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-            statements.append(statement)
+            if not statement.startswith("BEGIN"):
+                statements.append(statement)
 
         sa.event.listen(store, "before_cursor_execute", record)
         try:
@@ -87,7 +88,8 @@ class TestSeedThroughStore:
         statements: list[str] = []
 
         def record(_conn: object, _cursor: object, statement: str, *_args: object) -> None:
-            statements.append(statement)
+            if not statement.startswith("BEGIN"):
+                statements.append(statement)
 
         sa.event.listen(store, "before_cursor_execute", record)
         try:

@@ -25,7 +25,15 @@ from sales_velocity.connectors.base import (
 )
 from sales_velocity.kernel.errors import RetriableAPIError
 from sales_velocity.sync.engine import read_cursor, sync_source
-from sales_velocity.sync.store import DealRow, DealStageEvent, OwnerRow, StageRow, SyncReject, SyncRun
+from sales_velocity.sync.store import (
+    DealRow,
+    DealStageEvent,
+    OwnerRow,
+    StageRow,
+    SyncReject,
+    SyncRun,
+    reading_only,
+)
 
 UTC = dt.UTC
 T0 = dt.datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
@@ -316,7 +324,7 @@ class TestCommits:
             for n, cursor in enumerate(("c1", "c2", "c3", "c4"), start=1):
                 yield deal(str(n))
                 yield Checkpoint(cursor)
-                with store.connect() as other:  # a second connection: committed data only
+                with reading_only(), store.connect() as other:  # a second connection: committed data only
                     seen_by_others.append((read_cursor(other, "fake"),
                                            count_in(other, DealRow.__table__)))
 
@@ -334,7 +342,7 @@ class TestCommits:
             for n, cursor in enumerate(("c1", "c2"), start=1):
                 yield deal(str(n))
                 yield Checkpoint(cursor)
-                with store.connect() as other:
+                with reading_only(), store.connect() as other:
                     seen_by_others.append(read_cursor(other, "fake"))
 
         sync_source(store, StreamConnector(probe), now=clock())

@@ -7,7 +7,7 @@ import threading
 
 import sqlalchemy as sa
 
-from sales_velocity.sync.lock import named_lock, source_lock
+from sales_velocity.sync.lock import DEFAULT_LEASE, named_lock, source_lock
 from sales_velocity.sync.store import leases_table
 
 T0 = dt.datetime(2026, 11, 26, 7, 0, tzinfo=dt.UTC)
@@ -67,11 +67,12 @@ class TestLeases:
     def test_renew_pushes_the_expiry(self, sqlite_store: sa.Engine) -> None:
         """Renewing a held lease moves its expiry ttl ahead of now."""
         now = [T0]
-        with named_lock(sqlite_store, "daily", holder="me", clock=lambda: now[0]) as lease:
+        with named_lock(sqlite_store, "daily", holder="me", clock=lambda: now[0],
+                        heartbeat=False) as lease:
             now[0] = T0 + dt.timedelta(minutes=20)
             lease.renew()
             with sqlite_store.connect() as conn:
                 expires = conn.execute(sa.select(leases_table.c.expires_at)).scalar_one()
-        assert expires == T0 + dt.timedelta(minutes=50)
+        assert expires == T0 + dt.timedelta(minutes=20) + DEFAULT_LEASE
         with sqlite_store.connect() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(leases_table)).scalar() == 0
