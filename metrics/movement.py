@@ -62,6 +62,7 @@ __all__ = [
     "BRIDGE_IN",
     "BRIDGE_OUT",
     "CLASSES",
+    "ChangeClass",
     "DealMove",
     "Movement",
     "MovementScope",
