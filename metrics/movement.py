@@ -302,6 +302,7 @@ class _Context:
     stage_names: dict[tuple[str, str | None, str], str]
     owner_names: dict[tuple[str, str], str]
     pipeline_names: dict[tuple[str, str], str]
+    closed_stages: set[tuple[str, str | None, str]]
     month_end: dt.date
     quarter_end: dt.date
 
@@ -325,8 +326,8 @@ class _Context:
 
 
 def _stage(ctx: _Context, source: str, s: _State) -> str | None:
-    if s.stage is None:
-        return None
+    if s.stage is None or (source, s.pipeline, s.stage) in ctx.closed_stages:
+        return None  # "from Won to won" says nothing: the open stage before is not known
     return ctx.stage_names.get((source, s.pipeline, s.stage), s.stage)
 
 
@@ -486,15 +487,20 @@ def _context(conn: sa.Connection, settings: MetricsSettings, scope: MovementScop
     s, o, p = stages_table.c, owners_table.c, pipelines_table.c
     order: dict[tuple[str, str | None, str], int] = {}
     names: dict[tuple[str, str | None, str], str] = {}
-    for r in conn.execute(sa.select(s.source, s.pipeline_id, s.external_id, s.name, s.display_order)):
-        order[(r.source, r.pipeline_id, r.external_id)] = int(r.display_order or 0)
-        names[(r.source, r.pipeline_id, r.external_id)] = r.name
+    closed: set[tuple[str, str | None, str]] = set()
+    query = sa.select(s.source, s.pipeline_id, s.external_id, s.name, s.display_order, s.is_won, s.is_lost)
+    for r in conn.execute(query):
+        key = (r.source, r.pipeline_id, r.external_id)
+        order[key] = int(r.display_order or 0)
+        names[key] = r.name
+        if r.is_won or r.is_lost:
+            closed.add(key)
     owners = {(r.source, r.external_id): r.name or r.email or r.external_id
               for r in conn.execute(sa.select(o.source, o.external_id, o.name, o.email))}
     pipelines = {(r.source, r.external_id): r.name
                  for r in conn.execute(sa.select(p.source, p.external_id, p.name))}
     month_end, quarter_end = _period_end_dates(until, settings.zone)
-    return _Context(settings, scope, order, names, owners, pipelines, month_end, quarter_end)
+    return _Context(settings, scope, order, names, owners, pipelines, closed, month_end, quarter_end)
 
 
 def compute_movement(
