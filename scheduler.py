@@ -38,6 +38,8 @@ from sales_velocity.kernel.logs import LoggingSettings, SecretRedactor, configur
 from sales_velocity.kernel.schedule import ScheduleSettings, build_scheduler, serve
 from sales_velocity.metrics.history import fill_history, rebuild_snapshots
 from sales_velocity.metrics.job import run_metrics
+from sales_velocity.metrics.movement import compute_movement, parse_scope, period_bounds
+from sales_velocity.metrics.movement_report import render_movement
 from sales_velocity.metrics.report import render_report
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.velocity import compute_velocity
@@ -346,6 +348,18 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_movement(ctx: Context, args: argparse.Namespace) -> int:
+    """Print what moved in the pipeline in a period (default: the last 7 local days)."""
+    engine = ctx.ready_engine()
+    metrics = ctx.config.metrics
+    today = ctx.config.today(ctx.now())
+    since, until = period_bounds(args.since, args.until, today=today, zone=metrics.zone)
+    scope = parse_scope(engine, args.scope)
+    movement = compute_movement(engine, metrics, since=since, until=until, scope=scope)
+    ctx.out.write(render_movement(movement, args.format))
+    return EXIT_OK
+
+
 def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
     """Write the stored deals as CSV or JSON lines to stdout."""
     engine = ctx.ready_engine()
@@ -506,6 +520,19 @@ def _date(value: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"{value!r} is not a date (YYYY-MM-DD)") from None
 
 
+def _date_or_time(value: str) -> dt.date | dt.datetime:
+    """``YYYY-MM-DD`` (a local day) or an ISO datetime (local time unless it has an offset)."""
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a date (YYYY-MM-DD) or a datetime (YYYY-MM-DDTHH:MM[+HH:MM])") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``velocity`` command line."""
     parser = argparse.ArgumentParser(
@@ -535,6 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window-days", type=int, default=None)
     p.add_argument("--format", choices=["table", "json", "csv"], default="table")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("movement", help="what moved in the pipeline: added, won, pushed, ... and a bridge")
+    p.add_argument("--since", type=_date_or_time, help="start: a local date or datetime (default: 7 days)")
+    p.add_argument("--until", type=_date_or_time, help="end (excluded); a date includes its day")
+    p.add_argument("--scope", default="all", help="all, pipeline:KEY or owner:KEY (KEY: source/id, id, name)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.set_defaults(func=cmd_movement)
     p = sub.add_parser("export", help="print the stored deals")
     p.add_argument("--source")
     p.add_argument("--format", choices=["csv", "json"], default="csv")

@@ -1,6 +1,6 @@
 """Pipeline hygiene: which open deals are stalled, and why (see ``shared/DESIGN.md``).
 
-Six rules, each evaluated in SQL over the deals open at ``as_of`` (``metrics.window.open_at``:
+Seven rules, each evaluated in SQL over the deals open at ``as_of`` (``metrics.window.open_at``:
 not archived, created before ``start(as_of + 1)``, not closed nor deleted before it):
 
 =====================  ==================================================================
@@ -13,6 +13,8 @@ rule                   holds when
 ``inactive``           more than ``inactive_days`` since the last activity (or, with no
                        activity recorded, since the deal was created)
 ``missing_amount``     the deal has no amount
+``repeatedly_pushed``  the expected close date was moved later ``pushed_times`` times or
+                       more (default 3), counted in the sync's ``deal_changes``
 =====================  ==================================================================
 
 Day counts are measured at ``at = min(now, end of as_of)`` in exact elapsed time.
@@ -41,7 +43,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from sales_velocity.metrics.sql import elapsed_days
 from sales_velocity.metrics.window import day_start, open_at
-from sales_velocity.sync.store import UTCDateTime, deals_table, owners_table, pipelines_table, stages_table
+from sales_velocity.sync.store import (
+    UTCDateTime,
+    deal_changes_table,
+    deals_table,
+    owners_table,
+    pipelines_table,
+    stages_table,
+)
 
 __all__ = [
     "BOTTLENECKS",
@@ -60,14 +69,16 @@ __all__ = [
 
 Rule = Literal[
     "no_next_step", "next_step_overdue", "close_date_passed", "stuck_in_stage", "inactive", "missing_amount",
+    "repeatedly_pushed",
 ]
 RULES: tuple[Rule, ...] = (
     "no_next_step", "next_step_overdue", "close_date_passed", "stuck_in_stage", "inactive", "missing_amount",
+    "repeatedly_pushed",
 )
 
 Bottleneck = Literal["dead_deals", "inconsistent_process", "missing_next_steps", "poor_data_quality"]
 BOTTLENECKS: dict[Bottleneck, tuple[Rule, ...]] = {
-    "dead_deals": ("inactive",),
+    "dead_deals": ("inactive", "repeatedly_pushed"),
     "inconsistent_process": ("stuck_in_stage",),
     "missing_next_steps": ("no_next_step", "next_step_overdue"),
     "poor_data_quality": ("missing_amount", "close_date_passed"),
@@ -101,6 +112,10 @@ class HygieneSettings(BaseModel):
     stuck_days: int = Field(
         default=30, ge=1, description="Default days in one stage before a deal is stuck.",
     )
+    pushed_times: int = Field(
+        default=3, ge=1, le=100,
+        description="Times the close date is pushed later before a deal is repeatedly pushed.",
+    )
     use_crm_rotting_days: bool = Field(
         default=True, description="Use the CRM's rotting days of a stage (Pipedrive) where set.",
     )
@@ -116,13 +131,15 @@ class RuleHit:
 
     ``days`` is the elapsed whole days for ``stuck_in_stage``/``inactive``,
     ``limit`` their threshold; ``since`` the overdue next-activity day or the
-    passed close date (local dates).
+    passed close date (local dates); ``times`` how often the close date was
+    pushed (``repeatedly_pushed``, with ``limit`` its threshold).
     """
 
     rule: Rule
     days: int | None = None
     limit: int | None = None
     since: dt.date | None = None
+    times: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +232,14 @@ def _flags_query(settings: HygieneSettings, as_of: dt.date, now: dt.datetime, zo
     stuck_limit = _limit(settings, "stuck_days").label("stuck_limit")
     inactive_limit = _limit(settings, "inactive_days").label("inactive_limit")
     last_touch = sa.func.coalesce(d.last_activity_at, d.created_at)
+    c = deal_changes_table.c
+    pushes_q = (
+        sa.select(c.source, c.external_id, sa.func.count().label("pushes"))
+        .where(c.field == "expected_close_date", c.new_date > c.old_date)
+        .group_by(c.source, c.external_id)
+        .subquery("pushes")
+    )
+    pushes = sa.func.coalesce(pushes_q.c.pushes, 0)
     blank_step = sa.or_(d.next_step.is_(None), sa.func.trim(d.next_step) == "")
     flags = {
         "no_next_step": _flag(sa.and_(d.next_activity_at.is_(None), blank_step)),
@@ -223,6 +248,7 @@ def _flags_query(settings: HygieneSettings, as_of: dt.date, now: dt.datetime, zo
         "stuck_in_stage": _flag(elapsed_days(d.stage_entered_at, at) > stuck_limit),
         "inactive": _flag(elapsed_days(last_touch, at) > inactive_limit),
         "missing_amount": _flag(d.amount.is_(None)),
+        "repeatedly_pushed": _flag(pushes >= settings.pushed_times),
     }
     pipeline_join = sa.and_(p.source == d.source, p.external_id == d.pipeline_id)
     stage_join = sa.and_(s.source == d.source, s.pipeline_id == d.pipeline_id, s.external_id == d.stage_id)
@@ -233,13 +259,15 @@ def _flags_query(settings: HygieneSettings, as_of: dt.date, now: dt.datetime, zo
             last_touch.label("last_touch"),
             p.name.label("pipeline_name"), s.name.label("stage_name"),
             o.name.label("owner_name"), o.email.label("owner_email"),
-            stuck_limit, inactive_limit,
+            stuck_limit, inactive_limit, pushes.label("pushes"),
             *(expr.label(rule) for rule, expr in flags.items()),
         )
         .select_from(
             deals_table.outerjoin(pipelines_table, pipeline_join)
             .outerjoin(stages_table, stage_join)
             .outerjoin(owners_table, sa.and_(o.source == d.source, o.external_id == d.owner_id))
+            .outerjoin(pushes_q, sa.and_(pushes_q.c.source == d.source,
+                                         pushes_q.c.external_id == d.external_id))
         )
         .where(open_at(day_start(as_of + dt.timedelta(days=1), zone)))
         .subquery("flags")
@@ -299,10 +327,11 @@ def find_stalled(
     with engine.connect() as conn:
         result = conn.execution_options(yield_per=500).execute(query).mappings()
         for row in result:
-            yield _stalled(row, rules, at, zone)
+            yield _stalled(row, rules, at, zone, settings.pushed_times)
 
 
-def _stalled(row: sa.RowMapping, rules: Sequence[Rule], at: dt.datetime, zone: ZoneInfo) -> StalledDeal:
+def _stalled(row: sa.RowMapping, rules: Sequence[Rule], at: dt.datetime, zone: ZoneInfo,
+             limit_pushed: int) -> StalledDeal:
     hits: list[RuleHit] = []
     for rule in RULES:
         if rule not in rules or not row[rule]:
@@ -316,6 +345,8 @@ def _stalled(row: sa.RowMapping, rules: Sequence[Rule], at: dt.datetime, zone: Z
             hits.append(RuleHit(rule, since=_aware(row["next_activity_at"]).astimezone(zone).date()))
         elif rule == "close_date_passed":
             hits.append(RuleHit(rule, since=row["expected_close_date"]))
+        elif rule == "repeatedly_pushed":
+            hits.append(RuleHit(rule, times=int(row["pushes"]), limit=limit_pushed))
         else:
             hits.append(RuleHit(rule))
     return StalledDeal(

@@ -6,7 +6,9 @@ snapshot yet), the overall velocity 7 and 30 days earlier (``load_history``;
 "no history yet" when that day has none; marked when it was rebuilt from deal
 dates), the what-ifs, where deals wait
 (``metrics.stage_times``), the hygiene summary and the worst stalled deals
-(``metrics.hygiene``).
+(``metrics.hygiene``), and, when asked (weekly by default, see
+``notify.movement_section``), the pipeline movement of the last days
+(``metrics.movement``).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from sales_velocity.metrics.hygiene import (
     hygiene_summary,
 )
 from sales_velocity.metrics.job import load_history, snapshot_for
+from sales_velocity.metrics.movement import Movement, compute_movement, period_bounds
+from sales_velocity.metrics.movement_report import movement_data
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.stage_times import StageWait, stage_wait_times
 from sales_velocity.metrics.velocity import (
@@ -81,6 +85,8 @@ class Digest:
     history: tuple[tuple[dt.date, Decimal | None], ...]
     rebuilt_days: int = 0
     """Days of ``history`` whose snapshot was rebuilt from deal dates, not taken on the day."""
+    movement: Movement | None = None
+    """The pipeline movement of the last ``movement_days`` days, when the digest carries it."""
 
 
 def _trend(
@@ -109,8 +115,9 @@ def build_digest(
     top_deals: int = 10,
     top_scopes: int = 15,
     chart_days: int = 90,
+    movement_days: int | None = None,
 ) -> Digest:
-    """Assemble the digest for ``as_of`` from the store."""
+    """Assemble the digest for ``as_of`` from the store (with ``movement_days`` of movement when set)."""
     window = metrics.window_days
     report = snapshot_for(engine, as_of, window, timezone=metrics.timezone)
     if report is None:
@@ -141,6 +148,10 @@ def build_digest(
         lambda: tuple(find_stalled(engine, hygiene, as_of=as_of, now=now, zone=zone, limit=top_deals))
         if top_deals else (),  # find_stalled streams: consume it on the worker
     ])
+    movement = None
+    if movement_days is not None:
+        since, until = period_bounds(None, as_of, today=as_of, zone=zone, days=movement_days)
+        movement = compute_movement(engine, metrics, since=since, until=until)
     return Digest(
         as_of=as_of,
         currency=report.currency,
@@ -157,6 +168,7 @@ def build_digest(
         worst=tuple(worst),
         history=history,
         rebuilt_days=sum(1 for day, _ in history if day in rebuilt),
+        movement=movement,
     )
 
 
@@ -227,6 +239,7 @@ def digest_data(d: Digest) -> dict[str, Any]:
                 for b in BOTTLENECKS
             },
         },
+        "movement": None if d.movement is None else movement_data(d.movement),
         "worst_deals": [
             {
                 "source": s.source,

@@ -32,6 +32,7 @@ from sales_velocity.notify.channels import Channel
 from sales_velocity.notify.chart import trend_png
 from sales_velocity.notify.digest import Digest, build_digest, digest_data
 from sales_velocity.notify.message import InlineImage, Message, MessageKind
+from sales_velocity.notify.movement_section import movement_due
 from sales_velocity.notify.reminders import ReminderPlan, plan_reminders, record_plan
 from sales_velocity.notify.render import texts
 from sales_velocity.notify.settings import NotifySettings, RemindersSettings
@@ -116,7 +117,8 @@ def _digest_message(d: Digest, notify: NotifySettings, metrics: MetricsSettings)
         else None
     )
     images = (InlineImage(CHART_CID, png, "velocity trend"),) if png else ()
-    rendered = render_digest(d, notify.locale, metrics.what_if, chart_cid=CHART_CID if png else None)
+    rendered = render_digest(d, notify.locale, metrics.what_if, chart_cid=CHART_CID if png else None,
+                             movement_top=notify.movement_top, movement_days=notify.movement_days)
     return _as_message("digest", f"digest:{d.as_of.isoformat()}", rendered, digest_data(d), images=images)
 
 
@@ -178,6 +180,8 @@ def build_messages(
             top_deals=notify.top_deals,
             top_scopes=notify.top_scopes,
             chart_days=notify.chart_days,
+            movement_days=notify.movement_days
+            if movement_due(engine, notify.movement, notify.movement_week_starts, as_of) else None,
         )
         messages.append(_digest_message(d, notify, metrics))
     if only in (None, "reminders") and any(_takes(c, "reminders") for c in channels):

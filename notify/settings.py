@@ -49,6 +49,15 @@ class NotifySettings(BaseModel):
     top_scopes: int = Field(default=15, ge=1, le=500, description="Rows per pipeline/owner table.")
     chart: bool = Field(default=True, description="Embed a velocity trend chart in the HTML e-mail.")
     chart_days: int = Field(default=90, ge=7, le=730, description="Days of history in the trend chart.")
+    movement: Literal["weekly", "daily", "never"] = Field(
+        default="weekly",
+        description="Pipeline movement section: in the first digest of each week, every digest, or never.",
+    )
+    movement_week_starts: Literal[
+        "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
+    ] = Field(default="monday", description="The day a week starts on, for movement = \"weekly\".")
+    movement_days: int = Field(default=7, ge=1, le=92, description="Days the movement section covers.")
+    movement_top: int = Field(default=10, ge=0, le=100, description="Largest moves listed deal by deal.")
     expire_after_days: int = Field(
         default=7,
         ge=1,

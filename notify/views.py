@@ -15,6 +15,7 @@ from sales_velocity.metrics.velocity import ScopeVelocity
 from sales_velocity.notify.chart import sparkline
 from sales_velocity.notify.digest import Digest
 from sales_velocity.notify.formatting import Formatter, Texts
+from sales_velocity.notify.movement_section import movement_view
 from sales_velocity.notify.reminders import ReminderMessage
 from sales_velocity.notify.render import Format, Rendered, render_template, slack_blocks, texts
 
@@ -67,6 +68,8 @@ def rule_text(hit: RuleHit, deal: StalledDeal, t: Texts, f: Formatter) -> str:
         )
     if hit.rule == "inactive":
         return t("rule_inactive", days=hit.days)
+    if hit.rule == "repeatedly_pushed":
+        return t("rule_repeatedly_pushed", times=hit.times, limit=hit.limit)
     if hit.rule in ("next_step_overdue", "close_date_passed") and hit.since is not None:
         return t(f"rule_{hit.rule}", date=f.short_date(hit.since))
     return t(f"rule_{hit.rule}")
@@ -97,7 +100,8 @@ def _what_if_label(lever: str, what_if: WhatIfSettings, t: Texts, f: Formatter) 
 
 
 def digest_view(
-    d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: str | None = None
+    d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: str | None = None,
+    movement_top: int = 10, movement_days: int = 7,
 ) -> dict[str, Any]:
     """The digest as localised strings for the templates."""
     t, f = texts(locale), Formatter(locale, d.currency)
@@ -188,6 +192,8 @@ def digest_view(
         "worst": [_deal(s, t, f) for s in d.worst],
         "formula": t("formula", days=d.window_days),
         "chart_cid": chart_cid,
+        "movement": None if d.movement is None
+        else movement_view(d.movement, t, f, days=movement_days, top=movement_top),
         "chart_alt": t("chart_alt", days=len(d.history)),
     }
 
@@ -233,10 +239,12 @@ def _render(stem: str, view: dict[str, Any]) -> Rendered:
 
 
 def render_digest(
-    d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: str | None = None
+    d: Digest, locale: str, what_if: WhatIfSettings, *, chart_cid: str | None = None,
+    movement_top: int = 10, movement_days: int = 7,
 ) -> Rendered:
     """The digest in every format."""
-    return _render("digest", digest_view(d, locale, what_if, chart_cid=chart_cid))
+    return _render("digest", digest_view(d, locale, what_if, chart_cid=chart_cid,
+                                         movement_top=movement_top, movement_days=movement_days))
 
 
 def render_reminders(

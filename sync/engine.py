@@ -11,7 +11,8 @@
    current hashes, then one upsert of the new and changed rows only, so a re-sync
    of unchanged data writes nothing (rows are encoded by ``sync.rows``);
 4. adds a ``deal_stage_events`` row for every stage a deal enters (the CRM's own
-   dates where it provides them, else as observed);
+   dates where it provides them, else as observed), and a ``deal_changes`` row
+   for every tracked field that changed (``sync.changes``: stored row vs new row);
 5. at each ``Checkpoint`` writes the pending deals *and* the cursor in one
    transaction, so a crash re-pulls from the last committed checkpoint and never
    skips. A checkpoint commits when ``COMMIT_EVERY`` deals or ``COMMIT_INTERVAL_S``
@@ -43,6 +44,7 @@ import structlog
 from sales_velocity.connectors.base import Checkpoint, Connector, Deal, Rejected
 from sales_velocity.kernel.errors import RemoteError
 from sales_velocity.sync.catalog import KnownCatalog, catalog_due, dialect_insert, load_known, refresh_catalog
+from sales_velocity.sync.changes import ChangeRecorder, changes_from_select
 from sales_velocity.sync.rows import RowEncoder
 from sales_velocity.sync.store import (
     deals_table,
@@ -126,6 +128,7 @@ class _Writer:
         self.known: KnownCatalog | None = None
         """Set when the catalog was not refreshed: deals referring to new ids refresh it."""
         self.encoder = RowEncoder(conn.dialect.name)
+        self.changes = ChangeRecorder(self.encoder, source, run_pk)
         self.uncommitted = 0
         self.committed_at = time.monotonic()
 
@@ -188,13 +191,14 @@ class _Writer:
             conn.exec_driver_sql(enc.insert_seen_sql, [(key,) for key in ids])
         existing = {
             row[0]: row
-            for row in conn.exec_driver_sql(enc.existing_sql(len(ids)),
+            for row in conn.exec_driver_sql(enc.existing_sql(len(ids), self.changes.tracked_sql()),
                                             enc.existing_params(self.source, ids))
         }
         now = self.now()
         now_value = enc.timestamp(now)
         rows: list[tuple[Any, ...]] = []
         events: list[tuple[Any, ...]] = []
+        changes: list[tuple[Any, ...]] = []
         for key, deal in batch.items():
             row, digest = enc.deal(deal)
             old = existing.get(key)
@@ -209,6 +213,7 @@ class _Writer:
                 self.result.inserted += 1
             else:
                 self.result.updated += 1
+                changes.extend(self.changes.compare(old[4:], row, deal, now))
             events.extend(
                 enc.event(deal, stage, entered_at, observed)
                 for stage, entered_at, observed in _stage_events(
@@ -220,6 +225,8 @@ class _Writer:
             conn.exec_driver_sql(enc.upsert_deals_sql, rows)
         if events:
             conn.exec_driver_sql(enc.insert_events_sql, events)
+        if changes:
+            conn.exec_driver_sql(self.changes.insert_sql, changes)
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write what is buffered and the cursor in one transaction; commit it when due."""
@@ -248,6 +255,11 @@ class _Writer:
             deals_table.c.status != "deleted",
             ~sa.exists().where(seen_t.c.external_id == deals_table.c.external_id),
         )
+        d = deals_table.c
+        self.conn.execute(changes_from_select(
+            deals_table, d.source, d.external_id, "status", d.status, sa.literal("deleted", sa.String()),
+            changed_at=now, where=missing, run_pk=self.run_pk,
+        ))
         result = self.conn.execute(
             deals_table.update()
             .where(missing)

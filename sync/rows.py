@@ -119,14 +119,18 @@ class RowEncoder:
         return (deal.source, deal.external_id, deal.pipeline, stage, self.timestamp(entered_at),
                 self.flag(observed))
 
-    def existing_sql(self, count: int) -> str:
-        """``SELECT`` of the stored hash, stage and deletion time of ``count`` ids of one source."""
+    def existing_sql(self, count: int, extra: str = "") -> str:
+        """``SELECT`` of the stored hash, stage and deletion time of ``count`` ids of one source.
+
+        ``extra`` names more columns to read after those four (the change recorder's).
+        """
         if self.sqlite:
             marks = ", ".join(["?"] * count)
             where = f"external_id IN ({marks})"
         else:
             where = "external_id = ANY(%s)"
-        return ("SELECT external_id, content_hash, stage_id, deleted_at FROM deals "
+        more = f", {extra}" if extra else ""
+        return (f"SELECT external_id, content_hash, stage_id, deleted_at{more} FROM deals "
                 f"WHERE source = {self.mark} AND {where}")
 
     def existing_params(self, source: str, ids: Sequence[str]) -> tuple[Any, ...]:

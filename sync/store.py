@@ -54,6 +54,7 @@ from sales_velocity.kernel.errors import StoreError
 
 __all__ = [
     "Base",
+    "DealChange",
     "DealRow",
     "DealStageEvent",
     "Money",
@@ -70,6 +71,7 @@ __all__ = [
     "UTCDateTime",
     "VelocitySnapshot",
     "check_schema",
+    "deal_changes_table",
     "deals_table",
     "ensure_schema",
     "leases_table",
@@ -259,6 +261,40 @@ class DealStageEvent(Base):
     entered_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     observed: Mapped[bool] = mapped_column(Boolean, default=False)
     """True when the time is when we saw the change, not a CRM-provided date."""
+
+
+class DealChange(Base):
+    """A tracked field of a deal changed from ``old`` to ``new`` (see ``sync.changes``).
+
+    ``field`` is a deals column: ``stage_id``, ``status``, ``archived``, ``amount``,
+    ``currency``, ``expected_close_date``, ``owner_id`` or ``pipeline_id``. Its
+    values are in the typed pair of columns that fits it: ``old_amount``/``new_amount``
+    (money), ``old_date``/``new_date`` (the close date), else ``old_value``/``new_value``
+    (text; ``archived`` as ``true``/``false``). ``changed_at`` is the CRM's time
+    where it has one (stage entry, close time), else when the sync saw the change
+    (``observed``).
+    """
+
+    __tablename__ = "deal_changes"
+    __table_args__ = (
+        Index("ix_deal_changes_deal", "source", "external_id", "changed_at"),
+        Index("ix_deal_changes_changed_at", "changed_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(String(100))
+    external_id: Mapped[str] = mapped_column(String(200))
+    field: Mapped[str] = mapped_column(String(30))
+    old_value: Mapped[str | None] = mapped_column(String(200))
+    new_value: Mapped[str | None] = mapped_column(String(200))
+    old_amount: Mapped[Decimal | None] = mapped_column(Money())
+    new_amount: Mapped[Decimal | None] = mapped_column(Money())
+    old_date: Mapped[dt.date | None] = mapped_column(Date)
+    new_date: Mapped[dt.date | None] = mapped_column(Date)
+    changed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+    observed: Mapped[bool] = mapped_column(Boolean, default=True)
+    """True when ``changed_at`` is when the sync saw the change, not a CRM-provided time."""
+    sync_run_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class SyncState(Base):
@@ -561,6 +597,7 @@ stages_table = _table(StageRow)
 owners_table = _table(OwnerRow)
 deals_table = _table(DealRow)
 stage_events_table = _table(DealStageEvent)
+deal_changes_table = _table(DealChange)
 sync_state_table = _table(SyncState)
 sync_runs_table = _table(SyncRun)
 sync_rejects_table = _table(SyncReject)

@@ -177,7 +177,8 @@ class TestOrderAndSummary:
         summary = hygiene_summary(store_with_pipeline, HygieneSettings(), as_of=AS_OF, now=NOW, zone=OSLO)
         assert (summary.open_deals, summary.stalled_deals) == (4, 3)
         assert summary.by_rule == {"no_next_step": 1, "next_step_overdue": 1, "close_date_passed": 0,
-                                   "stuck_in_stage": 1, "inactive": 1, "missing_amount": 1}
+                                   "stuck_in_stage": 1, "inactive": 1, "missing_amount": 1,
+                                   "repeatedly_pushed": 0}
         assert summary.by_bottleneck == {"dead_deals": 1, "inconsistent_process": 1,
                                          "missing_next_steps": 2, "poor_data_quality": 1}
         assert summary.share("missing_next_steps") == Decimal("0.5")

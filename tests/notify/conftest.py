@@ -9,13 +9,22 @@ import pytest
 
 from sales_velocity.metrics.job import run_metrics
 from sales_velocity.metrics.settings import MetricsSettings
-from tests.notify.factory import AS_OF, NOW, add_deal, add_event, add_owner, add_pipeline, days_ago
+from tests.notify.factory import (
+    AS_OF,
+    NOW,
+    add_change,
+    add_deal,
+    add_event,
+    add_owner,
+    add_pipeline,
+    days_ago,
+)
 
 METRICS = MetricsSettings(timezone="Europe/Oslo", currency="NOK")
 
 
 def seed(engine) -> None:
-    """Two sellers (one without an address), stalled and healthy deals, 31 days of snapshots."""
+    """Two sellers (one without an address), stalled and healthy deals, 31 days of snapshots, changes."""
     add_pipeline(engine)
     add_owner(engine, "o1", "Kari Nordmann", "kari@example.com")
     add_owner(engine, "o2", "Ola <Hansen>", None)
@@ -53,6 +62,12 @@ def seed(engine) -> None:
         add_event(engine, f"w{i}", "proposal", closed - dt.timedelta(days=proposal))
         add_event(engine, f"w{i}", "won", closed)
     add_deal(engine, "l", status="lost", closed_at=days_ago(40))
+    # what the sync recorded: a raised amount, a stage moved back, a close date pushed three times
+    add_change(engine, "a", "amount", Decimal("100000"), Decimal("120000"), days_ago(2))
+    add_change(engine, "b", "stage_id", "proposal", "lead", days_ago(1))
+    for n, (old, new) in enumerate([(10, 14), (14, 21), (21, 30)]):
+        add_change(engine, "c", "expected_close_date", AS_OF + dt.timedelta(days=old),
+                   AS_OF + dt.timedelta(days=new), days_ago(4 - n / 2))
     # the first run was a week ago: the days before it were rebuilt then (computed after they ended),
     # and since then each day's snapshot was taken that morning
     for back in range(30, -1, -1):

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from sales_velocity.sync.store import (
+    deal_changes_table,
     deals_table,
     owners_table,
     pipelines_table,
@@ -107,6 +108,17 @@ def update_deal(engine: sa.Engine, external_id: str, **values: Any) -> None:
             .where(deals_table.c.source == SOURCE, deals_table.c.external_id == external_id)
             .values(**values)
         )
+
+
+def add_change(engine: sa.Engine, external_id: str, field: str, old: Any, new: Any,
+               changed_at: dt.datetime) -> None:
+    """A recorded field change (the typed old/new columns chosen by ``field``, as ``sync.changes`` does)."""
+    pair = {"amount": ("old_amount", "new_amount"),
+            "expected_close_date": ("old_date", "new_date")}.get(field, ("old_value", "new_value"))
+    with engine.begin() as conn:
+        conn.execute(sa.insert(deal_changes_table).values(
+            source=SOURCE, external_id=external_id, field=field, changed_at=changed_at, observed=True,
+            **{pair[0]: old, pair[1]: new}))
 
 
 def add_event(

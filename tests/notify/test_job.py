@@ -66,7 +66,7 @@ class TestEmailDelivery:
         got = {tuple(r.rcpt_tos): r.message["Subject"] for r in inbox.received}
         assert got == {
             ("team@example.com",): "Sales velocity Nov 26, 2026: NOK 3,750 per day",
-            ("kari@example.com",): "1 deal needs your attention",
+            ("kari@example.com",): "2 deals need your attention",  # one of them repeatedly pushed
             ("lead@example.com",): "Stalled deals of sellers without an e-mail address (1)",
         }
         fallback = next(r for r in inbox.received if r.rcpt_tos == ["lead@example.com"]).message
