@@ -47,13 +47,13 @@ from sales_velocity.metrics.job import missed_days, run_metrics
 from sales_velocity.metrics.report import render_report
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.velocity import compute_velocity
-from sales_velocity.notify.job import run_notify
+from sales_velocity.notify.job import preview_digest, run_notify
 from sales_velocity.notify.settings import NotifySettings, RemindersSettings, load_notify_settings
 from sales_velocity.sync.engine import SyncResult, sync_source
 from sales_velocity.sync.export import export_rows, write_export
 from sales_velocity.sync.lock import daily_lock, source_lock
 from sales_velocity.sync.settings import StoreSettings, SyncSettings
-from sales_velocity.sync.status import record_progress
+from sales_velocity.sync.status import last_digest, record_progress
 from sales_velocity.sync.store import check_schema, ensure_schema, make_engine, upgrade
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
@@ -385,18 +385,33 @@ def run_daily(ctx: Context, as_of: dt.date, *, notify: bool = True, dry_run: boo
 
 def _notify(ctx: Context, as_of: dt.date, *, dry_run: bool,
             only: Literal["digest", "reminders"] | None) -> int:
+    from sales_velocity.notify.summary import already_sent_line, notify_lines
+
+    engine = ctx.ready_engine()
+    channels = [c.settings.name for c in ctx.config.notify.channels if "digest" in c.settings.send]
+    before = last_digest(engine, channels, key=f"digest:{as_of.isoformat()}") if only != "reminders" else None
     result = run_notify(
-        ctx.ready_engine(), ctx.config.notify, ctx.config.reminders, ctx.config.metrics,
+        engine, ctx.config.notify, ctx.config.reminders, ctx.config.metrics,
         as_of=as_of, now=ctx.now(), dry_run=dry_run, only=only, out=ctx.out,
     )
+    if before is not None and not dry_run:
+        ctx.print(already_sent_line(before.key, before.sent_at, before.channels, ctx.config.zone))
+    for line in notify_lines(result):
+        ctx.print(line)
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
 def cmd_notify(ctx: Context, args: argparse.Namespace) -> int:
-    """Send the digest and the reminders for today (or --as-of)."""
+    """Send the digest and the reminders for today (or --as-of); ``--preview`` only prints the digest."""
+    as_of = _as_of(ctx, args.as_of)
+    if args.preview:
+        message = preview_digest(ctx.existing_engine(), ctx.config.notify, ctx.config.reminders,
+                                 ctx.config.metrics, as_of=as_of, now=ctx.now())
+        ctx.print(f"{message.subject}\n\n{message.text.rstrip()}")
+        return EXIT_OK
     if not ctx.config.notify.channels:
         raise ConfigError.single("notify.channels", "no channel is configured")
-    return _notify(ctx, _as_of(ctx, args.as_of), dry_run=args.dry_run, only=args.only)
+    return _notify(ctx, as_of, dry_run=args.dry_run, only=args.only)
 
 
 def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
@@ -639,7 +654,7 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         config = load_config(find_config(args.config, env), env)
     except (ConfigError, UsageError) as exc:
         configure_logging()
-        sys.stderr.write(f"velocity: {exc}\n")
+        sys.stderr.write(f"velocity: {_one_line(exc)}\n")
         return EXIT_CONFIG
     log_settings = config.logging.model_copy(update={
         k: v for k, v in (("level", args.log_level), ("format", args.log_format)) if v
@@ -649,7 +664,9 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
                   redactor=redactor)
     with structlog.contextvars.bound_contextvars(run_id=ctx.run_id, command=args.command):
         try:
-            return int(args.func(ctx, args))
+            code = int(args.func(ctx, args))
+            out.flush()  # a reader that left shows here, not after the exit code is decided
+            return code
         except BrokenPipeError:
             _silence_stdout(out)
             if args.command in OUTPUT_ONLY:  # `velocity export | head`: the reader left, not an error
@@ -657,7 +674,7 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
             sys.stderr.write(f"velocity: {args.command} stopped: its output was closed (broken pipe)\n")
             return EXIT_FAILED
         except (ConfigError, UsageError, StoreNotInitialisedError) as exc:
-            sys.stderr.write(redactor.redact(f"velocity: {exc}\n"))
+            sys.stderr.write(redactor.redact(f"velocity: {_one_line(exc)}\n"))
             return EXIT_CONFIG
         except StoreError as exc:
             sys.stderr.write(redactor.redact(f"velocity: {exc}\n"))
@@ -669,6 +686,13 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         finally:
             if ctx._engine is not None:
                 ctx._engine.dispose()
+
+
+def _one_line(exc: Exception) -> str:
+    """A config error with one problem reads as one line; several are listed, one per line."""
+    if isinstance(exc, ConfigError) and len(exc.problems) == 1:
+        return str(exc.problems[0])
+    return str(exc)
 
 
 def _silence_stdout(out: TextIO) -> None:
