@@ -1,6 +1,8 @@
-"""Deployment files: the Dockerfile lints clean and lets the config choose the store; the Kubernetes
-manifests validate against the API schemas, pass Pod Security "restricted", keep the Secret apart and
-load as a real config; the README's Deployment section matches deploy/."""
+"""Deployment files: Dockerfile, Kubernetes manifests, and the README's Deployment section.
+
+The Dockerfile lints clean and lets the config choose the store; the manifests validate against the
+API schemas, pass Pod Security "restricted", keep the Secret apart and load as a real config.
+"""
 
 from __future__ import annotations
 
@@ -116,7 +118,7 @@ class TestKubernetes:
             spec = pod_spec(job)
             assert spec["securityContext"]["runAsNonRoot"] is True
             assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
-            mounts_needed = {"/tmp", "/var/lib/velocity"}
+            mounts_needed = {"/tmp", "/var/lib/velocity"}  # noqa: S108 - paths inside the pod
             for container in spec["containers"]:
                 ctx = container["securityContext"]
                 assert ctx["allowPrivilegeEscalation"] is False
@@ -160,4 +162,5 @@ class TestReadme:
         for job in cronjobs().values():
             assert job["spec"]["schedule"] in section
         assert "VELOCITY_DEFAULT_DATABASE_URL" in section
-        assert "${file:" in section and "_FILE" in section
+        assert "${file:" in section
+        assert "_FILE" in section

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -120,7 +121,8 @@ class TestOrdinaryMistakes:
         assert result.returncode == 2
         assert "Traceback" not in result.stderr
         assert "sources[0].kind: connector 'broken'" in result.stderr
-        assert "failed to import: ModuleNotFoundError: No module named 'not_a_module_anywhere'" in result.stderr
+        assert ("failed to import: ModuleNotFoundError: No module named 'not_a_module_anywhere'"
+                in result.stderr)
 
 
 class TestReadOnlyCommands:
@@ -169,6 +171,22 @@ class TestReadOnlyCommands:
                           cwd=tmp_path)
         assert result.returncode == 1
         assert f"source hs: FAILED: cannot reach 127.0.0.1:{port}: connection refused" in result.stdout
+
+
+    def test_check_tries_a_source_once(self, tmp_path: Path, httpserver: Any) -> None:
+        """A HubSpot answering 503: `check` reports it after one request, not after the retry policy."""
+        httpserver.expect_request("/crm/v3/objects/deals").respond_with_json({"message": "down"}, status=503)
+        extra = textwrap.dedent(f"""
+            [[sources]]
+            name = "hs"
+            kind = "hubspot"
+            access_token = "pat-na1-abcdef"
+            base_url = "{httpserver.url_for("/").rstrip("/")}"
+        """)
+        result = velocity(["--config", str(seed_config(tmp_path, extra)), "check"], cwd=tmp_path)
+        assert result.returncode == 1
+        assert "source hs: FAILED:" in result.stdout
+        assert len(httpserver.log) == 1
 
 
 class TestBrokenPipe:

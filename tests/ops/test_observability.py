@@ -46,7 +46,7 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 class TestTextfile:
     def test_run_writes_every_metric_and_the_seed_velocity(self, tmp_path: Path, db_url: str) -> None:
-        """`run` with [metrics] textfile writes a parseable file: the seed's levers, the digest, build info."""
+        """`run` with [metrics] textfile writes a parseable file: the seed's levers, digest, build info."""
         code, _ = velocity(["--config", str(config(tmp_path)), "run", "--as-of", "2026-11-26"],
                            {"VELOCITY_DATABASE_URL": db_url})
         assert code == 0
