@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import threading
-import tomllib
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +32,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sales_velocity.connectors import build_connector
 from sales_velocity.connectors.base import Connector
 from sales_velocity.kernel.config import TimeZoneName, expand_env, secret_values, validation_problems
-from sales_velocity.kernel.errors import ConfigError, ConfigProblem, StoreError, VelocityError
+from sales_velocity.kernel.configfile import ENV_CONFIG, choose_store_url, find_config, read_toml
+from sales_velocity.kernel.console import SyncProgress
+from sales_velocity.kernel.errors import (
+    ConfigError,
+    ConfigProblem,
+    StoreError,
+    StoreNotInitialisedError,
+    UsageError,
+    VelocityError,
+)
 from sales_velocity.kernel.logs import LoggingSettings, SecretRedactor, configure_logging
+from sales_velocity.kernel.probe import probe_endpoint
 from sales_velocity.kernel.schedule import ScheduleSettings, build_scheduler, serve
 from sales_velocity.metrics.history import fill_history, rebuild_snapshots
 from sales_velocity.metrics.job import run_metrics
@@ -43,17 +52,16 @@ from sales_velocity.metrics.movement_report import render_movement
 from sales_velocity.metrics.report import render_report
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.velocity import compute_velocity
-from sales_velocity.notify.job import run_notify
+from sales_velocity.notify.job import preview_digest, run_notify
 from sales_velocity.notify.settings import NotifySettings, RemindersSettings, load_notify_settings
 from sales_velocity.sync.engine import SyncResult, sync_source
 from sales_velocity.sync.export import export_rows, write_export
 from sales_velocity.sync.lock import Lease, daily_lock, hold_all, source_lock
 from sales_velocity.sync.settings import StoreSettings, SyncSettings
+from sales_velocity.sync.status import last_digest, record_progress
 from sales_velocity.sync.store import check_schema, ensure_schema, make_engine, reading_only, upgrade
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
-ENV_CONFIG = "VELOCITY_CONFIG"
-ENV_DATABASE_URL = "VELOCITY_DATABASE_URL"
 
 log = structlog.get_logger("velocity")
 
@@ -93,6 +101,8 @@ class AppConfig:
     reminders: RemindersSettings
     schedule: ScheduleSettings
     logging: LoggingSettings
+    store_reason: str = "the default"
+    """Why ``store.url`` is the one in use (logged at start, shown by ``check``)."""
     secrets: list[str] = field(default_factory=list, repr=False)
 
     @property
@@ -106,33 +116,32 @@ class AppConfig:
 
 
 def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> AppConfig:
-    """Read, expand and validate the configuration; raise one ``ConfigError`` with every problem."""
+    """Read, expand and validate the configuration; raise one ``ConfigError`` with every problem.
+
+    Every section is validated even when the top level is wrong, so one run of
+    ``velocity check`` lists everything to fix.
+    """
     env = os.environ if env is None else env
-    raw: dict[str, Any] = {}
-    if path is not None:
-        try:
-            with path.open("rb") as fh:
-                raw = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError.single("", f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError.single("", f"{path} is not valid TOML: {exc}") from None
+    raw: dict[str, Any] = read_toml(path) if path is not None else {}
     problems: list[ConfigProblem] = []
     secrets: list[str] = []
     raw = expand_env(raw, env, "", problems, secrets)
-    if env.get(ENV_DATABASE_URL):
-        raw.setdefault("store", {})["url"] = env[ENV_DATABASE_URL]
+    choice = choose_store_url(raw.get("store"), env, path)
+    if choice.url is not None and isinstance(raw.get("store", {}), dict):
+        raw.setdefault("store", {})["url"] = choice.url
     context = {"config_dir": path.parent.resolve() if path else Path.cwd()}
     try:
         top = TopLevel.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([*problems, *validation_problems(exc)]) from None
+        problems.extend(validation_problems(exc, model=TopLevel))
+        bad = {str(item["loc"][0]) for item in exc.errors() if item["loc"]}
+        top = TopLevel.model_validate({k: v for k, v in raw.items() if k not in bad})
 
     def part(model: type[BaseModel], data: Mapping[str, Any], key: str) -> Any:
         try:
             return model.model_validate(dict(data), context=context)
         except ValidationError as exc:
-            problems.extend(validation_problems(exc, key))
+            problems.extend(validation_problems(exc, key, model))
             return None
 
     store = part(StoreSettings, top.store, "store")
@@ -159,14 +168,26 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> AppC
         if connector.settings.enabled:
             sources.append(connector)
     if problems or metrics is None or notify is None or reminders is None:
-        raise ConfigError(problems)
+        raise ConfigError(_once(problems))
     config = AppConfig(path, top.timezone, top.currency, store, sync, sources, metrics, notify,
-                       reminders, schedule, logging_settings)
+                       reminders, schedule, logging_settings, store_reason=choice.reason)
     store_password = sa.engine.make_url(store.url).password if store else None
     config.secrets = sorted({s for s in [*secrets, *secret_values(config.sources),
                                          *secret_values(notify), str(store_password or "")]
                              if len(s) >= 4})
     return config
+
+
+def _once(problems: Sequence[ConfigProblem]) -> list[ConfigProblem]:
+    """Each problem once; a key whose ${VAR} is unset gets no second complaint about its value."""
+    unset = {p.path for p in problems if p.message.startswith(("environment variable", "secret file"))}
+    out: list[ConfigProblem] = []
+    for p in problems:
+        if p in out or (p.path in unset and not p.message.startswith(("environment variable",
+                                                                       "secret file"))):
+            continue
+        out.append(p)
+    return out
 
 
 def _metrics_settings(top: TopLevel, context: Mapping[str, Any],
@@ -175,7 +196,7 @@ def _metrics_settings(top: TopLevel, context: Mapping[str, Any],
     try:
         return MetricsSettings.model_validate(data, context=dict(context))
     except ValidationError as exc:
-        problems.extend(validation_problems(exc, "metrics"))
+        problems.extend(validation_problems(exc, "metrics", MetricsSettings))
         return None
 
 
@@ -206,10 +227,22 @@ class Context:
 
     @property
     def engine(self) -> sa.Engine:
-        """The store's engine (created on first use)."""
+        """The store's engine (created on first use; the URL and why it was chosen are logged)."""
         if self._engine is None:
             self._engine = make_engine(self.config.store.url)
+            log.info("store.url", url=_safe_url(self._engine), reason=self.config.store_reason)
         return self._engine
+
+    def existing_engine(self) -> sa.Engine:
+        """The engine of a store that already has the current schema; never creates or migrates it.
+
+        Raises:
+            StoreNotInitialisedError: nothing there yet (``velocity init`` creates it).
+        """
+        if not self._ready:
+            check_schema(self.engine)
+            self._ready = True
+        return self.engine
 
     def ready_engine(self) -> sa.Engine:
         """The engine, with the schema created or upgraded to the latest revision first."""
@@ -228,7 +261,7 @@ class Context:
 def cmd_init(ctx: Context, _args: argparse.Namespace) -> int:
     """Create or upgrade the store's schema."""
     upgrade(ctx.engine)
-    ctx.print(f"store ready: {_safe_url(ctx.engine)}")
+    ctx.print(f"store ready: {_safe_url(ctx.engine)} (from {ctx.config.store_reason})")
     return EXIT_OK
 
 
@@ -257,11 +290,15 @@ def run_sync(ctx: Context, names: Sequence[str] = (), *, full: bool = False) -> 
             if not lease:
                 results.append(_refused(connector.name, lease))
                 continue
-            results.append(sync_source(engine, connector, full=full, run_id=ctx.run_id,
-                                       now=ctx.now, batch_size=ctx.config.sync.batch_size,
-                                       catalog_max_age=ctx.config.sync.catalog_max_age,
-                                       progress=_progress(connector.name, lease.renew),
-                                       redact=ctx.redactor.redact))
+            with SyncProgress(connector.name) as bar:
+                if bar.enabled and hasattr(connector, "expected_deals"):
+                    bar.total(connector.expected_deals())
+                results.append(sync_source(engine, connector, full=full, run_id=ctx.run_id,
+                                           now=ctx.now, batch_size=ctx.config.sync.batch_size,
+                                           catalog_max_age=ctx.config.sync.catalog_max_age,
+                                           progress=_progress(engine, ctx.run_id, connector.name,
+                                                              lease.renew, bar),
+                                           redact=ctx.redactor.redact))
     return results
 
 
@@ -277,15 +314,14 @@ def _refused(source: str, lease: Lease) -> SyncResult:
     return SyncResult(source=source, status="skipped", error="another run holds this source's lock")
 
 
-def _progress(source: str, renew: Callable[[], None]) -> Callable[[int], None]:
-    """Renew the source's lease as the sync goes; show a progress line on a terminal."""
-    tty = sys.stderr.isatty()
+def _progress(engine: sa.Engine, run_id: str, source: str, renew: Callable[[], None],
+              bar: SyncProgress) -> Callable[[int], None]:
+    """Renew the source's lease as the sync goes, record the count for `status`, update the bar."""
 
     def show(seen: int) -> None:
         renew()
-        if tty:
-            sys.stderr.write(f"\r{source}: {seen:,} deals ")
-            sys.stderr.flush()
+        record_progress(engine, run_id, source, seen)
+        bar.update(seen)
 
     return show
 
@@ -322,6 +358,10 @@ def _as_of(ctx: Context, value: dt.date | None) -> dt.date:
 def cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
     """Compute and store today's (or --as-of's) velocity snapshots; --since rebuilds the days before."""
     as_of = _as_of(ctx, args.as_of)
+    today = ctx.config.today(ctx.now())
+    if as_of > today:
+        raise UsageError(f"--as-of {as_of} is in the future (today is {today} in {ctx.config.timezone}): "
+                         "a snapshot of a day that has not happened would be stored as fact")
     engine = ctx.ready_engine()
     if args.since is not None:
         if args.since >= as_of:
@@ -341,7 +381,7 @@ def cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     """Print the velocity table (or JSON/CSV) computed from the store."""
-    engine = ctx.ready_engine()
+    engine = ctx.existing_engine()
     with reading_only():  # a reader: never waits for a writer, works on a read-only store
         report = compute_velocity(engine, ctx.config.metrics, _as_of(ctx, args.as_of), args.window_days)
     ctx.out.write(render_report(report, args.format))
@@ -362,7 +402,7 @@ def cmd_movement(ctx: Context, args: argparse.Namespace) -> int:
 
 def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
     """Write the stored deals as CSV or JSON lines to stdout."""
-    engine = ctx.ready_engine()
+    engine = ctx.existing_engine()
     with reading_only():
         write_export(export_rows(engine, args.source), args.format, ctx.out)
     return EXIT_OK
@@ -386,24 +426,43 @@ def run_daily(ctx: Context, as_of: dt.date, *, notify: bool = True, dry_run: boo
 
 def _notify(ctx: Context, as_of: dt.date, *, dry_run: bool,
             only: Literal["digest", "reminders"] | None) -> int:
+    from sales_velocity.notify.summary import already_sent_line, notify_lines
+
+    engine = ctx.ready_engine()
+    channels = [c.settings.name for c in ctx.config.notify.channels if "digest" in c.settings.send]
+    before = last_digest(engine, channels, key=f"digest:{as_of.isoformat()}") if only != "reminders" else None
     result = run_notify(
-        ctx.ready_engine(), ctx.config.notify, ctx.config.reminders, ctx.config.metrics,
+        engine, ctx.config.notify, ctx.config.reminders, ctx.config.metrics,
         as_of=as_of, now=ctx.now(), dry_run=dry_run, only=only, out=ctx.out,
     )
+    if before is not None and not dry_run:
+        ctx.print(already_sent_line(before.key, before.sent_at, before.channels, ctx.config.zone))
+    for line in notify_lines(result):
+        ctx.print(line)
     return EXIT_FAILED if result.failed else EXIT_OK
 
 
 def cmd_notify(ctx: Context, args: argparse.Namespace) -> int:
-    """Send the digest and the reminders for today (or --as-of)."""
+    """Send the digest and the reminders for today (or --as-of); ``--preview`` only prints the digest."""
+    as_of = _as_of(ctx, args.as_of)
+    if args.preview:
+        message = preview_digest(ctx.existing_engine(), ctx.config.notify, ctx.config.reminders,
+                                 ctx.config.metrics, as_of=as_of, now=ctx.now())
+        ctx.print(f"{message.subject}\n\n{message.text.rstrip()}")
+        return EXIT_OK
     if not ctx.config.notify.channels:
         raise ConfigError.single("notify.channels", "no channel is configured")
-    return _notify(ctx, _as_of(ctx, args.as_of), dry_run=args.dry_run, only=args.only)
+    return _notify(ctx, as_of, dry_run=args.dry_run, only=args.only)
 
 
 def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     """The one-shot job for cron and containers: sync, metrics, notify."""
-    sync_code = _print_sync_results(ctx, run_sync(ctx, args.sources, full=args.full))
-    return max(sync_code, daily_step(ctx, _as_of(ctx, args.as_of), notify=not args.no_notify))
+    try:
+        sync_code = _print_sync_results(ctx, run_sync(ctx, args.sources, full=args.full))
+        return max(sync_code, daily_step(ctx, _as_of(ctx, args.as_of), notify=not args.no_notify))
+    finally:
+        if ctx._ready:
+            _write_metrics(ctx, args.metrics_file)
 
 
 def daily_step(ctx: Context, as_of: dt.date, *, notify: bool = True) -> int:
@@ -435,18 +494,27 @@ def daily_step(ctx: Context, as_of: dt.date, *, notify: bool = True) -> int:
             return run_daily(ctx, as_of, notify=notify)
 
 
-def cmd_check(ctx: Context, _args: argparse.Namespace) -> int:
-    """Validate the config (already done), reach the store, and try each source and channel."""
+def cmd_check(ctx: Context, args: argparse.Namespace) -> int:
+    """Validate the config (already done), reach the store, and try each source and channel once.
+
+    Creates nothing: a store without a schema is a warning before the first run.
+    Each source's host is probed first with a short timeout, so an unreachable
+    one fails in seconds, naming host and port.
+    """
     code = EXIT_OK
-    ctx.print("config: OK")
+    ctx.print(f"config: OK ({ctx.config.path})")
+    where = f"{_safe_url(ctx.engine)}, from {ctx.config.store_reason}"
     try:
         check_schema(ctx.engine)
-        ctx.print(f"store: OK ({_safe_url(ctx.engine)})")
+        ctx.print(f"store: OK ({where})")
+    except StoreNotInitialisedError as exc:
+        ctx.print(f"store: WARNING: {exc} ({where}); the first `velocity run` creates it too")
     except StoreError as exc:
         ctx.print(f"store: FAILED: {exc}")
         code = EXIT_FAILED
     for connector in ctx.config.sources:
         try:
+            probe_endpoint(connector.settings, timeout=args.timeout)
             ctx.print(f"source {connector.name}: OK ({connector.check()})")
         except Exception as exc:
             ctx.print(f"source {connector.name}: FAILED: {exc}")
@@ -463,11 +531,11 @@ def cmd_check(ctx: Context, _args: argparse.Namespace) -> int:
 
 def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
     """Print the last run of each source and channel, and the next scheduled times."""
-    from sales_velocity.sync.status import collect_status, render_status, write_prometheus
+    from sales_velocity.sync.status import collect_status, render_status
 
     config = ctx.config
     channels = [c.settings.name for c in config.notify.channels]
-    engine = ctx.ready_engine()
+    engine = ctx.existing_engine()
     with reading_only():
         status = collect_status(
             engine, sources=[s.name for s in config.sources], channels=channels,
@@ -475,9 +543,24 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
             timezone=config.schedule.timezone or config.timezone, now=ctx.now(),
         )
     ctx.out.write(render_status(status))
-    if args.metrics_file:
-        write_prometheus(status, Path(args.metrics_file))
+    _write_metrics(ctx, args.metrics_file)
     return EXIT_OK
+
+
+def _write_metrics(ctx: Context, option: str | None) -> None:
+    """Write the Prometheus textfile when ``--metrics-file`` or ``[metrics] textfile`` names one."""
+    target = option or ctx.config.metrics.textfile
+    if not target:
+        return
+    from sales_velocity.sync.prometheus import write_textfile
+
+    config = ctx.config
+    write_textfile(
+        ctx.engine, Path(target), sources=[s.name for s in config.sources],
+        channels=[c.settings.name for c in config.notify.channels],
+        window_days=config.metrics.window_days, now=ctx.now(),
+    )
+    log.info("metrics.textfile", path=str(target))
 
 
 def cmd_schedule(ctx: Context, args: argparse.Namespace) -> int:
@@ -492,10 +575,18 @@ def cmd_schedule(ctx: Context, args: argparse.Namespace) -> int:
                     return body()
         return run
 
+    def with_metrics(body: Callable[[], int]) -> Callable[[], int]:
+        def run() -> int:
+            try:
+                return body()
+            finally:
+                _write_metrics(ctx, args.metrics_file)
+        return run
+
     scheduler = build_scheduler(
         ctx.config.schedule, ctx.config.timezone,
-        sync=job(lambda: _print_sync_results(ctx, run_sync(ctx))),
-        daily=job(lambda: cmd_run_daily_locked(ctx)),
+        sync=job(with_metrics(lambda: _print_sync_results(ctx, run_sync(ctx)))),
+        daily=job(with_metrics(lambda: cmd_run_daily_locked(ctx))),
     )
     ctx.ready_engine()  # fail now, not at the first job, when the store is not initialised
     if args.run_now:
@@ -511,6 +602,9 @@ def cmd_run_daily_locked(ctx: Context) -> int:
 
 
 # --------------------------------------------------------------------------- CLI
+
+OUTPUT_ONLY = frozenset({"report", "export", "deals", "movement"})
+"""Commands whose only effect is their output: a reader that leaves early (``| head``) is no failure."""
 
 
 def _date(value: str) -> dt.date:
@@ -533,87 +627,122 @@ def _date_or_time(value: str) -> dt.date | dt.datetime:
             f"{value!r} is not a date (YYYY-MM-DD) or a datetime (YYYY-MM-DDTHH:MM[+HH:MM])") from None
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1 (a window of days)")
+    return number
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not 0 < number <= 120:
+        raise argparse.ArgumentTypeError(f"{value} must be more than 0 and at most 120 seconds")
+    return number
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``velocity`` command line."""
+    """The ``velocity`` command line (every option has help text; a test checks)."""
+    from sales_velocity.sync.prometheus import package_version
+
     parser = argparse.ArgumentParser(
         prog="velocity",
         description="Sync CRM deals, compute sales velocity, notify the team.",
+        epilog="Exit codes: 0 ok, 1 a source or channel failed, 2 configuration or usage error.",
     )
-    parser.add_argument("--config", "-c", type=Path, default=None,
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    parser.add_argument("--config", "-c", type=Path, default=None, metavar="FILE",
                         help=f"config file (default: ${ENV_CONFIG}, else ./velocity.toml)")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", choices=["auto", "json", "console"])
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        help="log events from this level up (default: warning on a terminal, info "
+                        "otherwise)")
+    parser.add_argument("--log-format", choices=["auto", "json", "console"],
+                        help="auto (default): readable on a terminal, JSON lines otherwise")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    as_of_help = "the day to compute for, YYYY-MM-DD (default: today in the configured time zone)"
+    metrics_help = "also write Prometheus textfile metrics here (default: [metrics] textfile)"
 
     sub.add_parser("init", help="create or upgrade the store").set_defaults(func=cmd_init)
     p = sub.add_parser("sync", help="pull deals from the sources into the store")
-    p.add_argument("sources", nargs="*", metavar="SOURCE")
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="source names (default: all)")
     p.add_argument("--full", action="store_true", help="ignore the cursor; detect deletes")
     p.set_defaults(func=cmd_sync)
     p = sub.add_parser("metrics", help="compute and store velocity snapshots")
-    p.add_argument("--as-of", type=_date)
+    p.add_argument("--as-of", type=_date, help=as_of_help + "; not in the future")
     p.add_argument("--since", type=_date, metavar="DATE",
                    help="also rebuild one snapshot per day from DATE to the day before, from deal dates")
     p.add_argument("--overwrite", action="store_true",
                    help="with --since: replace snapshots taken on the day too")
     p.set_defaults(func=cmd_metrics)
-    p = sub.add_parser("report", help="print the velocity report")
-    p.add_argument("--as-of", type=_date)
-    p.add_argument("--window-days", type=int, default=None)
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p = sub.add_parser("report", help="print the velocity report (read-only)")
+    p.add_argument("--as-of", type=_date, help=as_of_help)
+    p.add_argument("--window-days", type=_positive, default=None,
+                   help="look-back window in days, at least 1 (default: [metrics] window_days)")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                   help="table for people (default), json or csv for machines")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("movement", help="what moved in the pipeline: added, won, pushed, ... and a bridge")
     p.add_argument("--since", type=_date_or_time, help="start: a local date or datetime (default: 7 days)")
     p.add_argument("--until", type=_date_or_time, help="end (excluded); a date includes its day")
     p.add_argument("--scope", default="all", help="all, pipeline:KEY or owner:KEY (KEY: source/id, id, name)")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                   help="table for people (default), json or csv for machines")
     p.set_defaults(func=cmd_movement)
-    p = sub.add_parser("export", help="print the stored deals")
-    p.add_argument("--source")
-    p.add_argument("--format", choices=["csv", "json"], default="csv")
+    p = sub.add_parser("export", help="print the stored deals (read-only)")
+    p.add_argument("--source", help="only this source's deals")
+    p.add_argument("--format", choices=["csv", "json"], default="csv",
+                   help="csv (default) or json lines")
     p.set_defaults(func=cmd_export)
     p = sub.add_parser("notify", help="send the digest and stalled-deal reminders")
-    p.add_argument("--as-of", type=_date)
+    p.add_argument("--as-of", type=_date, help=as_of_help)
     p.add_argument("--dry-run", action="store_true", help="print what would be sent; record nothing")
-    p.add_argument("--only", choices=["digest", "reminders"])
+    p.add_argument("--preview", action="store_true",
+                   help="print today's digest as it would read now, even when already sent; "
+                   "send and record nothing")
+    p.add_argument("--only", choices=["digest", "reminders"], help="send only this kind")
     p.set_defaults(func=cmd_notify)
     p = sub.add_parser("run", help="sync, metrics and notify once (for cron and containers)")
-    p.add_argument("sources", nargs="*", metavar="SOURCE")
-    p.add_argument("--full", action="store_true")
-    p.add_argument("--as-of", type=_date)
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="source names (default: all)")
+    p.add_argument("--full", action="store_true", help="ignore the cursors; detect deletes")
+    p.add_argument("--as-of", type=_date, help=as_of_help)
     p.add_argument("--no-notify", action="store_true", help="stop after metrics")
+    p.add_argument("--metrics-file", help=metrics_help)
     p.set_defaults(func=cmd_run)
-    sub.add_parser("check", help="check config, store, sources and channels").set_defaults(
-        func=cmd_check)
-    p = sub.add_parser("status", help="last run per source and channel")
-    p.add_argument("--metrics-file", help="also write Prometheus text metrics to this file")
+    p = sub.add_parser("check", help="check config, store, sources and channels (creates nothing)")
+    p.add_argument("--timeout", type=_seconds, default=5.0,
+                   help="seconds to wait for each source's host (default: 5)")
+    p.set_defaults(func=cmd_check)
+    p = sub.add_parser("status", help="last run per source and channel (read-only)")
+    p.add_argument("--metrics-file", help=metrics_help)
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("schedule", help="run as a long-lived scheduler")
     p.add_argument("--run-now", action="store_true", help="also sync once right away")
+    p.add_argument("--metrics-file", help=metrics_help)
     p.set_defaults(func=cmd_schedule)
     return parser
 
 
-def _config_path(arg: Path | None, env: Mapping[str, str]) -> Path | None:
-    if arg is not None:
-        return arg
-    if env.get(ENV_CONFIG):
-        return Path(env[ENV_CONFIG])
-    default = Path("velocity.toml")
-    return default if default.exists() else None
-
-
 def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = None,
          out: TextIO | None = None, now: Callable[[], dt.datetime] | None = None) -> int:
-    """Entry point of the ``velocity`` console script; returns the exit code."""
+    """Entry point of the ``velocity`` console script; returns the exit code.
+
+    An ordinary mistake (no config, a bad value, a store never initialised) is one
+    line on standard error and exit 2, never a traceback.
+    """
     env = os.environ if env is None else env
     out = out or sys.stdout
     args = build_parser().parse_args(argv)
     try:
-        config = load_config(_config_path(args.config, env), env)
-    except ConfigError as exc:
+        config = load_config(find_config(args.config, env), env)
+    except (ConfigError, UsageError) as exc:
         configure_logging()
-        sys.stderr.write(f"velocity: {exc}\n")
+        sys.stderr.write(f"velocity: {_one_line(exc)}\n")
         return EXIT_CONFIG
     log_settings = config.logging.model_copy(update={
         k: v for k, v in (("level", args.log_level), ("format", args.log_format)) if v
@@ -624,22 +753,28 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
     previous = _terminate_like_interrupt()
     with structlog.contextvars.bound_contextvars(run_id=ctx.run_id, command=args.command):
         try:
-            return int(args.func(ctx, args))
+            code = int(args.func(ctx, args))
+            out.flush()  # a reader that left shows here, not after the exit code is decided
+            return code
         except KeyboardInterrupt:  # SIGINT or SIGTERM: locks were released on the way out
             sys.stderr.write("velocity: interrupted; runs in progress are marked failed\n")
             log.warning("command.interrupted")
             return EXIT_FAILED
-        except BrokenPipeError:  # `velocity export | head`: the reader left, not an error
-            sys.stderr.close()
-            return EXIT_OK
-        except ConfigError as exc:
-            sys.stderr.write(redactor.redact(f"velocity: {exc}\n"))
+        except BrokenPipeError:
+            _silence_stdout(out)
+            if args.command in OUTPUT_ONLY:  # `velocity export | head`: the reader left, not an error
+                return EXIT_OK
+            sys.stderr.write(f"velocity: {args.command} stopped: its output was closed (broken pipe)\n")
+            return EXIT_FAILED
+        except (ConfigError, UsageError, StoreNotInitialisedError) as exc:
+            sys.stderr.write(redactor.redact(f"velocity: {_one_line(exc)}\n"))
             return EXIT_CONFIG
         except StoreError as exc:
             sys.stderr.write(redactor.redact(f"velocity: {exc}\n"))
             return EXIT_FAILED
         except VelocityError as exc:
             log.error("command.failed", error=str(exc))
+            sys.stderr.write(redactor.redact(f"velocity: {args.command} failed: {exc}\n"))
             return EXIT_FAILED
         finally:
             if previous is not None:
@@ -656,6 +791,23 @@ def _terminate_like_interrupt() -> Any:
     if threading.current_thread() is not threading.main_thread():
         return None
     return signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def _one_line(exc: Exception) -> str:
+    """A config error with one problem reads as one line; several are listed, one per line."""
+    if isinstance(exc, ConfigError) and len(exc.problems) == 1:
+        return str(exc.problems[0])
+    return str(exc)
+
+
+def _silence_stdout(out: TextIO) -> None:
+    """After a broken pipe, point stdout at /dev/null so the interpreter's last flush is quiet."""
+    if out is sys.stdout:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
 
 
 if __name__ == "__main__":

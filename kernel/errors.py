@@ -5,7 +5,9 @@ maps the branches to exit codes (``ConfigError``: 2, the others: 1)::
 
     VelocityError
     ├── ConfigError                 fix the configuration (every problem, with its key path)
+    ├── UsageError                  the command line asks for the impossible (exit 2, one line)
     ├── StoreError                  the local store is unusable (unreachable, wrong schema)
+    │   └── StoreNotInitialisedError  no schema yet: `velocity init` (read-only commands never create it)
     ├── RemoteError                 a call to another service failed (raised by ``kernel.http``)
     │   ├── RetriableAPIError       try again later (429, 5xx, timeouts, connection resets)
     │   │   └── RateLimitError      the service said "slow down" (carries retry_after)
@@ -37,6 +39,8 @@ __all__ = [
     "RetriableAPIError",
     "SkippableRecordError",
     "StoreError",
+    "StoreNotInitialisedError",
+    "UsageError",
     "VelocityError",
 ]
 
@@ -138,3 +142,11 @@ class DeliveryError(VelocityError):
     def __init__(self, message: str, *, channel_down: bool = True) -> None:
         super().__init__(message)
         self.channel_down = channel_down
+
+
+class UsageError(VelocityError):
+    """The command line asks for something that cannot be done (exit code 2): one line for people."""
+
+
+class StoreNotInitialisedError(StoreError):
+    """A read-only command found no schema in the store: ``velocity init`` (or a run) creates it."""

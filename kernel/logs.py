@@ -3,19 +3,26 @@
 JSON lines when the stream is not a terminal (containers, cron mail), a readable
 console on one. ``SecretRedactor`` runs after exceptions are formatted, so a
 token never reaches a log line, a traceback or a message printed for people.
+
+On a terminal people read the commands' own summaries, so developer events
+(``info``) are shown only when asked for (``--log-level info``); off a terminal
+the default level is ``info``. Colour follows the terminal (``NO_COLOR`` and
+``TERM=dumb`` turn it off). Tracebacks never carry frame locals: one local can
+hold a page of owner names or a token.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 import structlog
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["LoggingSettings", "SecretRedactor", "configure_logging"]
+__all__ = ["LoggingSettings", "SecretRedactor", "colour_supported", "configure_logging"]
 
 
 class LoggingSettings(BaseModel):
@@ -23,7 +30,8 @@ class LoggingSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    level: str = Field(default="info", pattern="^(debug|info|warning|error)$")
+    level: str | None = Field(default=None, pattern="^(debug|info|warning|error)$",
+                              description="default: warning on a terminal, info otherwise")
     format: str = Field(default="auto", pattern="^(auto|json|console)$",
                         description="auto: console on a terminal, JSON lines otherwise")
 
@@ -62,28 +70,40 @@ class SecretRedactor:
         return self.redact(str(value))
 
 
+def colour_supported(stream: TextIO, env: Mapping[str, str] | None = None) -> bool:
+    """Whether ``stream`` is a terminal that shows colour (``NO_COLOR``/``TERM=dumb`` say no)."""
+    env = os.environ if env is None else env
+    if env.get("NO_COLOR") or env.get("TERM") == "dumb":
+        return False
+    return bool(env.get("FORCE_COLOR")) or stream.isatty()
+
+
 def configure_logging(settings: LoggingSettings | None = None, secrets: Sequence[str] = (),
                       stream: TextIO | None = None) -> SecretRedactor:
     """One structlog pipeline: console on a terminal, JSON lines elsewhere; secrets masked."""
     settings = settings or LoggingSettings()
     stream = stream or sys.stderr
     redactor = SecretRedactor(secrets)
-    as_json = settings.format == "json" or (settings.format == "auto" and not stream.isatty())
+    tty = stream.isatty()
+    level = settings.level or ("warning" if tty else "info")
+    as_json = settings.format == "json" or (settings.format == "auto" and not tty)
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if as_json:
-        processors += [structlog.processors.dict_tracebacks, redactor,
+        no_locals = structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+        processors += [structlog.processors.ExceptionRenderer(no_locals), redactor,
                        structlog.processors.JSONRenderer()]
     else:
         processors += [structlog.processors.format_exc_info, redactor,
-                       structlog.dev.ConsoleRenderer(colors=False)]
+                       structlog.dev.ConsoleRenderer(colors=colour_supported(stream),
+                                                     exception_formatter=structlog.dev.plain_traceback)]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[settings.level.upper()]
+            logging.getLevelNamesMapping()[level.upper()]
         ),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,

@@ -10,9 +10,10 @@ reported as such.
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sales_velocity.kernel.config import TimeZoneName
 
@@ -65,6 +66,22 @@ class MetricsSettings(BaseModel):
         description='Exchange rates: 1 unit of KEY is VALUE base currency, e.g. {USD = "10.5"}.',
     )
     what_if: WhatIfSettings = Field(default_factory=WhatIfSettings, description="What-if lever moves.")
+    textfile: str | None = Field(
+        default=None,
+        description="Prometheus textfile (node-exporter collector) written after every run, sync and "
+        "status; relative to the config file. --metrics-file overrides it.",
+    )
+
+    @field_validator("textfile")
+    @classmethod
+    def _textfile(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not value.endswith(".prom"):
+            raise ValueError("must end in .prom (the textfile collector reads only those)")
+        base = (info.context or {}).get("config_dir")
+        path = Path(value)
+        return str(Path(base) / path) if base and not path.is_absolute() else value
 
     @field_validator("currency")
     @classmethod

@@ -2,17 +2,33 @@
 
 matplotlib draws headless (the Agg canvas, never ``pyplot``, so no display and
 no global state). Undefined days are gaps in the line.
+
+matplotlib is the optional ``[chart]`` extra (about 40 MB with numpy and its
+fonts). Without it the digest carries no PNG: e-mail and Slack show the text
+sparkline the plain-text digest always has, and one warning says how to get the
+chart (``pip install 'sales-velocity[chart]'``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import io
 import warnings
 from collections.abc import Sequence
 from decimal import Decimal
 
-__all__ = ["sparkline", "trend_png"]
+import structlog
+
+__all__ = ["chart_available", "sparkline", "trend_png"]
+
+log = structlog.get_logger(__name__)
+_warned: list[bool] = []
+
+
+def chart_available() -> bool:
+    """Whether matplotlib (the ``[chart]`` extra) is installed."""
+    return importlib.util.find_spec("matplotlib") is not None
 
 BARS = "▁▂▃▄▅▆▇█"
 
@@ -28,6 +44,12 @@ def trend_png(
     """Render the series as a PNG; ``None`` when fewer than two days have a value."""
     points = [(day, value) for day, value in series if value is not None]
     if len(points) < 2:
+        return None
+    if not chart_available():
+        if not _warned:
+            _warned.append(True)
+            log.warning("chart.unavailable", reason="matplotlib is not installed",
+                        advice="pip install 'sales-velocity[chart]'; the digest shows a text sparkline")
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter

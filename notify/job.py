@@ -39,7 +39,7 @@ from sales_velocity.notify.settings import NotifySettings, RemindersSettings
 from sales_velocity.notify.views import render_digest, render_reminders
 from sales_velocity.sync.store import outbox_table
 
-__all__ = ["ChannelResult", "NotifyResult", "build_messages", "run_notify"]
+__all__ = ["ChannelResult", "NotifyResult", "build_messages", "preview_digest", "run_notify"]
 
 log = structlog.get_logger(__name__)
 CHART_CID = "velocity-trend"
@@ -190,6 +190,21 @@ def build_messages(
         )
         messages += _reminder_messages(plan, notify, reminders, metrics.currency)
     return messages, plan
+
+
+def preview_digest(
+    engine: sa.Engine,
+    notify: NotifySettings,
+    reminders: RemindersSettings,
+    metrics: MetricsSettings,
+    *,
+    as_of: dt.date,
+    now: dt.datetime,
+) -> Message:
+    """Today's digest as it would read now, whether or not it was sent; nothing is queued or recorded."""
+    d = build_digest(engine, metrics, reminders, as_of=as_of, now=now, top_deals=notify.top_deals,
+                     top_scopes=notify.top_scopes, chart_days=notify.chart_days)
+    return _digest_message(d, notify, metrics)
 
 
 def _targets(channel: Channel, message: Message) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -45,6 +46,9 @@ class StoreSettings(BaseModel):
     def _known_backend(cls, value: str, info: ValidationInfo) -> str:
         if not value.startswith(("sqlite", "postgresql", "postgres://")):
             raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        if value.startswith("postgres") and importlib.util.find_spec("psycopg") is None:
+            raise ValueError("a PostgreSQL store needs the driver, which is not installed: "
+                             "pip install 'sales-velocity[postgres]'")
         base = (info.context or {}).get("config_dir")
         return resolve_sqlite_path(value, Path(base) if base else None)
 

@@ -17,8 +17,8 @@ import sqlalchemy as sa
 from sales_velocity.kernel.schedule import cron_trigger
 from sales_velocity.sync.store import outbox_table, sync_runs_table
 
-__all__ = ["ChannelStatus", "SourceStatus", "Status", "collect_status", "render_status",
-           "write_prometheus"]
+__all__ = ["ChannelStatus", "DigestSent", "SourceStatus", "Status", "collect_status", "last_digest",
+           "record_progress", "render_status", "write_prometheus"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +36,10 @@ class SourceStatus:
     duration_s: float | None = None
     error: str | None = None
     last_ok_at: dt.datetime | None = None
+    running_since: dt.datetime | None = None
+    """Start of a sync still in progress (its ``sync_runs`` row says ``running``)."""
+    running_seen: int = 0
+    """Deals that sync has read so far (updated after each committed batch)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +56,15 @@ class ChannelStatus:
 
 
 @dataclass(frozen=True, slots=True)
+class DigestSent:
+    """The last digest delivered: which one, when, and on which channels."""
+
+    key: str
+    sent_at: dt.datetime
+    channels: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     """Everything ``velocity status`` shows."""
 
@@ -60,6 +73,34 @@ class Status:
     sources: tuple[SourceStatus, ...]
     channels: tuple[ChannelStatus, ...]
     next_runs: tuple[tuple[str, dt.datetime | None], ...]
+    digest: DigestSent | None = None
+
+
+def record_progress(engine: sa.Engine, run_id: str, source: str, seen: int) -> None:
+    """Store how many deals a running sync has read, so ``status`` can show it."""
+    runs = sync_runs_table
+    with engine.begin() as conn:
+        conn.execute(sa.update(runs).where(runs.c.run_id == run_id, runs.c.source == source,
+                                           runs.c.status == "running").values(seen=seen))
+
+
+def last_digest(engine: sa.Engine, channels: Sequence[str] | None = None,
+                key: str | None = None) -> DigestSent | None:
+    """The last digest delivered (or the one with dedupe ``key``), with every channel that got it."""
+    box = outbox_table.c
+    query = sa.select(box.dedupe_key, box.channel, box.sent_at).where(
+        box.kind == "digest", box.status == "sent", box.sent_at.is_not(None))
+    if channels is not None:
+        query = query.where(box.channel.in_(list(channels)))
+    if key is not None:
+        query = query.where(box.dedupe_key == key)
+    with engine.connect() as conn:
+        last = conn.execute(query.order_by(box.sent_at.desc(), box.id.desc()).limit(1)).first()
+        if last is None:
+            return None
+        rows = conn.execute(query.where(box.dedupe_key == last.dedupe_key).order_by(box.channel)).all()
+    return DigestSent(last.dedupe_key, _aware(max(r.sent_at for r in rows)) or last.sent_at,
+                      tuple(r.channel for r in rows))
 
 
 def collect_status(
@@ -84,15 +125,22 @@ def collect_status(
                 sa.select(sa.func.max(runs.c.finished_at))
                 .where(runs.c.source == name, runs.c.status == "ok")
             ).scalar()
+            running = conn.execute(
+                sa.select(runs.c.started_at, runs.c.seen)
+                .where(runs.c.source == name, runs.c.status == "running")
+                .order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(1)
+            ).first()
+            since, so_far = (_aware(running.started_at), int(running.seen or 0)) if running else (None, 0)
             if last is None:
-                out.append(SourceStatus(name))
+                out.append(SourceStatus(name, running_since=since, running_seen=so_far))
                 continue
             duration = None
             if last.finished_at is not None:
                 duration = (last.finished_at - last.started_at).total_seconds()
             out.append(SourceStatus(
                 name, last.started_at, last.status, last.seen, last.inserted, last.updated,
-                last.deleted, last.rejected, duration, last.error, _aware(last_ok)))
+                last.deleted, last.rejected, duration, last.error, _aware(last_ok),
+                running_since=since, running_seen=so_far))
         box = outbox_table
         channel_states = []
         for channel in channels:
@@ -118,7 +166,8 @@ def collect_status(
     for job, expr in schedule.items():
         trigger = cron_trigger(expr, zone)
         next_runs.append((job, trigger.get_next_fire_time(None, now.astimezone(zone))))
-    return Status(now, timezone, tuple(out), tuple(channel_states), tuple(next_runs))
+    return Status(now, timezone, tuple(out), tuple(channel_states), tuple(next_runs),
+                  last_digest(engine, channels))
 
 
 def _aware(value: dt.datetime | str | None) -> dt.datetime | None:
@@ -140,8 +189,12 @@ def render_status(status: Status) -> str:
     lines = [f"Status at {_when(status.now, zone)} ({status.timezone})", "", "Sources:"]
     width = max((len(s.source) for s in status.sources), default=6)
     for s in status.sources:
+        if s.running_since is not None:
+            lines.append(f"  {s.source:<{width}}  running since {_when(s.running_since, zone)}, "
+                         f"{s.running_seen:,} deals so far")
         if s.status is None:
-            lines.append(f"  {s.source:<{width}}  never synced")
+            if s.running_since is None:
+                lines.append(f"  {s.source:<{width}}  never synced")
             continue
         took = f" in {s.duration_s:.1f}s" if s.duration_s is not None else ""
         lines.append(
@@ -164,13 +217,19 @@ def render_status(status: Status) -> str:
         lines.append(f"  {c.channel:<{cwidth}}  last sent {_when(c.last_sent_at, zone)}{waiting}")
         if c.last_error:
             lines.append(f"  {'':<{cwidth}}  last error (attempt {c.failed_attempts}): {c.last_error}")
+    lines += ["", "Digest:"]
+    if status.digest is None:
+        lines.append("  never sent")
+    else:
+        d = status.digest
+        lines.append(f"  {d.key} sent {_when(d.sent_at, zone)} to {', '.join(d.channels)}")
     lines += ["", "Next runs (velocity schedule):"]
     lines += [f"  {job:<6} {_when(when, zone)}" for job, when in status.next_runs]
     return "\n".join(lines) + "\n"
 
 
 def write_prometheus(status: Status, path: Path) -> None:
-    """Write Prometheus text-format metrics atomically (for a textfile collector)."""
+    """Write the sync and outbox metrics of ``status`` atomically (``sync.prometheus`` writes them all)."""
     from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
 
     registry = CollectorRegistry()

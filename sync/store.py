@@ -50,7 +50,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from sales_velocity.kernel.errors import StoreError
+from sales_velocity.kernel.errors import StoreError, StoreNotInitialisedError
 
 __all__ = [
     "Base",
@@ -570,17 +570,32 @@ def ensure_schema(engine: Engine) -> tuple[str | None, str | None] | None:
 
 
 def check_schema(engine: Engine) -> None:
-    """Raise ``StoreError`` unless the database is reachable and at the latest revision."""
+    """Raise unless the database is reachable and at the latest revision; never create anything.
+
+    Read-only commands call this instead of ``ensure_schema``: a mistyped URL must
+    not grow a fresh schema (or, on SQLite, a new file) in the wrong place.
+
+    Raises:
+        StoreNotInitialisedError: no schema there (or no SQLite file): run ``velocity init``.
+        StoreError: unreachable, or at an older or unknown revision.
+    """
     from sqlalchemy.exc import SQLAlchemyError
 
+    url = engine.url.render_as_string(hide_password=True)
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if database and database != ":memory:" and not database.startswith("file:") \
+            and not Path(database).exists():
+        raise StoreNotInitialisedError(f"store not initialised ({url}: no such file): run `velocity init`")
     try:
         current, head = schema_revision(engine)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot open the store: {type(exc).__name__}: {exc.args[0]}") from None
+        raise StoreError(f"cannot open the store {url}: {type(exc).__name__}: {exc.args[0]}") from None
+    if current is None:
+        raise StoreNotInitialisedError(f"store not initialised ({url} has no schema): run `velocity init`")
     if current != head:
         raise StoreError(
-            f"the store's schema is at {current or 'nothing'}, expected {head}; "
-            "run `velocity init` to create or upgrade it"
+            f"the store's schema is at {current}, expected {head}; "
+            "run `velocity init` to upgrade it"
         )
 
 

@@ -450,6 +450,20 @@ class CsvFeedConnector:
             for i, s in enumerate(ordered)
         ))
 
+    def expected_deals(self) -> int | None:
+        """About how many deals a pull will read (the file's rows), for a progress display."""
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        if self._catalog is not None and self._catalog[0] == (stat.st_size, stat.st_mtime_ns):
+            return self._catalog[1].rows
+        newlines = 0
+        with self.path.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                newlines += chunk.count(b"\n")
+        return max(newlines - 1, 0)  # the header; a quoted newline inside a cell makes it an estimate
+
     def pipelines(self) -> Iterable[Pipeline]:
         """Return the pipelines and stages seen in the file (ids are the names)."""
         return self._scan().pipelines

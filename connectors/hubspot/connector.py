@@ -103,6 +103,8 @@ OWNERS_PAGE_SIZE = 100
 PIPELINES_TTL_S = 600.0
 """``deals()`` reuses pipelines fetched by ``pipelines()`` this recently (seconds)."""
 DEFAULT_RETRY_POLICY = RetryPolicy(max_attempts=6, base_delay=1.0, max_delay=60.0)
+CHECK_POLICY = RetryPolicy(max_attempts=1)  # `velocity check`: a person is waiting; try once
+CHECK_TIMEOUT = (5.0, 15.0)
 
 
 def _utcnow() -> dt.datetime:
@@ -152,7 +154,7 @@ class HubSpotConnector:
     # ------------------------------------------------------------------ requests
 
     def _call(self, endpoint: str, fn: Callable[[], T], *, search: bool = False,
-              auth_hint: str = DEALS_SCOPE_HINT) -> T:
+              auth_hint: str = DEALS_SCOPE_HINT, policy: RetryPolicy | None = None) -> T:
         what = f"HubSpot {endpoint}"
         secret = self.settings.access_token.get_secret_value()
 
@@ -164,7 +166,7 @@ class HubSpotConnector:
             return fn()
 
         return call_with_retry(
-            attempt, policy=self._policy, what=what, sleep=self._sleep, rng=self._rng,
+            attempt, policy=policy or self._policy, what=what, sleep=self._sleep, rng=self._rng,
             classify=lambda exc: classify_hubspot_error(exc, what=what, auth_hint=auth_hint,
                                                         secret=secret),
         )
@@ -231,10 +233,10 @@ class HubSpotConnector:
                 return list(owners.values())
 
     def check(self) -> str:
-        """Read one deal to prove the token works; return what answered."""
+        """Read one deal to prove the token works (one attempt, short timeouts); return what answered."""
         self._call("GET /crm/v3/objects/deals", lambda: self._deals_api.get_page(
-            limit=1, properties=["hs_object_id"], _request_timeout=DEFAULT_TIMEOUT,
-        ))
+            limit=1, properties=["hs_object_id"], _request_timeout=CHECK_TIMEOUT,
+        ), policy=CHECK_POLICY)
         portal = f" portal {self.settings.portal_id}" if self.settings.portal_id else ""
         return f"HubSpot{portal} at {self.settings.base_url}: token accepted, deals readable"
 

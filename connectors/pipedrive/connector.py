@@ -197,8 +197,9 @@ class PipedriveConnector:
         if 200 <= status < 300 and daily_tokens is not None and daily_tokens <= 0:
             self._budget_spent_at = self._clock()
 
-    def _get(self, api: str, path: str, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """GET one JSON page; ``api`` is ``v1`` or ``v2``."""
+    def _get(self, api: str, path: str, params: Mapping[str, Any] | None = None, *,
+             once: bool = False) -> dict[str, Any]:
+        """GET one JSON page; ``api`` is ``v1`` or ``v2``; ``once``: one attempt, short timeouts."""
         what = f"Pipedrive GET /api/{api}{path}"
         spent_at = self._budget_spent_at
         if spent_at is not None and self._clock() - spent_at < BUDGET_RECHECK_SECONDS:
@@ -209,8 +210,8 @@ class PipedriveConnector:
             )
         response = request(
             self._session, "GET", f"{self.settings.root_url}/api/{api}{path}",
-            what=what, policy=self._policy, limiter=self._limiter,
-            timeout=(10.0, self.settings.timeout_seconds),
+            what=what, policy=RetryPolicy(max_attempts=1) if once else self._policy, limiter=self._limiter,
+            timeout=(5.0, 15.0) if once else (10.0, self.settings.timeout_seconds),
             auth_hint=f"check api_token for company {self.settings.company_domain!r}",
             on_response=self._on_response, sleep=self._sleep, params=dict(params or {}),
         )
@@ -244,8 +245,8 @@ class PipedriveConnector:
     # ----------------------------------------------------------------- catalog
 
     def check(self) -> str:
-        """Read one pipeline (a cheap call) to prove the token and domain work."""
-        self._get("v2", "/pipelines", {"limit": 1})
+        """Read one pipeline (a cheap call, tried once) to prove the token and domain work."""
+        self._get("v2", "/pipelines", {"limit": 1}, once=True)
         return f"Pipedrive {self.settings.company_domain} ({self.settings.root_url}): token accepted"
 
     def pipelines(self) -> list[Pipeline]:
