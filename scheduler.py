@@ -34,8 +34,10 @@ from sales_velocity.kernel.config import TimeZoneName, expand_env, secret_values
 from sales_velocity.kernel.errors import ConfigError, ConfigProblem, StoreError, VelocityError
 from sales_velocity.kernel.logs import LoggingSettings, SecretRedactor, configure_logging
 from sales_velocity.kernel.schedule import ScheduleSettings, build_scheduler, serve
+from sales_velocity.metrics.freshness import read_freshness
 from sales_velocity.metrics.job import missed_days, run_metrics
-from sales_velocity.metrics.report import render_report
+from sales_velocity.metrics.leftovers import left_out
+from sales_velocity.metrics.report import ReportFormat, render_report
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.velocity import compute_velocity
 from sales_velocity.notify.job import run_notify
@@ -312,11 +314,18 @@ def cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report_text(ctx: Context, as_of: dt.date, window_days: int | None, fmt: ReportFormat) -> str:
+    """The velocity report with each source's last good sync and what the levers left out."""
+    engine = ctx.ready_engine()
+    report = compute_velocity(engine, ctx.config.metrics, as_of, window_days)
+    freshness = read_freshness(engine, [s.name for s in ctx.config.sources], now=ctx.now(),
+                               max_age_hours=ctx.config.notify.max_data_age_hours)
+    return render_report(report, fmt, freshness=freshness, left_out=left_out(engine, report))
+
+
 def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     """Print the velocity table (or JSON/CSV) computed from the store."""
-    report = compute_velocity(ctx.ready_engine(), ctx.config.metrics, _as_of(ctx, args.as_of),
-                              args.window_days)
-    ctx.out.write(render_report(report, args.format))
+    ctx.out.write(_report_text(ctx, _as_of(ctx, args.as_of), args.window_days, args.format))
     return EXIT_OK
 
 
@@ -338,7 +347,7 @@ def run_daily(ctx: Context, as_of: dt.date, *, notify: bool = True, dry_run: boo
     if not notify:
         return EXIT_OK
     if not ctx.config.notify.channels:  # nowhere to send: print the report instead
-        ctx.out.write(render_report(compute_velocity(engine, ctx.config.metrics, as_of), "table"))
+        ctx.out.write(_report_text(ctx, as_of, None, "table"))
         return EXIT_OK
     return _notify(ctx, as_of, dry_run=dry_run, only=only)
 
@@ -348,8 +357,9 @@ def _notify(ctx: Context, as_of: dt.date, *, dry_run: bool,
     result = run_notify(
         ctx.ready_engine(), ctx.config.notify, ctx.config.reminders, ctx.config.metrics,
         as_of=as_of, now=ctx.now(), dry_run=dry_run, only=only, out=ctx.out,
+        sources=[s.name for s in ctx.config.sources],
     )
-    return EXIT_FAILED if result.failed else EXIT_OK
+    return EXIT_FAILED if result.failed or result.held else EXIT_OK
 
 
 def cmd_notify(ctx: Context, args: argparse.Namespace) -> int:

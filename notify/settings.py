@@ -49,6 +49,12 @@ class NotifySettings(BaseModel):
     top_scopes: int = Field(default=15, ge=1, le=500, description="Rows per pipeline/owner table.")
     chart: bool = Field(default=True, description="Embed a velocity trend chart in the HTML e-mail.")
     chart_days: int = Field(default=90, ge=7, le=730, description="Days of history in the trend chart.")
+    max_data_age_hours: int = Field(
+        default=26,
+        ge=1,
+        le=24 * 90,
+        description="A source whose last good sync is older than this gets a warning on top of the digest.",
+    )
     expire_after_days: int = Field(
         default=7,
         ge=1,

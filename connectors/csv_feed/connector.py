@@ -163,6 +163,7 @@ class CsvFeedConnector:
         self.path = settings.path
         self._today = today or (lambda: dt.datetime.now(ZoneInfo(settings.timezone)).date())
         self._catalog: tuple[tuple[int, int], _Catalog] | None = None
+        self._provided: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -272,6 +273,7 @@ class CsvFeedConnector:
         """
         started = time.perf_counter()
         shift = self._shift_days()
+        self._provided = None
         if since is not None:
             with self._open() as f:
                 unchanged = self._cursor(_sha256_of(f), shift) == since
@@ -283,6 +285,7 @@ class CsvFeedConnector:
         with self._open() as f:
             hashing = _HashingReader(f)
             layout, rows = self._rows(io.BufferedReader(hashing))
+            self._provided = frozenset(layout.index)
             parser = RowParser(self.settings, layout, shift)
             first_line: dict[str, int] = {}
             width = len(layout.headers)
@@ -316,6 +319,14 @@ class CsvFeedConnector:
                 "file are not marked deleted this time",
             )
         yield Checkpoint(cursor=cursor, complete=complete)
+
+    def provided_fields(self) -> frozenset[str] | None:
+        """The canonical columns the file of the last pull has (``None`` when it was not read).
+
+        The sync records them (``sync.fields``): a column the export lacks is
+        *unknown* for this source, and the hygiene rules that need it are off.
+        """
+        return self._provided
 
     def _read_row(
         self, parser: RowParser, first_line: dict[str, int], line: int, fields: list[str] | csv.Error,

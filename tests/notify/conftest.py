@@ -9,13 +9,23 @@ import pytest
 
 from sales_velocity.metrics.job import run_metrics
 from sales_velocity.metrics.settings import MetricsSettings
-from tests.notify.factory import AS_OF, NOW, add_deal, add_event, add_owner, add_pipeline, days_ago
+from tests.notify.factory import (
+    AS_OF,
+    NOW,
+    add_deal,
+    add_event,
+    add_owner,
+    add_pipeline,
+    add_sync_run,
+    days_ago,
+)
 
 METRICS = MetricsSettings(timezone="Europe/Oslo", currency="NOK")
 
 
 def seed(engine) -> None:
     """Two sellers (one without an address), stalled and healthy deals, 31 days of snapshots."""
+    add_sync_run(engine)
     add_pipeline(engine)
     add_owner(engine, "o1", "Kari Nordmann", "kari@example.com")
     add_owner(engine, "o2", "Ola <Hansen>", None)
