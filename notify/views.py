@@ -206,8 +206,12 @@ def digest_view(
             )
         )
     h = d.hygiene
+    off = d.coverage.rules_off
+    every = {s.source for s in d.freshness.sources}
     bottlenecks = [
-        t(
+        t("bottleneck_unknown", label=t(b))
+        if every and all(every <= set(off.get(r, ())) for r in BOTTLENECKS[b])
+        else t(
             "bottleneck_line",
             label=t(b),
             share=f.share(h.share(b)),
