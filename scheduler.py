@@ -40,7 +40,7 @@ from sales_velocity.metrics.leftovers import left_out
 from sales_velocity.metrics.report import ReportFormat, render_report
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.velocity import compute_velocity
-from sales_velocity.notify.job import run_notify
+from sales_velocity.notify.job import held_reason, run_notify
 from sales_velocity.notify.settings import NotifySettings, RemindersSettings, load_notify_settings
 from sales_velocity.sync.engine import SyncResult, sync_source
 from sales_velocity.sync.export import export_rows, write_export
@@ -347,6 +347,12 @@ def run_daily(ctx: Context, as_of: dt.date, *, notify: bool = True, dry_run: boo
     if not notify:
         return EXIT_OK
     if not ctx.config.notify.channels:  # nowhere to send: print the report instead
+        freshness = read_freshness(engine, [s.name for s in ctx.config.sources], now=ctx.now(),
+                                   max_age_hours=ctx.config.notify.max_data_age_hours)
+        held = held_reason(freshness)
+        if held is not None:
+            ctx.print(f"nothing to report: {held}")
+            return EXIT_FAILED
         ctx.out.write(_report_text(ctx, as_of, None, "table"))
         return EXIT_OK
     return _notify(ctx, as_of, dry_run=dry_run, only=only)

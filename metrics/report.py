@@ -162,8 +162,12 @@ def _freshness_lines(freshness: Freshness | None, zone_name: str) -> list[str]:
     synced = "; ".join(f"{s.source} {when(s.last_ok_at)}" for s in freshness.sources)
     lines = [f"Data: last good sync {synced}"]
     for s in freshness.banner:
-        if s.failed:
-            lines.append(f"! {s.source}: last sync failed ({s.error}); data as of {when(s.last_ok_at)}")
+        if s.failed and s.last_ok_at is None:
+            lines.append(f"! {s.source}: last sync failed ({s.error}); it never synced successfully")
+        elif s.failed:
+            lines.append(f"! {s.source}: last sync failed ({s.error}); its data is from {when(s.last_ok_at)}")
+        elif s.last_ok_at is None:
+            lines.append(f"! {s.source}: never synced")
         else:
             lines.append(f"! {s.source}: last good sync {when(s.last_ok_at)}, "
                          f"older than {freshness.max_age_hours} hours")

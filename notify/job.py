@@ -41,7 +41,7 @@ from sales_velocity.notify.settings import NotifySettings, RemindersSettings
 from sales_velocity.notify.views import render_digest, render_reminders
 from sales_velocity.sync.store import outbox_table
 
-__all__ = ["ChannelResult", "NotifyResult", "build_messages", "run_notify"]
+__all__ = ["ChannelResult", "NotifyResult", "build_messages", "held_reason", "run_notify"]
 
 log = structlog.get_logger(__name__)
 CHART_CID = "velocity-trend"
@@ -250,7 +250,7 @@ def run_notify(
         for row in outbox.expire_old(engine, names, now - dt.timedelta(days=notify.expire_after_days)):
             results[row.channel].skipped.append((row.dedupe_key, "expired before it could be delivered"))
     freshness = read_freshness(engine, sources, now=now, max_age_hours=notify.max_data_age_hours)
-    held = _held(freshness)
+    held = held_reason(freshness)
     if held is not None:
         log.error("notify.held", reason=held)
         out.write(f"nothing sent: {held}\n")
@@ -276,7 +276,7 @@ def run_notify(
     return NotifyResult(list(results.values()), held=held)
 
 
-def _held(freshness: Freshness) -> str | None:
+def held_reason(freshness: Freshness) -> str | None:
     """Why no digest and no reminders may go out, or ``None`` when they may."""
     if not freshness.nothing_synced:
         return None
