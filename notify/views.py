@@ -149,6 +149,8 @@ def trust_view(d: Digest, t: Texts, f: Formatter) -> dict[str, Any]:
         no_stalled = t("no_open_deals")
     elif not d.trustworthy:
         no_stalled = t("no_stalled_unsure")
+    elif d.coverage.unknown:
+        no_stalled = t("no_stalled_partial")
     else:
         no_stalled = t("no_stalled")
     return {
