@@ -45,14 +45,16 @@ from sales_velocity.kernel.errors import (
 from sales_velocity.kernel.logs import LoggingSettings, SecretRedactor, configure_logging
 from sales_velocity.kernel.probe import probe_endpoint
 from sales_velocity.kernel.schedule import ScheduleSettings, build_scheduler, serve
+from sales_velocity.metrics.freshness import read_freshness
 from sales_velocity.metrics.history import fill_history, rebuild_snapshots
 from sales_velocity.metrics.job import run_metrics
+from sales_velocity.metrics.leftovers import left_out
 from sales_velocity.metrics.movement import compute_movement, parse_scope, period_bounds
 from sales_velocity.metrics.movement_report import render_movement
-from sales_velocity.metrics.report import render_report
+from sales_velocity.metrics.report import ReportFormat, render_report
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.velocity import compute_velocity
-from sales_velocity.notify.job import preview_digest, run_notify
+from sales_velocity.notify.job import held_reason, preview_digest, run_notify
 from sales_velocity.notify.settings import NotifySettings, RemindersSettings, load_notify_settings
 from sales_velocity.sync.engine import SyncResult, sync_source
 from sales_velocity.sync.export import export_rows, write_export
@@ -379,12 +381,20 @@ def cmd_metrics(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _report_text(ctx: Context, as_of: dt.date, window_days: int | None, fmt: ReportFormat) -> str:
+    """The velocity report with each source's last good sync and what the levers left out."""
+    engine = ctx.existing_engine()  # never creates or migrates a store (`report` is read-only)
+    with reading_only():  # a reader: never waits for a writer, works on a read-only store
+        report = compute_velocity(engine, ctx.config.metrics, as_of, window_days)
+        freshness = read_freshness(engine, [s.name for s in ctx.config.sources], now=ctx.now(),
+                                   max_age_hours=ctx.config.notify.max_data_age_hours)
+        leftovers = left_out(engine, report)
+    return render_report(report, fmt, freshness=freshness, left_out=leftovers)
+
+
 def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     """Print the velocity table (or JSON/CSV) computed from the store."""
-    engine = ctx.existing_engine()
-    with reading_only():  # a reader: never waits for a writer, works on a read-only store
-        report = compute_velocity(engine, ctx.config.metrics, _as_of(ctx, args.as_of), args.window_days)
-    ctx.out.write(render_report(report, args.format))
+    ctx.out.write(_report_text(ctx, _as_of(ctx, args.as_of), args.window_days, args.format))
     return EXIT_OK
 
 
@@ -419,7 +429,13 @@ def run_daily(ctx: Context, as_of: dt.date, *, notify: bool = True, dry_run: boo
     if not notify:
         return EXIT_OK
     if not ctx.config.notify.channels:  # nowhere to send: print the report instead
-        ctx.out.write(render_report(compute_velocity(engine, ctx.config.metrics, as_of), "table"))
+        freshness = read_freshness(engine, [s.name for s in ctx.config.sources], now=ctx.now(),
+                                   max_age_hours=ctx.config.notify.max_data_age_hours)
+        held = held_reason(freshness)
+        if held is not None:
+            ctx.print(f"nothing to report: {held}")
+            return EXIT_FAILED
+        ctx.out.write(_report_text(ctx, as_of, None, "table"))
         return EXIT_OK
     return _notify(ctx, as_of, dry_run=dry_run, only=only)
 
@@ -434,12 +450,13 @@ def _notify(ctx: Context, as_of: dt.date, *, dry_run: bool,
     result = run_notify(
         engine, ctx.config.notify, ctx.config.reminders, ctx.config.metrics,
         as_of=as_of, now=ctx.now(), dry_run=dry_run, only=only, out=ctx.out,
+        sources=[s.name for s in ctx.config.sources],
     )
     if before is not None and not dry_run:
         ctx.print(already_sent_line(before.key, before.sent_at, before.channels, ctx.config.zone))
     for line in notify_lines(result):
         ctx.print(line)
-    return EXIT_FAILED if result.failed else EXIT_OK
+    return EXIT_FAILED if result.failed or result.held else EXIT_OK
 
 
 def cmd_notify(ctx: Context, args: argparse.Namespace) -> int:

@@ -32,7 +32,7 @@ and :func:`find_stalled` streams the stalled deals, worst first.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Literal
@@ -224,8 +224,16 @@ def _flag(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
     return sa.case((condition, 1), else_=0)
 
 
-def _flags_query(settings: HygieneSettings, as_of: dt.date, now: dt.datetime, zone: ZoneInfo) -> sa.Subquery:
-    """Open deals with one 0/1 column per rule, the limits and the names to show."""
+def _flags_query(
+    settings: HygieneSettings, as_of: dt.date, now: dt.datetime, zone: ZoneInfo,
+    off: Mapping[Rule, Sequence[str]] | None = None, skip_sources: Sequence[str] = (),
+) -> sa.Subquery:
+    """Open deals with one 0/1 column per rule, the limits and the names to show.
+
+    ``off`` maps a rule to the sources it is off for (a field it needs is
+    unknown there, see ``metrics.coverage``): it never holds for their deals.
+    Deals of ``skip_sources`` are left out altogether.
+    """
     d, p, s, o = deals_table.c, pipelines_table.c, stages_table.c, owners_table.c
     at = sa.literal(reference_instant(as_of, now, zone), UTCDateTime())
     today_start = sa.literal(day_start(as_of, zone), UTCDateTime())
@@ -250,6 +258,9 @@ def _flags_query(settings: HygieneSettings, as_of: dt.date, now: dt.datetime, zo
         "missing_amount": _flag(d.amount.is_(None)),
         "repeatedly_pushed": _flag(pushes >= settings.pushed_times),
     }
+    for rule, sources in (off or {}).items():
+        if sources:
+            flags[rule] = _flag(sa.and_(flags[rule] == 1, d.source.not_in(list(sources))))
     pipeline_join = sa.and_(p.source == d.source, p.external_id == d.pipeline_id)
     stage_join = sa.and_(s.source == d.source, s.pipeline_id == d.pipeline_id, s.external_id == d.stage_id)
     return (
@@ -269,16 +280,21 @@ def _flags_query(settings: HygieneSettings, as_of: dt.date, now: dt.datetime, zo
             .outerjoin(pushes_q, sa.and_(pushes_q.c.source == d.source,
                                          pushes_q.c.external_id == d.external_id))
         )
-        .where(open_at(day_start(as_of + dt.timedelta(days=1), zone)))
+        .where(open_at(day_start(as_of + dt.timedelta(days=1), zone)),
+               *([d.source.not_in(list(skip_sources))] if skip_sources else []))
         .subquery("flags")
     )
 
 
 def hygiene_summary(
     engine: sa.Engine, settings: HygieneSettings, *, as_of: dt.date, now: dt.datetime, zone: ZoneInfo,
+    off: Mapping[Rule, Sequence[str]] | None = None,
 ) -> HygieneSummary:
-    """Count open deals, deals breaking each rule and each bottleneck, in one aggregate query."""
-    f = _flags_query(settings, as_of, now, zone)
+    """Count open deals, deals breaking each rule and each bottleneck, in one aggregate query.
+
+    ``off``: per rule, the sources it is off for (see :func:`_flags_query`).
+    """
+    f = _flags_query(settings, as_of, now, zone, off)
     columns: list[sa.ColumnElement[Any]] = [sa.func.count().label("open_deals")]
     columns.append(sa.func.sum(_flag(sa.or_(*(f.c[r] == 1 for r in RULES)))).label("stalled"))
     columns += [sa.func.sum(f.c[r]).label(r) for r in RULES]
@@ -306,15 +322,19 @@ def find_stalled(
     rules: Sequence[Rule] = RULES,
     limit: int | None = None,
     by_owner: bool = False,
+    off: Mapping[Rule, Sequence[str]] | None = None,
+    skip_sources: Sequence[str] = (),
 ) -> Iterator[StalledDeal]:
     """Stream open deals for which one of ``rules`` holds, worst first.
 
     Worst means most rules holding, then the largest amount, then the title.
     With ``by_owner`` the deals come grouped by owner (source, owner id) first,
     so a caller can build one message per owner without holding every deal.
-    Rows are fetched in batches; ``limit`` caps them in SQL.
+    Rows are fetched in batches; ``limit`` caps them in SQL. ``off`` maps a
+    rule to the sources it is off for; deals of ``skip_sources`` are left out
+    (reminders skip a source whose last sync failed).
     """
-    f = _flags_query(settings, as_of, now, zone)
+    f = _flags_query(settings, as_of, now, zone, off, skip_sources)
     count = sum((f.c[r] for r in rules), sa.literal(0))
     order: list[Any] = []
     if by_owner:

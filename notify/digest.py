@@ -9,18 +9,31 @@ dates), the what-ifs, where deals wait
 (``metrics.hygiene``), and, when asked (weekly by default, see
 ``notify.movement_section``), the pipeline movement of the last days
 (``metrics.movement``).
+
+It also carries the facts that say how far the numbers can be trusted, as
+small plain records every renderer shows: per source the last good sync and
+whether it failed or is stale (``metrics.freshness``: the banner on top), the
+fields a source does not provide and the rules that are off for it
+(``metrics.coverage``), and what the levers left out (``metrics.leftovers``:
+the footer). The two "+x %" what-ifs on average deal value and on open
+opportunities are one line when they give the same velocity (velocity is
+linear in both, so with equal percentages they always do).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 
 from sales_velocity.metrics.concurrent import read_concurrently
+from sales_velocity.metrics.coverage import Coverage, read_coverage
+from sales_velocity.metrics.freshness import DEFAULT_MAX_AGE_HOURS, Freshness, read_freshness
 from sales_velocity.metrics.hygiene import (
     BOTTLENECKS,
     HygieneSettings,
@@ -30,6 +43,7 @@ from sales_velocity.metrics.hygiene import (
     hygiene_summary,
 )
 from sales_velocity.metrics.job import load_history, snapshot_for
+from sales_velocity.metrics.leftovers import LeftOut, left_out
 from sales_velocity.metrics.movement import Movement, compute_movement, period_bounds
 from sales_velocity.metrics.movement_report import movement_data
 from sales_velocity.metrics.settings import MetricsSettings
@@ -43,7 +57,7 @@ from sales_velocity.metrics.velocity import (
     what_ifs,
 )
 
-__all__ = ["TREND_DAYS", "Digest", "Trend", "build_digest", "digest_data"]
+__all__ = ["LINEAR_LEVER", "TREND_DAYS", "Digest", "Trend", "build_digest", "digest_data", "merge_linear"]
 
 TREND_DAYS = (7, 30)
 
@@ -87,6 +101,39 @@ class Digest:
     """Days of ``history`` whose snapshot was rebuilt from deal dates, not taken on the day."""
     movement: Movement | None = None
     """The pipeline movement of the last ``movement_days`` days, when the digest carries it."""
+    timezone: str = "UTC"
+    """The configured zone: times (last syncs) are shown in it."""
+    freshness: Freshness = field(default_factory=lambda: Freshness(()))
+    """Per source: last good sync, failed or stale; ``banner`` lists the ones to warn about."""
+    coverage: Coverage = field(default_factory=Coverage)
+    """Fields a source does not provide, and the hygiene rules off for it."""
+    left_out: LeftOut = field(default_factory=LeftOut)
+    """What the levers left out (the footer)."""
+
+    @property
+    def trustworthy(self) -> bool:
+        """No source failed or is stale (so a clean result may be praised)."""
+        return not self.freshness.banner
+
+
+LINEAR_LEVER = "deal_value_or_opportunities"
+"""The ``lever`` of the one what-if line that stands for both deal value and opportunities."""
+
+
+def merge_linear(ifs: Sequence[WhatIf]) -> tuple[WhatIf, ...]:
+    """The what-ifs, with deal value and opportunities as one line when they give the same velocity.
+
+    Velocity is linear in ``V`` and in ``N``, so "+10 % deal value" and "+10 %
+    opportunities" always give the same number; two lines would suggest a
+    choice that is not there. With different percentages both lines stay.
+    """
+    by_lever = {w.lever: w for w in ifs}
+    value, count = by_lever.get("deal_value"), by_lever.get("opportunities")
+    if value is None or count is None or value.velocity.value != count.velocity.value:
+        return tuple(ifs)
+    merged = dataclasses.replace(value, lever=LINEAR_LEVER, label=value.label.replace(
+        "deal value", "deal value or opportunities"))
+    return tuple(merged if w is value else w for w in ifs if w is not count)
 
 
 def _trend(
@@ -116,8 +163,18 @@ def build_digest(
     top_scopes: int = 15,
     chart_days: int = 90,
     movement_days: int | None = None,
+    sources: Sequence[str] | None = None,
+    max_data_age_hours: int = DEFAULT_MAX_AGE_HOURS,
+    freshness: Freshness | None = None,
 ) -> Digest:
-    """Assemble the digest for ``as_of`` from the store (with ``movement_days`` of movement when set)."""
+    """Assemble the digest for ``as_of`` from the store.
+
+    With ``movement_days`` set, it carries the movement of those days.
+    ``sources`` are the configured source names (their freshness is shown;
+    ``None``: every source with a sync run); a last good sync older than
+    ``max_data_age_hours`` is stale. A caller that has read ``freshness``
+    already passes it in.
+    """
     window = metrics.window_days
     report = snapshot_for(engine, as_of, window, timezone=metrics.timezone)
     if report is None:
@@ -142,11 +199,17 @@ def build_digest(
         key=lambda s: (s.velocity.value is None, -(s.velocity.value or 0), s.label.casefold()),
     )
     zone = metrics.zone
-    waits, summary, worst = read_concurrently(engine, [
+    if freshness is None:
+        freshness = read_freshness(engine, sources, now=now, max_age_hours=max_data_age_hours)
+    coverage = read_coverage(engine)
+    off = coverage.rules_off
+    waits, summary, worst, leftovers = read_concurrently(engine, [
         lambda: stage_wait_times(engine, metrics, as_of),
-        lambda: hygiene_summary(engine, hygiene, as_of=as_of, now=now, zone=zone),
-        lambda: tuple(find_stalled(engine, hygiene, as_of=as_of, now=now, zone=zone, limit=top_deals))
+        lambda: hygiene_summary(engine, hygiene, as_of=as_of, now=now, zone=zone, off=off),
+        lambda: tuple(find_stalled(engine, hygiene, as_of=as_of, now=now, zone=zone, limit=top_deals,
+                                   off=off))
         if top_deals else (),  # find_stalled streams: consume it on the worker
+        lambda: left_out(engine, report, metrics.timezone),
     ])
     movement = None
     if movement_days is not None:
@@ -158,7 +221,7 @@ def build_digest(
         window_days=window,
         overall=overall,
         trends=trends,
-        what_ifs=tuple(what_ifs(overall.levers, metrics.what_if)),
+        what_ifs=merge_linear(what_ifs(overall.levers, metrics.what_if)),
         pipelines=tuple(pipelines[:top_scopes]),
         owners=tuple(owners[:top_scopes]),
         more_pipelines=max(0, len(pipelines) - top_scopes),
@@ -169,6 +232,10 @@ def build_digest(
         history=history,
         rebuilt_days=sum(1 for day, _ in history if day in rebuilt),
         movement=movement,
+        timezone=metrics.timezone,
+        freshness=freshness,
+        coverage=coverage,
+        left_out=leftovers,
     )
 
 
@@ -193,9 +260,36 @@ def _scope(s: ScopeVelocity) -> dict[str, Any]:
     }
 
 
+def _when(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
 def digest_data(d: Digest) -> dict[str, Any]:
     """The digest as JSON-ready data (decimals as strings), for webhooks and files."""
     return {
+        "sources": [
+            {
+                "source": s.source,
+                "last_ok_at": _when(s.last_ok_at),
+                "last_attempt_at": _when(s.last_attempt_at),
+                "failed": s.failed,
+                "stale": s.stale,
+                "error": s.error,
+            }
+            for s in d.freshness.sources
+        ],
+        "max_data_age_hours": d.freshness.max_age_hours,
+        "banner": [s.source for s in d.freshness.banner],
+        "unknown_fields": [
+            {"source": u.source, "fields": list(u.fields), "rules_off": list(u.rules)}
+            for u in d.coverage.unknown
+        ],
+        "left_out": {
+            "won_without_amount": d.left_out.no_amount,
+            "won_without_rate": d.left_out.no_rate,
+            "closed_without_close_date": d.left_out.no_close_date,
+            "closed_dated_by_last_update": d.left_out.dated_by_update,
+        },
         "as_of": d.as_of.isoformat(),
         "currency": d.currency,
         "window_days": d.window_days,

@@ -103,6 +103,11 @@ class Formatter:
         """A date in the medium style (``Nov 26, 2026`` / ``26. nov. 2026``)."""
         return self._clean(format_date(day, "medium", locale=self.locale))
 
+    def moment(self, value: dt.datetime, zone: dt.tzinfo) -> str:
+        """A local date and time (``Nov 26, 2026 10:00`` / ``26. nov. 2026 10:00``)."""
+        local = value.astimezone(zone)
+        return f"{self.date(local.date())} {local:%H:%M}"
+
     def short_date(self, day: dt.date) -> str:
         """Day and month (``Nov 26`` / ``26. nov.``)."""
         return self._clean(format_skeleton("MMMd", day, locale=self.locale))

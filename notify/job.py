@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
@@ -26,6 +27,8 @@ import sqlalchemy as sa
 import structlog
 
 from sales_velocity.kernel.errors import DeliveryError
+from sales_velocity.metrics.coverage import read_coverage
+from sales_velocity.metrics.freshness import Freshness, read_freshness
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.notify import outbox
 from sales_velocity.notify.channels import Channel
@@ -39,7 +42,7 @@ from sales_velocity.notify.settings import NotifySettings, RemindersSettings
 from sales_velocity.notify.views import render_digest, render_reminders
 from sales_velocity.sync.store import outbox_table
 
-__all__ = ["ChannelResult", "NotifyResult", "build_messages", "preview_digest", "run_notify"]
+__all__ = ["ChannelResult", "NotifyResult", "build_messages", "held_reason", "preview_digest", "run_notify"]
 
 log = structlog.get_logger(__name__)
 CHART_CID = "velocity-trend"
@@ -59,10 +62,15 @@ class ChannelResult:
 
 @dataclass
 class NotifyResult:
-    """The outcome of one notifier run, per channel."""
+    """The outcome of one notifier run, per channel.
+
+    ``held`` says why nothing new was queued (no source has ever synced well);
+    such a run failed.
+    """
 
     channels: list[ChannelResult]
     dry_run: bool = False
+    held: str | None = None
 
     @property
     def failed(self) -> list[tuple[str, str, str]]:
@@ -165,11 +173,23 @@ def build_messages(
     as_of: dt.date,
     now: dt.datetime,
     only: Literal["digest", "reminders"] | None = None,
+    sources: Sequence[str] | None = None,
+    freshness: Freshness | None = None,
 ) -> tuple[list[Message], ReminderPlan | None]:
-    """Render today's digest and reminder messages (and the reminder plan), writing nothing."""
+    """Render today's digest and reminder messages (and the reminder plan), writing nothing.
+
+    ``sources`` are the configured source names (``None``: every source with a
+    sync run). Nothing is built when no source has ever synced well; reminders
+    leave out the deals of a source whose last sync failed, and a hygiene rule
+    is off for a source that does not provide a field it needs.
+    """
     channels = notify.channels
     messages: list[Message] = []
     plan = None
+    if freshness is None:
+        freshness = read_freshness(engine, sources, now=now, max_age_hours=notify.max_data_age_hours)
+    if freshness.nothing_synced:
+        return messages, plan
     if only in (None, "digest") and any(_takes(c, "digest") for c in channels):
         d = build_digest(
             engine,
@@ -182,11 +202,13 @@ def build_messages(
             chart_days=notify.chart_days,
             movement_days=notify.movement_days
             if movement_due(engine, notify.movement, notify.movement_week_starts, as_of) else None,
+            freshness=freshness,
         )
         messages.append(_digest_message(d, notify, metrics))
     if only in (None, "reminders") and any(_takes(c, "reminders") for c in channels):
         plan = plan_reminders(
-            engine, reminders, fallback_to=notify.fallback_to, as_of=as_of, now=now, zone=metrics.zone
+            engine, reminders, fallback_to=notify.fallback_to, as_of=as_of, now=now, zone=metrics.zone,
+            off=read_coverage(engine).rules_off, skip_sources=freshness.failed_sources,
         )
         messages += _reminder_messages(plan, notify, reminders, metrics.currency)
     return messages, plan
@@ -228,8 +250,14 @@ def run_notify(
     dry_run: bool = False,
     only: Literal["digest", "reminders"] | None = None,
     out: TextIO = sys.stdout,
+    sources: Sequence[str] | None = None,
 ) -> NotifyResult:
-    """Queue and deliver today's digest and reminders on every configured channel."""
+    """Queue and deliver today's digest and reminders on every configured channel.
+
+    When no source (of ``sources``, the configured names; ``None``: every
+    source with a sync run) has ever synced well, nothing new is queued:
+    ``held`` says why. Messages already queued are still delivered.
+    """
     channels = list(notify.channels)
     for channel in channels:
         channel.bind_output(out)
@@ -240,9 +268,17 @@ def run_notify(
             results[row.channel].unknown.append(row.dedupe_key)
         for row in outbox.expire_old(engine, names, now - dt.timedelta(days=notify.expire_after_days)):
             results[row.channel].skipped.append((row.dedupe_key, "expired before it could be delivered"))
-    messages, plan = build_messages(engine, notify, reminders, metrics, as_of=as_of, now=now, only=only)
+    freshness = read_freshness(engine, sources, now=now, max_age_hours=notify.max_data_age_hours)
+    held = held_reason(freshness)
+    if held is not None:
+        log.error("notify.held", reason=held)
+        out.write(f"nothing sent: {held}\n")
+    messages, plan = build_messages(engine, notify, reminders, metrics, as_of=as_of, now=now, only=only,
+                                    sources=sources, freshness=freshness)
     if dry_run:
-        return _dry_run(engine, channels, messages, results, out, only)
+        result = _dry_run(engine, channels, messages, results, out, only)
+        result.held = held
+        return result
     with engine.begin() as conn:
         for message in messages:
             for channel in channels:
@@ -256,7 +292,19 @@ def run_notify(
     kinds: tuple[str, ...] = (only,) if only else ("digest", "reminders")
     for channel in channels:
         _deliver(engine, channel, results[_name(channel)], kinds, now)
-    return NotifyResult(list(results.values()))
+    return NotifyResult(list(results.values()), held=held)
+
+
+def held_reason(freshness: Freshness) -> str | None:
+    """Why no digest and no reminders may go out, or ``None`` when they may."""
+    if not freshness.nothing_synced:
+        return None
+    if not freshness.sources:
+        return "no source is configured, so there is no data to report"
+    parts = []
+    for s in freshness.sources:
+        parts.append(f"{s.source} ({'last sync failed: ' + s.error if s.error else 'never synced'})")
+    return "no source has ever synced successfully: " + "; ".join(parts)
 
 
 def _deliver(

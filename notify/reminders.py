@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from sales_velocity.metrics.hygiene import StalledDeal, find_stalled
+from sales_velocity.metrics.hygiene import Rule, StalledDeal, find_stalled
 from sales_velocity.notify.settings import RemindersSettings
 from sales_velocity.sync.store import reminder_state_table
 
@@ -96,8 +96,16 @@ def plan_reminders(
     as_of: dt.date,
     now: dt.datetime,
     zone: ZoneInfo,
+    off: Mapping[Rule, Sequence[str]] | None = None,
+    skip_sources: Sequence[str] = (),
 ) -> ReminderPlan:
-    """Work out today's reminders without writing anything."""
+    """Work out today's reminders without writing anything.
+
+    ``off`` maps a hygiene rule to the sources it is off for (a field it needs
+    is unknown there); no reminder is planned for deals of ``skip_sources``
+    (their last sync failed: their data may be stale), and their reminder
+    state is left as it is.
+    """
     state = _open_state(engine)
     plan = ReminderPlan(as_of)
     holding: set[Pair] = set()
@@ -115,7 +123,8 @@ def plan_reminders(
         (direct if first.owner_email and first.owner_id else orphans).append(group)
         current.clear()
 
-    for deal in find_stalled(engine, settings, as_of=as_of, now=now, zone=zone, by_owner=True):
+    for deal in find_stalled(engine, settings, as_of=as_of, now=now, zone=zone, by_owner=True, off=off,
+                             skip_sources=skip_sources):
         due_hits = []
         for hit in deal.hits:
             pair = (deal.source, deal.external_id, hit.rule)
@@ -137,7 +146,8 @@ def plan_reminders(
         current.append(replace(deal, hits=tuple(due_hits)))
     flush()
     plan.held = len(holding)
-    plan.resolved = sorted(p for p in state if p not in holding)
+    skipped = set(skip_sources)  # not re-evaluated this time: neither holding nor resolved
+    plan.resolved = sorted(p for p in state if p not in holding and p[0] not in skipped)
 
     def pairs_of(groups: Iterable[OwnerReminders]) -> list[Pair]:
         return [(d.source, d.external_id, h.rule) for g in groups for d in g.deals for h in d.hits]

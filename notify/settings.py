@@ -58,6 +58,12 @@ class NotifySettings(BaseModel):
     ] = Field(default="monday", description="The day a week starts on, for movement = \"weekly\".")
     movement_days: int = Field(default=7, ge=1, le=92, description="Days the movement section covers.")
     movement_top: int = Field(default=10, ge=0, le=100, description="Largest moves listed deal by deal.")
+    max_data_age_hours: int = Field(
+        default=26,
+        ge=1,
+        le=24 * 90,
+        description="A source whose last good sync is older than this gets a warning on top of the digest.",
+    )
     expire_after_days: int = Field(
         default=7,
         ge=1,

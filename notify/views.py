@@ -8,18 +8,19 @@ links; the templates only arrange them, and escape them for their format (see
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sales_velocity.metrics.hygiene import BOTTLENECKS, RuleHit, StalledDeal
 from sales_velocity.metrics.settings import WhatIfSettings
 from sales_velocity.metrics.velocity import ScopeVelocity
 from sales_velocity.notify.chart import sparkline
-from sales_velocity.notify.digest import Digest
+from sales_velocity.notify.digest import LINEAR_LEVER, Digest
 from sales_velocity.notify.formatting import Formatter, Texts
 from sales_velocity.notify.movement_section import movement_view
 from sales_velocity.notify.reminders import ReminderMessage
 from sales_velocity.notify.render import Format, Rendered, render_template, slack_blocks, texts
 
-__all__ = ["digest_view", "reminders_view", "render_digest", "render_reminders", "rule_text"]
+__all__ = ["digest_view", "reminders_view", "render_digest", "render_reminders", "rule_text", "trust_view"]
 
 FORMATS: dict[Format, str] = {"text": "txt", "markdown": "md", "slack": "slack", "html": "html"}
 
@@ -94,9 +95,74 @@ def _what_if_label(lever: str, what_if: WhatIfSettings, t: Texts, f: Formatter) 
         "cycle_days": {"days": f.number(what_if.cycle_days, "#,##0.#")},
         "deal_value": {"pct": f.number(what_if.deal_value_pct, "#,##0.#")},
         "opportunities": {"pct": f.number(what_if.opportunities_pct, "#,##0.#")},
+        LINEAR_LEVER: {"pct": f.number(what_if.deal_value_pct, "#,##0.#")},
     }
     key = "what_if_cycle" if lever == "cycle_days" else f"what_if_{lever}"
     return t(key, **values.get(lever, {}))
+
+
+def _joined(items: list[str], t: Texts) -> str:
+    """``a``, ``a and b``, ``a, b and c`` (``og`` in Norwegian)."""
+    if len(items) < 2:
+        return "".join(items)
+    return f"{', '.join(items[:-1])} {t('and')} {items[-1]}"
+
+
+def trust_view(d: Digest, t: Texts, f: Formatter) -> dict[str, Any]:
+    """The freshness line, the banner, the unknown-field lines and the footer, as localised strings.
+
+    Every digest renderer (text, Markdown, HTML, Slack, and others) shows these
+    the same way: ``banner`` on top, ``data_synced`` under the headline,
+    ``unknown`` with the hygiene section, ``left_out`` in the footer.
+    """
+    zone = ZoneInfo(d.timezone)
+
+    def when(value: Any) -> str:
+        return t("never") if value is None else f.moment(value, zone)
+
+    banner = []
+    for s in d.freshness.banner:
+        if s.failed and s.last_ok_at is None:
+            banner.append(t("banner_failed_never", source=s.source, error=s.error))
+        elif s.failed:
+            banner.append(t("banner_failed", source=s.source, error=s.error, when=when(s.last_ok_at)))
+        elif s.last_ok_at is None:
+            banner.append(t("banner_never", source=s.source))
+        else:
+            banner.append(t("banner_stale", source=s.source, when=when(s.last_ok_at),
+                            hours=d.freshness.max_age_hours))
+    if d.freshness.failed_sources:
+        banner.append(t("banner_held", sources=_joined(list(d.freshness.failed_sources), t)))
+    synced = [t("source_when", source=s.source, when=when(s.last_ok_at)) for s in d.freshness.sources]
+    unknown = []
+    for u in d.coverage.unknown:
+        names = [t(f"rule_name_{r}") for r in u.rules]
+        rules = names[0] if len(names) == 1 else _joined([f"“{n}”" if t.locale == "en" else f"«{n}»"
+                                                          for n in names], t)
+        what = t(f"field_{u.fields[0]}")
+        unknown.append(t.plural("unknown", len(names), what=what, source=u.source, rules=rules))
+    lo = d.left_out
+    left_out = [
+        t.plural(key, n, currency=d.currency)
+        for key, n in (("left_no_amount", lo.no_amount), ("left_no_rate", lo.no_rate),
+                       ("left_no_close_date", lo.no_close_date), ("left_dated_by_update", lo.dated_by_update))
+        if n
+    ]
+    if d.hygiene.open_deals == 0:
+        no_stalled = t("no_open_deals")
+    elif not d.trustworthy:
+        no_stalled = t("no_stalled_unsure")
+    elif d.coverage.unknown:
+        no_stalled = t("no_stalled_partial")
+    else:
+        no_stalled = t("no_stalled")
+    return {
+        "banner": banner,
+        "data_synced": t("data_synced", sources="; ".join(synced)) if synced else "",
+        "unknown": unknown,
+        "left_out": left_out,
+        "no_stalled": no_stalled,
+    }
 
 
 def digest_view(
@@ -148,8 +214,12 @@ def digest_view(
             )
         )
     h = d.hygiene
+    off = d.coverage.rules_off
+    every = {s.source for s in d.freshness.sources}
     bottlenecks = [
-        t(
+        t("bottleneck_unknown", label=t(b))
+        if every and all(every <= set(off.get(r, ())) for r in BOTTLENECKS[b])
+        else t(
             "bottleneck_line",
             label=t(b),
             share=f.share(h.share(b)),
@@ -195,6 +265,7 @@ def digest_view(
         "movement": None if d.movement is None
         else movement_view(d.movement, t, f, days=movement_days, top=movement_top),
         "chart_alt": t("chart_alt", days=len(d.history)),
+        **trust_view(d, t, f),
     }
 
 

@@ -45,6 +45,7 @@ from sales_velocity.connectors.base import Checkpoint, Connector, Deal, Rejected
 from sales_velocity.kernel.errors import RemoteError
 from sales_velocity.sync.catalog import KnownCatalog, catalog_due, dialect_insert, load_known, refresh_catalog
 from sales_velocity.sync.changes import ChangeRecorder, changes_from_select
+from sales_velocity.sync.fields import FieldTracker, declared_fields, declares_fields, record_fields
 from sales_velocity.sync.rows import RowEncoder
 from sales_velocity.sync.store import (
     deals_table,
@@ -129,6 +130,8 @@ class _Writer:
         """Set when the catalog was not refreshed: deals referring to new ids refresh it."""
         self.encoder = RowEncoder(conn.dialect.name)
         self.changes = ChangeRecorder(self.encoder, source, run_pk)
+        self.fields: FieldTracker | None = None
+        """Set for connectors that do not declare their fields: the sync observes them."""
         self.uncommitted = 0
         self.committed_at = time.monotonic()
 
@@ -155,6 +158,8 @@ class _Writer:
                 self.result.rejects.append(item)
                 log.warning("sync.rejected", where=item.where, reason=item.reason)
             return
+        if self.fields is not None:
+            self.fields.see(item)
         if item.external_id in self.deals:  # a later version in the same batch wins
             self.result.seen -= 1
         self.deals[item.external_id] = item
@@ -346,6 +351,8 @@ def sync_source(
             ).inserted_primary_key[0])
             conn.commit()
             writer = _Writer(conn, source, run_pk, clock, batch_size, progress)
+            if not declares_fields(connector):
+                writer.fields = FieldTracker()
             result = writer.result
             result.run_id, result.full = run_id, full
             writing = True  # a failure while the catalog is written rolls it back
@@ -389,6 +396,9 @@ def sync_source(
                 if writer.known is not None and writer.known.stale:
                     refresh_catalog(conn, connector, kind, clock())
                     conn.commit()
+                record_fields(conn, source, seen=writer.fields.seen if writer.fields else frozenset(),
+                              declared=declared_fields(connector), now=clock())
+                conn.commit()
             if writer.track_seen:
                 seen_t.drop(conn, checkfirst=True)
                 conn.commit()

@@ -62,6 +62,7 @@ __all__ = [
     "OwnerRow",
     "PipelineRow",
     "ReminderState",
+    "SourceField",
     "SourceRow",
     "StageRow",
     "SyncLease",
@@ -84,6 +85,7 @@ __all__ = [
     "reminder_state_table",
     "schema_revision",
     "snapshots_table",
+    "source_fields_table",
     "sources_table",
     "stage_events_table",
     "stages_table",
@@ -304,6 +306,24 @@ class SyncState(Base):
 
     source: Mapped[str] = mapped_column(String(100), primary_key=True)
     cursor: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
+
+
+class SourceField(Base):
+    """Whether a source provides one canonical deal field (see ``sync.fields``).
+
+    ``provided`` is false when the source never gave the field a value (and did
+    not declare it): the field is *unknown* there, not empty. ``declared`` says
+    the connector stated it (a CSV header, a CRM's property list) rather than
+    the sync having observed a value.
+    """
+
+    __tablename__ = "source_fields"
+
+    source: Mapped[str] = mapped_column(String(100), primary_key=True)
+    field: Mapped[str] = mapped_column(String(40), primary_key=True)
+    provided: Mapped[bool] = mapped_column(Boolean, default=False)
+    declared: Mapped[bool] = mapped_column(Boolean, default=False)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
 
 
@@ -615,6 +635,7 @@ stage_events_table = _table(DealStageEvent)
 deal_changes_table = _table(DealChange)
 sync_state_table = _table(SyncState)
 sync_runs_table = _table(SyncRun)
+source_fields_table = _table(SourceField)
 sync_rejects_table = _table(SyncReject)
 leases_table = _table(SyncLease)
 snapshots_table = _table(VelocitySnapshot)

@@ -312,3 +312,51 @@ class TestSecrets:
         engine.dispose()
         assert errors
         assert all(token not in (e or "") for e in errors)
+
+
+STDOUT_CHANNEL = ('[notify]\nfallback_to = "lead@example.com"\n'
+                  '[[notify.channels]]\nname = "out"\nkind = "stdout"\nsend = ["digest", "reminders"]\n')
+
+
+class TestHonestData:
+    def test_first_run_with_a_missing_file_sends_nothing_and_exits_1(self, tmp_path: Path) -> None:
+        """No source ever synced: no digest, no reminders, no 'Well done!'; the run says why, exit 1."""
+        config = seed_config(tmp_path, STDOUT_CHANNEL)
+        (tmp_path / "seed.csv").unlink()
+        code, out = velocity(["--config", str(config), "run"])
+        assert code == 1
+        assert "nothing sent: no source has ever synced successfully: seed (last sync failed: " in out
+        assert "seed.csv" in out
+        assert "Well done" not in out
+        assert "Sales velocity ·" not in out
+
+    def test_a_later_failure_puts_a_banner_on_the_digest(self, tmp_path: Path) -> None:
+        """Day 2 without the file: a banner with the error and the last good sync, exit 1; report too."""
+        config = seed_config(tmp_path, STDOUT_CHANNEL)
+        code, out = velocity(["--config", str(config), "run", "--as-of", "2026-11-26"])
+        assert code == 0, out
+        assert "Data: last good sync seed Nov 26, 2026 09:00" in out
+        assert "⚠" not in out
+        (tmp_path / "seed.csv").rename(tmp_path / "away.csv")
+        later = NOW + dt.timedelta(days=1)
+        code, out = velocity(["--config", str(config), "run", "--as-of", "2026-11-27"], now=later)
+        assert code == 1
+        assert "⚠ seed failed to sync (" in out
+        assert "Its numbers are from its last good sync, Nov 26, 2026 09:00." in out
+        assert "Reminders for deals of seed are held back until it syncs again." in out
+        code, report = velocity(["--config", str(config), "report", "--as-of", "2026-11-27"], now=later)
+        assert code == 0
+        assert "Data: last good sync seed 2026-11-26 09:00" in report
+        assert "! seed: last sync failed (" in report
+
+    def test_an_export_without_next_steps_turns_the_rule_off(self, tmp_path: Path) -> None:
+        """The seed CSV lacks next-step and activity columns: the digest says so; no reminder, no praise."""
+        config = seed_config(tmp_path, STDOUT_CHANNEL)
+        code, out = velocity(["--config", str(config), "run", "--as-of", "2026-11-26"])
+        assert code == 0, out
+        assert ("Next steps and next activity dates are not in the data of seed: the rules "
+                "“no next step” and “next step overdue” are off for it.") in out
+        assert "Activity dates are not in the data of seed: the rule “no activity” is off for it." in out
+        assert "no next step" not in out.replace("“no next step”", "")
+        assert "No stalled deals by the rules this data allows (see above)." in out
+        assert "Well done" not in out

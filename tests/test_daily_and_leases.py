@@ -79,6 +79,8 @@ class TestDailyStepWaitsForSyncs:
         """The daily step waits (bounded) for a source another run holds; it builds the digest after."""
         config = seed_config(tmp_path, db_url, "[sync]\ndaily_wait_seconds = 60\n")
         engine = init(config)
+        first = run_cli(config, "sync")  # a good sync before: the digest has data to speak of
+        assert first.returncode == 0, first.stdout + first.stderr
         released: list[dt.datetime] = []
         lease_held = threading.Event()
 

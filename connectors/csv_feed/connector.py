@@ -179,6 +179,7 @@ class CsvFeedConnector:
         self.path = settings.path
         self._today = today or (lambda: dt.datetime.now(ZoneInfo(settings.timezone)).date())
         self._catalog: tuple[tuple[int, int], _Catalog] | None = None
+        self._provided: frozenset[str] | None = None
 
     # ------------------------------------------------------------------ plumbing
 
@@ -296,6 +297,7 @@ class CsvFeedConnector:
         shift = self._shift_days()
         if (advice := self.rebase_warning()) is not None:
             log.warning("csv_feed.rebase_outside_demo", source=self.name, path=str(self.path), advice=advice)
+        self._provided = None
         if since is not None:
             with self._open() as f:
                 unchanged = self._cursor(_sha256_of(f), shift) == since
@@ -308,6 +310,7 @@ class CsvFeedConnector:
         with self._open() as f:
             hashing = _HashingReader(f)
             layout, rows = self._rows(io.BufferedReader(hashing))
+            self._provided = frozenset(layout.index)
             parser = RowParser(self.settings, layout, shift)
             first_line: dict[str, int] = {}
             width = len(layout.headers)
@@ -374,6 +377,13 @@ class CsvFeedConnector:
             return ("rebase_dates_from shifts every date of this file (it is meant for the bundled demo, "
                     'kind = "demo"); remove it for real data')
         return None
+    def provided_fields(self) -> frozenset[str] | None:
+        """The canonical columns the file of the last pull has (``None`` when it was not read).
+
+        The sync records them (``sync.fields``): a column the export lacks is
+        *unknown* for this source, and the hygiene rules that need it are off.
+        """
+        return self._provided
 
     def _read_row(
         self, parser: RowParser, first_line: dict[str, int], line: int, fields: list[str] | csv.Error,

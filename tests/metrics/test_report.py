@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from sales_velocity.metrics.freshness import Freshness, SourceFreshness
+from sales_velocity.metrics.leftovers import LeftOut
 from sales_velocity.metrics.report import FIELDS, render_report
 from sales_velocity.metrics.velocity import Levers, ScopeVelocity, Velocity, VelocityReport
 
@@ -110,3 +112,21 @@ class TestTable:
         lines = [ln for ln in render_report(report(), "table").splitlines() if ln.endswith("/day")]
         assert len(lines) == 3
         assert len({len(ln) for ln in lines}) == 1
+
+
+class TestTrust:
+    def test_table_with_freshness_and_what_was_left_out(self) -> None:
+        """The table gives each source's last good sync, warns of bad ones, footnotes left-out deals."""
+        now = dt.datetime(2026, 11, 26, 8, 0, tzinfo=dt.UTC)
+        hour, two_days = dt.timedelta(hours=1), dt.timedelta(days=2)
+        freshness = Freshness((
+            SourceFreshness("hubspot", now - hour, now - hour, False, False),
+            SourceFreshness("pipedrive", now - two_days, now, True, True, "HTTP 503 after 5 tries"),
+            SourceFreshness("csv", None, None, False, True),
+        ), 26, now)
+        left = LeftOut(no_amount=2, no_rate=1, no_close_date=3, dated_by_update=4)
+        text = render_report(report(), "table", freshness=freshness, left_out=left)
+        check_golden("report_table_trust.txt", text)
+        doc = json.loads(render_report(report(), "json", freshness=freshness, left_out=left))
+        assert [s["source"] for s in doc["sources"] if s["failed"]] == ["pipedrive"]
+        assert doc["left_out"]["closed_without_close_date"] == 3

@@ -17,6 +17,7 @@ from tests.notify.factory import (
     add_event,
     add_owner,
     add_pipeline,
+    add_sync_run,
     days_ago,
 )
 
@@ -25,6 +26,7 @@ METRICS = MetricsSettings(timezone="Europe/Oslo", currency="NOK")
 
 def seed(engine) -> None:
     """Two sellers (one without an address), stalled and healthy deals, 31 days of snapshots, changes."""
+    add_sync_run(engine)
     add_pipeline(engine)
     add_owner(engine, "o1", "Kari Nordmann", "kari@example.com")
     add_owner(engine, "o2", "Ola <Hansen>", None)

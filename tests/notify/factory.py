@@ -14,8 +14,10 @@ from sales_velocity.sync.store import (
     owners_table,
     pipelines_table,
     snapshots_table,
+    source_fields_table,
     stage_events_table,
     stages_table,
+    sync_runs_table,
 )
 
 NOW = dt.datetime(2026, 11, 26, 9, 0, tzinfo=dt.UTC)
@@ -178,4 +180,33 @@ def add_snapshot(
                 excluded_currency=0,
                 computed_at=NOW,
             )
+        )
+
+
+def add_sync_run(
+    engine: sa.Engine,
+    status: str = "ok",
+    *,
+    finished_at: dt.datetime = NOW - dt.timedelta(hours=1),
+    error: str | None = None,
+    source: str = SOURCE,
+) -> None:
+    """A finished sync run of ``source`` (what ``sync.engine`` records), one minute long."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.insert(sync_runs_table).values(
+                run_id="test", source=source, full=False, started_at=finished_at - dt.timedelta(minutes=1),
+                finished_at=finished_at, status=status, error=error,
+            )
+        )
+
+
+def set_fields(engine: sa.Engine, provided: dict[str, bool], source: str = SOURCE) -> None:
+    """Record which tracked fields ``source`` provides (as ``sync.fields`` does after a pull)."""
+    with engine.begin() as conn:
+        conn.execute(sa.delete(source_fields_table).where(source_fields_table.c.source == source))
+        conn.execute(
+            sa.insert(source_fields_table),
+            [{"source": source, "field": f, "provided": p, "declared": True, "updated_at": NOW}
+             for f, p in provided.items()],
         )
