@@ -191,20 +191,8 @@ def build_messages(
     if freshness.nothing_synced:
         return messages, plan
     if only in (None, "digest") and any(_takes(c, "digest") for c in channels):
-        d = build_digest(
-            engine,
-            metrics,
-            reminders,
-            as_of=as_of,
-            now=now,
-            top_deals=notify.top_deals,
-            top_scopes=notify.top_scopes,
-            chart_days=notify.chart_days,
-            movement_days=notify.movement_days
-            if movement_due(engine, notify.movement, notify.movement_week_starts, as_of) else None,
-            freshness=freshness,
-        )
-        messages.append(_digest_message(d, notify, metrics))
+        messages.append(_todays_digest(engine, notify, reminders, metrics, as_of=as_of, now=now,
+                                       freshness=freshness))
     if only in (None, "reminders") and any(_takes(c, "reminders") for c in channels):
         plan = plan_reminders(
             engine, reminders, fallback_to=notify.fallback_to, as_of=as_of, now=now, zone=metrics.zone,
@@ -224,8 +212,34 @@ def preview_digest(
     now: dt.datetime,
 ) -> Message:
     """Today's digest as it would read now, whether or not it was sent; nothing is queued or recorded."""
-    d = build_digest(engine, metrics, reminders, as_of=as_of, now=now, top_deals=notify.top_deals,
-                     top_scopes=notify.top_scopes, chart_days=notify.chart_days)
+    return _todays_digest(engine, notify, reminders, metrics, as_of=as_of, now=now, freshness=None)
+
+
+def _todays_digest(
+    engine: sa.Engine,
+    notify: NotifySettings,
+    reminders: RemindersSettings,
+    metrics: MetricsSettings,
+    *,
+    as_of: dt.date,
+    now: dt.datetime,
+    freshness: Freshness | None,
+) -> Message:
+    """The digest message for ``as_of`` with the channel settings: one place for send and preview."""
+    d = build_digest(
+        engine,
+        metrics,
+        reminders,
+        as_of=as_of,
+        now=now,
+        top_deals=notify.top_deals,
+        top_scopes=notify.top_scopes,
+        chart_days=notify.chart_days,
+        movement_days=notify.movement_days
+        if movement_due(engine, notify.movement, notify.movement_week_starts, as_of) else None,
+        max_data_age_hours=notify.max_data_age_hours,
+        freshness=freshness,
+    )
     return _digest_message(d, notify, metrics)
 
 

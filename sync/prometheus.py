@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, Gauge, Info, write_to_textfile
 from sales_velocity.sync.status import Status, collect_status
 from sales_velocity.sync.store import snapshots_table
 
-__all__ = ["build_registry", "package_version", "write_textfile"]
+__all__ = ["build_registry", "package_version", "write_status", "write_textfile"]
 
 
 def package_version() -> str:
@@ -42,6 +42,15 @@ def build_registry(engine: sa.Engine, status: Status, window_days: int) -> Colle
     def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
         return Gauge(name, doc, list(labels), registry=registry)
 
+    _status_gauges(status, gauge)
+    _velocity(engine, window_days, gauge)
+    Info("velocity_build", "The running sales-velocity", registry=registry).info(
+        {"version": package_version(), "python": platform.python_version()})
+    return registry
+
+
+def _status_gauges(status: Status, gauge: Callable[..., Gauge]) -> None:
+    """The sync, outbox and digest metrics of ``status``."""
     last_run = gauge("velocity_sync_last_run_timestamp_seconds", "Start of the last sync", ["source"])
     last_ok = gauge("velocity_sync_last_success_timestamp_seconds", "End of the last good sync", ["source"])
     healthy = gauge("velocity_sync_last_run_ok", "1 when the last sync succeeded", ["source"])
@@ -70,10 +79,6 @@ def build_registry(engine: sa.Engine, status: Status, window_days: int) -> Colle
     if status.digest is not None:
         gauge("velocity_digest_last_sent_timestamp_seconds",
               "When the last digest was delivered").set(status.digest.sent_at.timestamp())
-    _velocity(engine, window_days, gauge)
-    Info("velocity_build", "The running sales-velocity", registry=registry).info(
-        {"version": package_version(), "python": platform.python_version()})
-    return registry
 
 
 def _velocity(engine: sa.Engine, window_days: int, make: Callable[..., Gauge]) -> None:
@@ -112,3 +117,15 @@ def write_textfile(engine: sa.Engine, path: Path, *, sources: Sequence[str], cha
                             now=now)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_to_textfile(str(path), build_registry(engine, status, window_days))
+
+
+def write_status(status: Status, path: Path) -> None:
+    """Write only the sync, outbox and digest metrics of ``status`` to ``path`` atomically."""
+    registry = CollectorRegistry()
+
+    def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
+        return Gauge(name, doc, list(labels), registry=registry)
+
+    _status_gauges(status, gauge)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_to_textfile(str(path), registry)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -18,7 +17,7 @@ from sales_velocity.kernel.schedule import cron_trigger
 from sales_velocity.sync.store import outbox_table, sync_runs_table
 
 __all__ = ["ChannelStatus", "DigestSent", "SourceStatus", "Status", "collect_status", "last_digest",
-           "record_progress", "render_status", "write_prometheus"]
+           "record_progress", "render_status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,34 +225,3 @@ def render_status(status: Status) -> str:
     lines += ["", "Next runs (velocity schedule):"]
     lines += [f"  {job:<6} {_when(when, zone)}" for job, when in status.next_runs]
     return "\n".join(lines) + "\n"
-
-
-def write_prometheus(status: Status, path: Path) -> None:
-    """Write the sync and outbox metrics of ``status`` atomically (``sync.prometheus`` writes them all)."""
-    from prometheus_client import CollectorRegistry, Gauge, write_to_textfile
-
-    registry = CollectorRegistry()
-    last_run = Gauge("velocity_sync_last_run_timestamp_seconds", "Start of the last sync",
-                     ["source"], registry=registry)
-    last_ok = Gauge("velocity_sync_last_success_timestamp_seconds", "End of the last good sync",
-                    ["source"], registry=registry)
-    healthy = Gauge("velocity_sync_last_run_ok", "1 when the last sync succeeded",
-                    ["source"], registry=registry)
-    deals = Gauge("velocity_sync_deals", "Deals counted by the last sync", ["source", "kind"],
-                  registry=registry)
-    pending = Gauge("velocity_outbox_pending_messages", "Messages not yet delivered", ["channel"],
-                    registry=registry)
-    unknown = Gauge("velocity_outbox_unknown_messages", "Messages of uncertain delivery",
-                    ["channel"], registry=registry)
-    for s in status.sources:
-        if s.started_at is not None:
-            last_run.labels(s.source).set(s.started_at.timestamp())
-        if s.last_ok_at is not None:
-            last_ok.labels(s.source).set(s.last_ok_at.timestamp())
-        healthy.labels(s.source).set(1 if s.status == "ok" else 0)
-        for kind in ("seen", "inserted", "updated", "deleted", "rejected"):
-            deals.labels(s.source, kind).set(getattr(s, kind))
-    for c in status.channels:
-        pending.labels(c.channel).set(c.pending)
-        unknown.labels(c.channel).set(c.unknown)
-    write_to_textfile(str(path), registry)

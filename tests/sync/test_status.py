@@ -6,7 +6,8 @@ import datetime as dt
 import os
 from pathlib import Path
 
-from sales_velocity.sync.status import ChannelStatus, SourceStatus, Status, render_status, write_prometheus
+from sales_velocity.sync.prometheus import write_status
+from sales_velocity.sync.status import ChannelStatus, SourceStatus, Status, render_status
 
 GOLDEN = Path(__file__).parent.parent / "fixtures" / "golden" / "status.txt"
 UTC = dt.UTC
@@ -46,7 +47,7 @@ def test_status_text_matches_the_golden_file() -> None:
 def test_prometheus_textfile_has_one_series_per_source(tmp_path: Path) -> None:
     """The textfile holds the health and counts of every source and the outbox per channel."""
     path = tmp_path / "velocity.prom"
-    write_prometheus(sample(), path)
+    write_status(sample(), path)
     text = path.read_text()
     assert 'velocity_sync_last_run_ok{source="hubspot"} 1.0' in text
     assert 'velocity_sync_last_run_ok{source="pipedrive"} 0.0' in text
