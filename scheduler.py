@@ -393,8 +393,28 @@ def _report_text(ctx: Context, as_of: dt.date, window_days: int | None, fmt: Rep
 
 
 def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
-    """Print the velocity table (or JSON/CSV) computed from the store."""
-    ctx.out.write(_report_text(ctx, _as_of(ctx, args.as_of), args.window_days, args.format))
+    """Print the velocity table (or JSON/CSV, or the HTML page) computed from the store; or --output FILE."""
+    as_of = _as_of(ctx, args.as_of)
+    if args.format == "html":
+        from sales_velocity.metrics.html_report import build_html_report
+
+        c = ctx.config
+        window = args.window_days
+        metrics = c.metrics.model_copy(update={"window_days": window}) if window else c.metrics
+        with reading_only():
+            text = build_html_report(
+                ctx.existing_engine(), metrics, c.reminders, as_of=as_of, now=ctx.now(),
+                locale=c.notify.locale,
+                sources=[s.name for s in c.sources], max_data_age_hours=c.notify.max_data_age_hours,
+                movement_days=c.notify.movement_days, top_deals=c.notify.top_deals)
+    else:
+        text = _report_text(ctx, as_of, args.window_days, args.format)
+    if args.output:
+        from sales_velocity.metrics.html_report import write_output
+
+        ctx.print(f"report written to {write_output(args.output, text)}")
+    else:
+        ctx.out.write(text)
     return EXIT_OK
 
 
@@ -701,8 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", type=_date, help=as_of_help)
     p.add_argument("--window-days", type=_positive, default=None,
                    help="look-back window in days, at least 1 (default: [metrics] window_days)")
-    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
-                   help="table for people (default), json or csv for machines")
+    p.add_argument("--format", choices=["table", "json", "csv", "html"], default="table",
+                   help="table for people (default), json or csv for machines, html: one self-contained page")
+    p.add_argument("--output", metavar="FILE", help="write the report to FILE instead of stdout")
     p.set_defaults(func=cmd_report)
     p = sub.add_parser("movement", help="what moved in the pipeline: added, won, pushed, ... and a bridge")
     p.add_argument("--since", type=_date_or_time, help="start: a local date or datetime (default: 7 days)")

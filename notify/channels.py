@@ -361,6 +361,8 @@ class EmailChannel:
         mail["Date"] = formatdate(localtime=False)
         domain = self.settings.from_.rsplit("@", 1)[-1]
         mail["Message-ID"] = f"<{message.message_id}@{domain}>"
+        mail["Auto-Submitted"] = "auto-generated"  # RFC 3834: no out-of-office replies back to us
+        mail["X-Auto-Response-Suppress"] = "All"  # the same for Exchange/Outlook
         mail.set_content(message.text)
         mail.add_alternative(message.html, subtype="html")
         html_part = mail.get_body(preferencelist=("html",))

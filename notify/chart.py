@@ -1,7 +1,11 @@
 """A small PNG of velocity over time for the HTML e-mail, and a text sparkline.
 
 matplotlib draws headless (the Agg canvas, never ``pyplot``, so no display and
-no global state). Undefined days are gaps in the line.
+no global state). Undefined days are gaps in the line. The PNG is drawn at twice
+its CSS size (``scale=2``) so it stays sharp on phone and retina screens; the
+e-mail shows it at ``width_px`` wide and never wider than its box. The value axis
+is formatted as money by the caller's formatter (``NOK 12,000`` / ``12 000 kr``),
+and neither axis carries an offset label (no ``1e6`` or stray year in a corner).
 
 matplotlib is the optional ``[chart]`` extra (about 40 MB with numpy and its
 fonts). Without it the digest carries no PNG: e-mail and Slack show the text
@@ -15,7 +19,7 @@ import datetime as dt
 import importlib.util
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import Decimal
 
 import structlog
@@ -38,10 +42,22 @@ def trend_png(
     *,
     title: str = "",
     width_px: int = 560,
-    height_px: int = 180,
+    height_px: int = 200,
     dpi: int = 80,
+    scale: int = 2,
+    money: Callable[[Decimal], str] | None = None,
 ) -> bytes | None:
-    """Render the series as a PNG; ``None`` when fewer than two days have a value."""
+    """Render the series as a PNG; ``None`` when fewer than two days have a value.
+
+    Args:
+        series: ``(day, velocity)`` pairs; ``None`` is a gap.
+        title: A title over the plot (empty: none).
+        width_px: Width in CSS pixels (the PNG is ``scale`` times as wide).
+        height_px: Height in CSS pixels.
+        dpi: Dots per inch at scale 1 (sets the font size relative to the plot).
+        scale: Pixel density of the PNG (2: sharp on high-density screens).
+        money: Formats a tick value as money; default: grouped whole numbers.
+    """
     points = [(day, value) for day, value in series if value is not None]
     if len(points) < 2:
         return None
@@ -54,8 +70,9 @@ def trend_png(
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    figure = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi)
+    figure = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi * scale)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot(1, 1, 1)
     days = [day for day, _ in series]
@@ -64,7 +81,12 @@ def trend_png(
     axes.fill_between(days, values, alpha=0.12, color="#2563eb")  # type: ignore[arg-type]
     locator = AutoDateLocator(maxticks=6)  # type: ignore[no-untyped-call]
     axes.xaxis.set_major_locator(locator)
-    axes.xaxis.set_major_formatter(ConciseDateFormatter(locator))  # type: ignore[no-untyped-call]
+    axes.xaxis.set_major_formatter(
+        ConciseDateFormatter(locator, show_offset=False)  # type: ignore[no-untyped-call]
+    )
+    label = money or (lambda v: f"{v:,.0f}")
+    axes.yaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: label(Decimal(str(round(v))))))
     axes.set_ylim(bottom=0)
     axes.grid(axis="y", alpha=0.3)
     for side in ("top", "right"):

@@ -34,6 +34,7 @@ from sales_velocity.notify import outbox
 from sales_velocity.notify.channels import Channel
 from sales_velocity.notify.chart import trend_png
 from sales_velocity.notify.digest import Digest, build_digest, digest_data
+from sales_velocity.notify.formatting import Formatter
 from sales_velocity.notify.message import InlineImage, Message, MessageKind
 from sales_velocity.notify.movement_section import movement_due
 from sales_velocity.notify.reminders import ReminderPlan, plan_reminders, record_plan
@@ -120,7 +121,8 @@ def _as_message(
 
 def _digest_message(d: Digest, notify: NotifySettings, metrics: MetricsSettings) -> Message:
     png = (
-        trend_png(d.history, title=texts(notify.locale)("chart_alt", days=len(d.history)))
+        trend_png(d.history, title=texts(notify.locale)("chart_alt", days=len(d.history)),
+                  money=Formatter(notify.locale, d.currency).money)
         if notify.chart
         else None
     )

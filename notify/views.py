@@ -7,6 +7,7 @@ links; the templates only arrange them, and escape them for their format (see
 
 from __future__ import annotations
 
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -20,7 +21,10 @@ from sales_velocity.notify.movement_section import movement_view
 from sales_velocity.notify.reminders import ReminderMessage
 from sales_velocity.notify.render import Format, Rendered, render_template, slack_blocks, texts
 
-__all__ = ["digest_view", "reminders_view", "render_digest", "render_reminders", "rule_text", "trust_view"]
+__all__ = [
+    "digest_view", "direction", "reminders_view", "render_digest", "render_reminders", "rule_text",
+    "trust_view",
+]
 
 FORMATS: dict[Format, str] = {"text": "txt", "markdown": "md", "slack": "slack", "html": "html"}
 
@@ -99,6 +103,14 @@ def _what_if_label(lever: str, what_if: WhatIfSettings, t: Texts, f: Formatter) 
     }
     key = "what_if_cycle" if lever == "cycle_days" else f"what_if_{lever}"
     return t(key, **values.get(lever, {}))
+
+
+def direction(change: Decimal | None) -> str:
+    """``up``, ``down`` or ``""`` (no change, or unknown) for a change as shown (whole units)."""
+    if change is None:
+        return ""
+    whole = Decimal(change).quantize(Decimal(1), ROUND_HALF_UP)
+    return "up" if whole > 0 else "down" if whole < 0 else ""
 
 
 def _joined(items: list[str], t: Texts) -> str:
@@ -184,7 +196,8 @@ def digest_view(
             value = f.signed_money(trend.change) + pct
         if trend.available and trend.rebuilt:
             value += " " + t("rebuilt_mark")
-        trends.append({"label": t("change_over", days=trend.days), "value": value})
+        trends.append({"label": t("change_over", days=trend.days), "value": value,
+                       "direction": direction(trend.change)})
     what_ifs = [
         t(
             "what_if_line",
@@ -260,6 +273,8 @@ def digest_view(
         "hygiene_line": t("hygiene_line", stalled=h.stalled_deals, open=h.open_deals),
         "bottlenecks": bottlenecks,
         "worst": [_deal(s, t, f) for s in d.worst],
+        "worst_headers": [t("col_deal"), t("col_owner"), t("col_amount"), t("col_stage"), t("col_reasons"),
+                          t("col_link")],
         "formula": t("formula", days=d.window_days),
         "chart_cid": chart_cid,
         "movement": None if d.movement is None

@@ -1,0 +1,203 @@
+"""Small inline SVG charts for the HTML report: a line over days, horizontal bars, a bridge.
+
+Each function returns one ``<svg>`` element as a string, already escaped (every
+label goes through :func:`xml.sax.saxutils.escape`), so a template prints it as
+is. The charts scale with their box (``viewBox`` and ``width: 100%``), need no
+script, font or image from anywhere, and carry a ``<title>`` and
+``aria-label`` for screen readers. Values are ``Decimal``; coordinates are
+rounded to 0.1 px so the output is stable for golden files.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from xml.sax.saxutils import escape, quoteattr
+
+__all__ = ["Bar", "Step", "bars", "bridge", "line"]
+
+INK = "#111827"
+MUTED = "#6b7280"
+GRID = "#e5e7eb"
+LINE = "#2563eb"
+RISE = "#047857"
+FALL = "#b91c1c"
+TOTAL = "#475569"
+FONT = "font-family=\"-apple-system, 'Segoe UI', Helvetica, Arial, sans-serif\""
+
+
+def _n(value: float) -> str:
+    """A coordinate with at most one decimal (``12``, ``12.5``)."""
+    text = f"{value:.1f}"
+    return text[:-2] if text.endswith(".0") else text
+
+
+def _nice_top(high: Decimal) -> Decimal:
+    """A round number at or above ``high`` (1, 2, 2.5, 5 times a power of ten)."""
+    if high <= 0:
+        return Decimal(1)
+    exp = high.adjusted()
+    for step in (Decimal(1), Decimal(2), Decimal("2.5"), Decimal(5), Decimal(10)):
+        top = step.scaleb(exp)
+        if top >= high:
+            return top
+    return Decimal(10).scaleb(exp)  # pragma: no cover - the loop always returns
+
+
+def _open(width: int, height: int, label: str, max_width: int) -> list[str]:
+    return [
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+        f"aria-label={quoteattr(label)} style=\"display: block; width: 100%; max-width: {max_width}px; "
+        f'height: auto;" {FONT} font-size="12">',
+        f"<title>{escape(label)}</title>",
+    ]
+
+
+def line(
+    points: Sequence[tuple[dt.date, Decimal | None]],
+    *,
+    label: str,
+    value_text: Callable[[Decimal], str],
+    day_text: Callable[[dt.date], str],
+    width: int = 480,
+    height: int = 200,
+    max_width: int = 760,
+) -> str:
+    """A line over days from zero to a round top; ``None`` breaks the line.
+
+    Args:
+        points: ``(day, value)`` by day.
+        label: What the chart shows (its title and accessible name).
+        value_text: Formats an axis value (money, a rate, days).
+        day_text: Formats a day on the time axis (first, middle, last day).
+        width: The view box width (the chart scales to its box).
+        height: The view box height.
+        max_width: The widest the chart is drawn, in CSS pixels.
+    """
+    left, right, top, bottom = 76, 12, 10, 24
+    defined = [v for _, v in points if v is not None]
+    high = _nice_top(max(defined, default=Decimal(0)))
+    days = [d for d, _ in points]
+    first, last = (min(days), max(days)) if days else (None, None)
+    span = max(1, (last - first).days) if first and last else 1
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def x(day: dt.date) -> float:
+        assert first is not None  # noqa: S101 - only called with points
+        return left + plot_w * (day - first).days / span
+
+    def y(value: Decimal) -> float:
+        return top + plot_h * (1 - float(value / high))
+
+    out = _open(width, height, label, max_width)
+    for i in range(5):
+        tick = high * i / 4
+        ty = y(tick)
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{_n(ty)}" y2="{_n(ty)}" stroke="{GRID}"/>')
+        out.append(f'<text x="{left - 6}" y="{_n(ty + 4)}" text-anchor="end" fill="{MUTED}">'
+                   f"{escape(value_text(tick))}</text>")
+    if first is not None and last is not None:
+        middle = first + dt.timedelta(days=span // 2)
+        for day, anchor in ((first, "start"), (middle, "middle"), (last, "end")):
+            if anchor == "middle" and span < 4:
+                continue
+            out.append(f'<text x="{_n(x(day))}" y="{height - 6}" text-anchor="{anchor}" fill="{MUTED}">'
+                       f"{escape(day_text(day))}</text>")
+    path: list[str] = []
+    pen_up = True
+    for day, value in points:
+        if value is None:
+            pen_up = True
+            continue
+        path.append(f"{'M' if pen_up else 'L'}{_n(x(day))} {_n(y(value))}")
+        pen_up = False
+    if path:
+        out.append(f'<path d="{" ".join(path)}" fill="none" stroke="{LINE}" stroke-width="2" '
+                   'stroke-linejoin="round" stroke-linecap="round"/>')
+        day, value = next((d, v) for d, v in reversed(points) if v is not None)
+        out.append(f'<circle cx="{_n(x(day))}" cy="{_n(y(value))}" r="3" fill="{LINE}"/>')
+    out.append("</svg>")
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One bar: its label, its value and the value's text."""
+
+    label: str
+    value: Decimal
+    text: str
+
+
+def _label(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def bars(items: Sequence[Bar], *, label: str, width: int = 480, max_width: int = 760) -> str:
+    """Horizontal bars from zero, one row per item, its text after the bar."""
+    left, right, row = 150, 70, 26
+    height = row * len(items) + 8
+    high = max((b.value for b in items), default=Decimal(0)) or Decimal(1)
+    plot_w = width - left - right
+    out = _open(width, height, label, max_width)
+    for i, b in enumerate(items):
+        y0 = 4 + i * row
+        w = plot_w * float(b.value / high)
+        out.append(f"<g><title>{escape(b.label)}: {escape(b.text)}</title>")
+        out.append(f'<text x="{left - 8}" y="{y0 + 17}" text-anchor="end" fill="{INK}">'
+                   f"{escape(_label(b.label, 22))}</text>")
+        out.append(f'<rect x="{left}" y="{y0 + 4}" width="{_n(max(w, 1))}" height="{row - 8}" rx="2" '
+                   f'fill="{LINE}"/>')
+        out.append(f'<text x="{_n(left + max(w, 1) + 6)}" y="{y0 + 17}" fill="{INK}">{escape(b.text)}</text>')
+        out.append("</g>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step of a bridge: a total (``total``) or a change (signed ``value``)."""
+
+    label: str
+    value: Decimal
+    text: str
+    total: bool = False
+
+
+def bridge(steps: Sequence[Step], *, label: str, width: int = 480, max_width: int = 760) -> str:
+    """A horizontal waterfall: totals from zero, each change floating from the running total.
+
+    Rises are green and start with ``+`` in their text, falls red with ``−``; the
+    colour is never the only mark.
+    """
+    left, right, row = 150, 96, 26
+    height = row * len(steps) + 8
+    running = Decimal(0)
+    spans: list[tuple[Decimal, Decimal, str]] = []
+    for s in steps:
+        if s.total:
+            running = s.value
+            spans.append((Decimal(0), s.value, TOTAL))
+        else:
+            start, running = running, running + s.value
+            spans.append((min(start, running), max(start, running), RISE if s.value >= 0 else FALL))
+    high = max((hi for _, hi, _ in spans), default=Decimal(0)) or Decimal(1)
+    plot_w = width - left - right
+    out = _open(width, height, label, max_width)
+    for i, (s, (lo, hi, colour)) in enumerate(zip(steps, spans, strict=True)):
+        y0 = 4 + i * row
+        x0 = left + plot_w * float(lo / high)
+        w = max(1.0, plot_w * float((hi - lo) / high))
+        weight = ' font-weight="bold"' if s.total else ""
+        out.append(f"<g><title>{escape(s.label)}: {escape(s.text)}</title>")
+        out.append(f'<text x="{left - 8}" y="{y0 + 17}" text-anchor="end" fill="{INK}"{weight}>'
+                   f"{escape(_label(s.label, 22))}</text>")
+        out.append(f'<rect x="{_n(x0)}" y="{y0 + 4}" width="{_n(w)}" height="{row - 8}" rx="2" '
+                   f'fill="{colour}"/>')
+        out.append(f'<text x="{width - right + 6}" y="{y0 + 17}" fill="{INK}"{weight}>'
+                   f"{escape(s.text)}</text>")
+        out.append("</g>")
+    out.append("</svg>")
+    return "".join(out)
