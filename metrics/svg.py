@@ -35,11 +35,11 @@ def _n(value: float) -> str:
 
 
 def _nice_top(high: Decimal) -> Decimal:
-    """A round number at or above ``high`` (1, 2, 2.5, 5 times a power of ten)."""
+    """A round number at or above ``high`` whose quarters are round too (1, 2, 4, 6, 8 times 10^n)."""
     if high <= 0:
         return Decimal(1)
     exp = high.adjusted()
-    for step in (Decimal(1), Decimal(2), Decimal("2.5"), Decimal(5), Decimal(10)):
+    for step in (Decimal(1), Decimal(2), Decimal(4), Decimal(6), Decimal(8), Decimal(10)):
         top = step.scaleb(exp)
         if top >= high:
             return top
@@ -61,9 +61,9 @@ def line(
     label: str,
     value_text: Callable[[Decimal], str],
     day_text: Callable[[dt.date], str],
-    width: int = 480,
-    height: int = 200,
-    max_width: int = 760,
+    width: int = 400,
+    height: int = 190,
+    max_width: int = 640,
 ) -> str:
     """A line over days from zero to a round top; ``None`` breaks the line.
 
@@ -76,9 +76,11 @@ def line(
         height: The view box height.
         max_width: The widest the chart is drawn, in CSS pixels.
     """
-    left, right, top, bottom = 76, 12, 10, 24
     defined = [v for _, v in points if v is not None]
     high = _nice_top(max(defined, default=Decimal(0)))
+    ticks = [(high * i / 4, value_text(high * i / 4)) for i in range(5)]
+    left = max(36, 10 + 7 * max(len(text) for _, text in ticks))  # room for the longest axis label
+    right, top, bottom = 12, 10, 24
     days = [d for d, _ in points]
     first, last = (min(days), max(days)) if days else (None, None)
     span = max(1, (last - first).days) if first and last else 1
@@ -92,12 +94,11 @@ def line(
         return top + plot_h * (1 - float(value / high))
 
     out = _open(width, height, label, max_width)
-    for i in range(5):
-        tick = high * i / 4
+    for tick, text in ticks:
         ty = y(tick)
         out.append(f'<line x1="{left}" x2="{width - right}" y1="{_n(ty)}" y2="{_n(ty)}" stroke="{GRID}"/>')
         out.append(f'<text x="{left - 6}" y="{_n(ty + 4)}" text-anchor="end" fill="{MUTED}">'
-                   f"{escape(value_text(tick))}</text>")
+                   f"{escape(text)}</text>")
     if first is not None and last is not None:
         middle = first + dt.timedelta(days=span // 2)
         for day, anchor in ((first, "start"), (middle, "middle"), (last, "end")):
@@ -135,9 +136,9 @@ def _label(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def bars(items: Sequence[Bar], *, label: str, width: int = 480, max_width: int = 760) -> str:
+def bars(items: Sequence[Bar], *, label: str, width: int = 400, max_width: int = 600) -> str:
     """Horizontal bars from zero, one row per item, its text after the bar."""
-    left, right, row = 150, 70, 26
+    left, right, row = 130, 70, 26
     height = row * len(items) + 8
     high = max((b.value for b in items), default=Decimal(0)) or Decimal(1)
     plot_w = width - left - right
@@ -147,7 +148,7 @@ def bars(items: Sequence[Bar], *, label: str, width: int = 480, max_width: int =
         w = plot_w * float(b.value / high)
         out.append(f"<g><title>{escape(b.label)}: {escape(b.text)}</title>")
         out.append(f'<text x="{left - 8}" y="{y0 + 17}" text-anchor="end" fill="{INK}">'
-                   f"{escape(_label(b.label, 22))}</text>")
+                   f"{escape(_label(b.label, 19))}</text>")
         out.append(f'<rect x="{left}" y="{y0 + 4}" width="{_n(max(w, 1))}" height="{row - 8}" rx="2" '
                    f'fill="{LINE}"/>')
         out.append(f'<text x="{_n(left + max(w, 1) + 6)}" y="{y0 + 17}" fill="{INK}">{escape(b.text)}</text>')
@@ -166,13 +167,13 @@ class Step:
     total: bool = False
 
 
-def bridge(steps: Sequence[Step], *, label: str, width: int = 480, max_width: int = 760) -> str:
+def bridge(steps: Sequence[Step], *, label: str, width: int = 400, max_width: int = 600) -> str:
     """A horizontal waterfall: totals from zero, each change floating from the running total.
 
     Rises are green and start with ``+`` in their text, falls red with ``−``; the
     colour is never the only mark.
     """
-    left, right, row = 150, 96, 26
+    left, right, row = 130, 100, 26
     height = row * len(steps) + 8
     running = Decimal(0)
     spans: list[tuple[Decimal, Decimal, str]] = []
@@ -193,7 +194,7 @@ def bridge(steps: Sequence[Step], *, label: str, width: int = 480, max_width: in
         weight = ' font-weight="bold"' if s.total else ""
         out.append(f"<g><title>{escape(s.label)}: {escape(s.text)}</title>")
         out.append(f'<text x="{left - 8}" y="{y0 + 17}" text-anchor="end" fill="{INK}"{weight}>'
-                   f"{escape(_label(s.label, 22))}</text>")
+                   f"{escape(_label(s.label, 19))}</text>")
         out.append(f'<rect x="{_n(x0)}" y="{y0 + 4}" width="{_n(w)}" height="{row - 8}" rx="2" '
                    f'fill="{colour}"/>')
         out.append(f'<text x="{width - right + 6}" y="{y0 + 17}" fill="{INK}"{weight}>'

@@ -21,10 +21,11 @@ import io
 import warnings
 from collections.abc import Callable, Sequence
 from decimal import Decimal
+from typing import Any
 
 import structlog
 
-__all__ = ["chart_available", "sparkline", "trend_png"]
+__all__ = ["CHART_WIDTH_PX", "chart_available", "sparkline", "trend_figure", "trend_png"]
 
 log = structlog.get_logger(__name__)
 _warned: list[bool] = []
@@ -35,17 +36,20 @@ def chart_available() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
 
 BARS = "▁▂▃▄▅▆▇█"
+CHART_WIDTH_PX = 480
+"""The chart's width in the e-mail, in CSS pixels (the PNG has twice as many)."""
 
 
 def trend_png(
     series: Sequence[tuple[dt.date, Decimal | None]],
     *,
     title: str = "",
-    width_px: int = 560,
+    width_px: int = CHART_WIDTH_PX,
     height_px: int = 200,
     dpi: int = 80,
     scale: int = 2,
     money: Callable[[Decimal], str] | None = None,
+    date_text: Callable[[dt.date], str] | None = None,
 ) -> bytes | None:
     """Render the series as a PNG; ``None`` when fewer than two days have a value.
 
@@ -57,7 +61,29 @@ def trend_png(
         dpi: Dots per inch at scale 1 (sets the font size relative to the plot).
         scale: Pixel density of the PNG (2: sharp on high-density screens).
         money: Formats a tick value as money; default: grouped whole numbers.
+        date_text: Formats a date tick (``Nov 8`` / ``8. nov.``); default: ``11-08``.
     """
+    figure = trend_figure(series, title=title, width_px=width_px, height_px=height_px, dpi=dpi,
+                          scale=scale, money=money, date_text=date_text)
+    if figure is None:
+        return None
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def trend_figure(
+    series: Sequence[tuple[dt.date, Decimal | None]],
+    *,
+    title: str = "",
+    width_px: int = CHART_WIDTH_PX,
+    height_px: int = 200,
+    dpi: int = 80,
+    scale: int = 2,
+    money: Callable[[Decimal], str] | None = None,
+    date_text: Callable[[dt.date], str] | None = None,
+) -> Any:
+    """The matplotlib ``Figure`` :func:`trend_png` saves, laid out (``None`` as there)."""
     points = [(day, value) for day, value in series if value is not None]
     if len(points) < 2:
         return None
@@ -68,7 +94,7 @@ def trend_png(
                         advice="pip install 'sales-velocity[chart]'; the digest shows a text sparkline")
         return None
     from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+    from matplotlib.dates import AutoDateLocator, num2date
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -79,27 +105,23 @@ def trend_png(
     values = [float(v) if v is not None else float("nan") for _, v in series]
     axes.plot(days, values, color="#2563eb", linewidth=1.6)  # type: ignore[arg-type]
     axes.fill_between(days, values, alpha=0.12, color="#2563eb")  # type: ignore[arg-type]
-    locator = AutoDateLocator(maxticks=6)  # type: ignore[no-untyped-call]
-    axes.xaxis.set_major_locator(locator)
-    axes.xaxis.set_major_formatter(
-        ConciseDateFormatter(locator, show_offset=False)  # type: ignore[no-untyped-call]
-    )
-    label = money or (lambda v: f"{v:,.0f}")
+    on_day = date_text or (lambda d: f"{d:%m-%d}")
+    axes.xaxis.set_major_locator(AutoDateLocator(minticks=3, maxticks=5))  # type: ignore[no-untyped-call]
+    axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: on_day(num2date(v).date())))
+    as_money = money or (lambda v: f"{v:,.0f}")
     axes.yaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
-    axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: label(Decimal(str(round(v))))))
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: as_money(Decimal(str(round(v))))))
     axes.set_ylim(bottom=0)
     axes.grid(axis="y", alpha=0.3)
     for side in ("top", "right"):
         axes.spines[side].set_visible(False)
-    axes.tick_params(labelsize=8)
+    axes.tick_params(labelsize=10)
     if title:
-        axes.set_title(title, fontsize=9, loc="left")
-    buffer = io.BytesIO()
+        axes.set_title(title, fontsize=11, loc="left")
     with warnings.catch_warnings():  # a few days of history make the date locator complain
         warnings.simplefilter("ignore", UserWarning)
         figure.tight_layout()
-        figure.savefig(buffer, format="png", metadata={"Software": None})
-    return buffer.getvalue()
+    return figure
 
 
 def sparkline(series: Sequence[tuple[dt.date, Decimal | None]], width: int = 30) -> str:

@@ -122,7 +122,8 @@ def _as_message(
 def _digest_message(d: Digest, notify: NotifySettings, metrics: MetricsSettings) -> Message:
     png = (
         trend_png(d.history, title=texts(notify.locale)("chart_alt", days=len(d.history)),
-                  money=Formatter(notify.locale, d.currency).money)
+                  money=Formatter(notify.locale, d.currency).money,
+                  date_text=Formatter(notify.locale, d.currency).short_date)
         if notify.chart
         else None
     )
