@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -150,7 +150,8 @@ def _trend_charts(history: Sequence[LeverDay], t: Texts, f: Formatter) -> list[t
     if sum(d.velocity is not None for d in history) < 2:
         return []
     day_text = f.short_date
-    charts = [
+    Series = list[tuple[dt.date, Decimal | None]]
+    charts: list[tuple[str, Series, Callable[[Decimal], str]]] = [
         (t("col_velocity"), [(d.day, d.velocity) for d in history], f.money),
         (t("opportunities"), [(d.day, Decimal(d.opportunities)) for d in history], f.number),
         (t("win_rate"), [(d.day, d.win_rate) for d in history], f.share),

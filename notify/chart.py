@@ -107,7 +107,9 @@ def trend_figure(
     axes.fill_between(days, values, alpha=0.12, color="#2563eb")  # type: ignore[arg-type]
     on_day = date_text or (lambda d: f"{d:%m-%d}")
     axes.xaxis.set_major_locator(AutoDateLocator(minticks=3, maxticks=5))  # type: ignore[no-untyped-call]
-    axes.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: on_day(num2date(v).date())))
+    axes.xaxis.set_major_formatter(
+        FuncFormatter(lambda v, _pos: on_day(num2date(v).date()))  # type: ignore[no-untyped-call]
+    )
     as_money = money or (lambda v: f"{v:,.0f}")
     axes.yaxis.set_major_locator(MaxNLocator(nbins=4, steps=[1, 2, 2.5, 5, 10]))
     axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: as_money(Decimal(str(round(v))))))

@@ -110,7 +110,7 @@ def test_every_email_says_auto_generated(seeded_sqlite):
         "from": "velocity@example.com", "to": ["team@example.com"], "send": ["digest", "reminders"],
     }, "notify.channels[0]", {}).settings
     with smtp_server() as (inbox, port):
-        channel = EmailChannel(channel_settings.model_copy(update={"smtp_port": port}))
+        channel = EmailChannel(channel_settings.model_copy(update={"smtp_port": port}))  # type: ignore[arg-type]
         channel.send(found["digest"])
         channel.send(dataclasses.replace(found["reminders"], recipient="kari@example.com"))
     assert len(inbox.received) == 2
@@ -119,4 +119,6 @@ def test_every_email_says_auto_generated(seeded_sqlite):
         assert got.message["X-Auto-Response-Suppress"] == "All"
     digest = inbox.received[0].message
     [image] = [p for p in digest.walk() if p.get_content_type() == "image/png"]
-    assert png_size(image.get_payload(decode=True))[0] == 2 * CHART_WIDTH_PX
+    payload = image.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    assert png_size(payload)[0] == 2 * CHART_WIDTH_PX
