@@ -396,7 +396,7 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     """Print the velocity table (or JSON/CSV, or the HTML page) computed from the store; or --output FILE."""
     as_of = _as_of(ctx, args.as_of)
     if args.format == "html":
-        from sales_velocity.metrics.html_report import build_html_report
+        from sales_velocity.notify.html_report import build_html_report
 
         c = ctx.config
         window = args.window_days
@@ -410,7 +410,7 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     else:
         text = _report_text(ctx, as_of, args.window_days, args.format)
     if args.output:
-        from sales_velocity.metrics.html_report import write_output
+        from sales_velocity.notify.html_report import write_output
 
         ctx.print(f"report written to {write_output(args.output, text)}")
     else:

@@ -1,7 +1,7 @@
 """``velocity report --format html``: one self-contained HTML page for people who would rather look.
 
 The page holds everything it shows: styles and a ten-line sorting script
-inline, charts as inline SVG (``metrics.svg``), no font, image or script from
+inline, charts as inline SVG (``notify.svg``), no font, image or script from
 anywhere, so it opens from disk, as an e-mail attachment or from a bucket. It
 shows, in the configured locale (``[notify] locale``):
 
@@ -45,11 +45,11 @@ import sqlalchemy as sa
 from markupsafe import Markup
 
 from sales_velocity.kernel.errors import UsageError
-from sales_velocity.metrics import svg
 from sales_velocity.metrics.hygiene import HygieneSettings
 from sales_velocity.metrics.movement import BRIDGE_IN, BRIDGE_OUT, Movement
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.velocity import ScopeVelocity
+from sales_velocity.notify import svg
 from sales_velocity.notify.digest import Digest, build_digest
 from sales_velocity.notify.formatting import Formatter, Texts
 from sales_velocity.notify.render import texts
@@ -108,7 +108,7 @@ def lever_history(engine: sa.Engine, since: dt.date, until: dt.date, window_days
 @functools.cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("sales_velocity.metrics", "templates"),
+        loader=jinja2.PackageLoader("sales_velocity.notify", "templates"),
         autoescape=True,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sales_velocity.metrics.html_report import ReportSection, build_html_report
+from sales_velocity.notify.html_report import ReportSection, build_html_report
 from sales_velocity.notify.settings import load_notify_settings
 from sales_velocity.scheduler import main
 from tests.notify.conftest import METRICS, seed
