@@ -163,7 +163,7 @@ def _trend_charts(history: Sequence[LeverDay], t: Texts, f: Formatter) -> list[t
         main = i == 0
         chart = svg.line(points, label=title, value_text=fmt, day_text=day_text,
                          width=400 if main else 360, height=190 if main else 170,
-                         max_width=640 if main else 520)
+                         max_width=560 if main else 520)
         out.append((title, Markup(chart)))  # noqa: S704 - svg escapes every label it prints
     return out
 

@@ -136,9 +136,9 @@ def _label(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def bars(items: Sequence[Bar], *, label: str, width: int = 400, max_width: int = 600) -> str:
+def bars(items: Sequence[Bar], *, label: str, width: int = 360, max_width: int = 560) -> str:
     """Horizontal bars from zero, one row per item, its text after the bar."""
-    left, right, row = 130, 70, 26
+    left, right, row = 118, 66, 26
     height = row * len(items) + 8
     high = max((b.value for b in items), default=Decimal(0)) or Decimal(1)
     plot_w = width - left - right
@@ -148,7 +148,7 @@ def bars(items: Sequence[Bar], *, label: str, width: int = 400, max_width: int =
         w = plot_w * float(b.value / high)
         out.append(f"<g><title>{escape(b.label)}: {escape(b.text)}</title>")
         out.append(f'<text x="{left - 8}" y="{y0 + 17}" text-anchor="end" fill="{INK}">'
-                   f"{escape(_label(b.label, 19))}</text>")
+                   f"{escape(_label(b.label, 17))}</text>")
         out.append(f'<rect x="{left}" y="{y0 + 4}" width="{_n(max(w, 1))}" height="{row - 8}" rx="2" '
                    f'fill="{LINE}"/>')
         out.append(f'<text x="{_n(left + max(w, 1) + 6)}" y="{y0 + 17}" fill="{INK}">{escape(b.text)}</text>')
@@ -167,13 +167,13 @@ class Step:
     total: bool = False
 
 
-def bridge(steps: Sequence[Step], *, label: str, width: int = 400, max_width: int = 600) -> str:
+def bridge(steps: Sequence[Step], *, label: str, width: int = 360, max_width: int = 560) -> str:
     """A horizontal waterfall: totals from zero, each change floating from the running total.
 
     Rises are green and start with ``+`` in their text, falls red with ``−``; the
     colour is never the only mark.
     """
-    left, right, row = 130, 100, 26
+    left, right, row = 118, 100, 26
     height = row * len(steps) + 8
     running = Decimal(0)
     spans: list[tuple[Decimal, Decimal, str]] = []
@@ -194,7 +194,7 @@ def bridge(steps: Sequence[Step], *, label: str, width: int = 400, max_width: in
         weight = ' font-weight="bold"' if s.total else ""
         out.append(f"<g><title>{escape(s.label)}: {escape(s.text)}</title>")
         out.append(f'<text x="{left - 8}" y="{y0 + 17}" text-anchor="end" fill="{INK}"{weight}>'
-                   f"{escape(_label(s.label, 19))}</text>")
+                   f"{escape(_label(s.label, 17))}</text>")
         out.append(f'<rect x="{_n(x0)}" y="{y0 + 4}" width="{_n(w)}" height="{row - 8}" rx="2" '
                    f'fill="{colour}"/>')
         out.append(f'<text x="{width - right + 6}" y="{y0 + 17}" fill="{INK}"{weight}>'
