@@ -45,6 +45,7 @@ import sqlalchemy as sa
 from markupsafe import Markup
 
 from sales_velocity.kernel.errors import UsageError
+from sales_velocity.metrics.freshness import DEFAULT_MAX_AGE_HOURS
 from sales_velocity.metrics.hygiene import HygieneSettings
 from sales_velocity.metrics.movement import BRIDGE_IN, BRIDGE_OUT, Movement
 from sales_velocity.metrics.settings import MetricsSettings
@@ -200,7 +201,7 @@ def build_html_report(
     now: dt.datetime,
     locale: str = "en",
     sources: Sequence[str] | None = None,
-    max_data_age_hours: int = 26,
+    max_data_age_hours: int = DEFAULT_MAX_AGE_HOURS,
     movement_days: int = 7,
     top_deals: int = 10,
     extra_sections: Sequence[ReportSection] = (),

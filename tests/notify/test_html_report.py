@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from sales_velocity.notify.html_report import ReportSection, build_html_report
+from sales_velocity.notify.html_report import ReportSection, build_html_report, lever_history
 from sales_velocity.notify.settings import load_notify_settings
 from sales_velocity.scheduler import main
 from tests.notify.conftest import METRICS, seed
@@ -153,3 +153,16 @@ def test_unwritable_output_is_one_line_exit_2(tmp_path, capsys):
     assert len(err) == 1
     assert err[0].startswith(f"velocity: --output {tmp_path / 'missing' / 'r.html'}: cannot write the report")
     assert not (tmp_path / "missing").exists()
+
+
+def test_lever_history_on_each_backend(store):
+    """The levers of "all" come back one row per stored day, as stored, on SQLite and PostgreSQL."""
+    seed(store)
+    rows = lever_history(store, AS_OF - dt.timedelta(days=89), AS_OF, METRICS.window_days)
+    assert [r.day for r in rows] == [AS_OF - dt.timedelta(days=back) for back in range(30, -1, -1)]
+    today = rows[-1]
+    assert today.opportunities == 3
+    assert today.win_rate == Decimal("0.75")
+    assert today.avg_deal_value == Decimal(50_000)
+    assert today.cycle_days == Decimal(30)
+    assert today.velocity == Decimal(3750)
