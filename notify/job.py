@@ -39,7 +39,15 @@ from sales_velocity.notify.movement_section import movement_due
 from sales_velocity.notify.reminders import ReminderPlan, plan_reminders, record_plan
 from sales_velocity.notify.render import texts
 from sales_velocity.notify.settings import NotifySettings, RemindersSettings
-from sales_velocity.notify.views import render_digest, render_reminders
+from sales_velocity.notify.slack_render import (
+    Mover,
+    biggest_mover,
+    digest_slack_bot,
+    mover_text,
+    reminder_slack_bot,
+)
+from sales_velocity.notify.teams_card import digest_card, envelope, reminders_card
+from sales_velocity.notify.views import digest_view, reminders_view, render_digest, render_reminders
 from sales_velocity.sync.store import outbox_table
 
 __all__ = ["ChannelResult", "NotifyResult", "build_messages", "held_reason", "preview_digest", "run_notify"]
@@ -103,6 +111,7 @@ def _as_message(
     data: dict[str, Any],
     recipient: str | None = None,
     images: tuple[InlineImage, ...] = (),
+    formats: dict[str, Any] | None = None,
 ) -> Message:
     return Message(
         kind=kind,
@@ -115,10 +124,12 @@ def _as_message(
         data=data,
         recipient=recipient,
         images=images,
+        formats=formats or {},
     )
 
 
-def _digest_message(d: Digest, notify: NotifySettings, metrics: MetricsSettings) -> Message:
+def _digest_message(d: Digest, notify: NotifySettings, metrics: MetricsSettings,
+                    mover: Mover | None = None, scope_label: str = "") -> Message:
     png = (
         trend_png(d.history, title=texts(notify.locale)("chart_alt", days=len(d.history)))
         if notify.chart
@@ -127,7 +138,14 @@ def _digest_message(d: Digest, notify: NotifySettings, metrics: MetricsSettings)
     images = (InlineImage(CHART_CID, png, "velocity trend"),) if png else ()
     rendered = render_digest(d, notify.locale, metrics.what_if, chart_cid=CHART_CID if png else None,
                              movement_top=notify.movement_top, movement_days=notify.movement_days)
-    return _as_message("digest", f"digest:{d.as_of.isoformat()}", rendered, digest_data(d), images=images)
+    view = digest_view(d, notify.locale, metrics.what_if, movement_top=notify.movement_top,
+                       movement_days=notify.movement_days)
+    formats = {
+        "slack_bot": digest_slack_bot(view, rendered.slack, mover_text(mover, notify.locale, d.currency)),
+        "teams": envelope(digest_card(view, scope=scope_label)),
+    }
+    return _as_message("digest", f"digest:{d.as_of.isoformat()}", rendered, digest_data(d), images=images,
+                       formats=formats)
 
 
 def _reminder_messages(
@@ -159,8 +177,14 @@ def _reminder_messages(
                 }
                 for o in m.owners
             ],
+            "fallback_to": notify.fallback_to,
         }
-        out.append(_as_message("reminders", m.key, rendered, data, recipient=m.recipient))
+        view = reminders_view(m, notify.locale, currency=currency,
+                              remind_every_days=reminders.remind_every_days)
+        names = [o["name"] for o in view["owners"]]
+        formats = {"slack_bot": reminder_slack_bot(rendered.slack, notify.locale, names),
+                   "teams": envelope(reminders_card(view))}
+        out.append(_as_message("reminders", m.key, rendered, data, recipient=m.recipient, formats=formats))
     return out
 
 
@@ -240,7 +264,7 @@ def _todays_digest(
         max_data_age_hours=notify.max_data_age_hours,
         freshness=freshness,
     )
-    return _digest_message(d, notify, metrics)
+    return _digest_message(d, notify, metrics, biggest_mover(engine, d))
 
 
 def _targets(channel: Channel, message: Message) -> str | None:
@@ -337,6 +361,11 @@ def _deliver(
             channel.send(row.message())
         except Exception as exc:  # a channel must never stop the others
             reason = str(exc) or type(exc).__name__
+            if getattr(exc, "may_have_arrived", False):  # sent, no answer: never sent again
+                outbox.mark_unknown(engine, row.id, reason)
+                result.unknown.append(row.dedupe_key)
+                down = reason
+                continue
             outbox.mark_failed(engine, row.id, reason)
             result.failed.append((row.dedupe_key, reason))
             if not isinstance(exc, DeliveryError) or exc.channel_down:
