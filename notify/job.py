@@ -29,6 +29,7 @@ import structlog
 from sales_velocity.kernel.errors import DeliveryError
 from sales_velocity.metrics.coverage import read_coverage
 from sales_velocity.metrics.freshness import Freshness, read_freshness
+from sales_velocity.metrics.scope import DigestScope, resolve
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.notify import outbox
 from sales_velocity.notify.channels import Channel
@@ -46,6 +47,7 @@ from sales_velocity.notify.slack_render import (
     mover_text,
     reminder_slack_bot,
 )
+from sales_velocity.notify.supersede import supersede_older
 from sales_velocity.notify.teams_card import digest_card, envelope, reminders_card
 from sales_velocity.notify.views import digest_view, reminders_view, render_digest, render_reminders
 from sales_velocity.sync.store import outbox_table
@@ -214,9 +216,11 @@ def build_messages(
         freshness = read_freshness(engine, sources, now=now, max_age_hours=notify.max_data_age_hours)
     if freshness.nothing_synced:
         return messages, plan
-    if only in (None, "digest") and any(_takes(c, "digest") for c in channels):
-        messages.append(_todays_digest(engine, notify, reminders, metrics, as_of=as_of, now=now,
-                                       freshness=freshness))
+    if only in (None, "digest"):
+        # one digest per scope the channels ask for (None: the whole company but exclude_pipelines)
+        for scope in dict.fromkeys(c.settings.scope for c in channels if _takes(c, "digest")):
+            messages.append(_todays_digest(engine, notify, reminders, metrics, as_of=as_of, now=now,
+                                           freshness=freshness, scope=scope))
     if only in (None, "reminders") and any(_takes(c, "reminders") for c in channels):
         plan = plan_reminders(
             engine, reminders, fallback_to=notify.fallback_to, as_of=as_of, now=now, zone=metrics.zone,
@@ -248,8 +252,10 @@ def _todays_digest(
     as_of: dt.date,
     now: dt.datetime,
     freshness: Freshness | None,
+    scope: DigestScope | None = None,
 ) -> Message:
     """The digest message for ``as_of`` with the channel settings: one place for send and preview."""
+    deal_filter = resolve(engine, scope, metrics.exclude_pipelines)
     d = build_digest(
         engine,
         metrics,
@@ -263,8 +269,20 @@ def _todays_digest(
         if movement_due(engine, notify.movement, notify.movement_week_starts, as_of) else None,
         max_data_age_hours=notify.max_data_age_hours,
         freshness=freshness,
+        deal_filter=None if deal_filter.is_everything else deal_filter,
     )
-    return _digest_message(d, notify, metrics, biggest_mover(engine, d))
+    mover = biggest_mover(engine, d) if scope is None else None  # snapshots are unscoped
+    message = _digest_message(d, notify, metrics, mover, scope.label if scope else "")
+    message.data["scope"] = scope.as_data() if scope else None
+    return message
+
+
+def _for_channel(channel: Channel, message: Message) -> bool:
+    """A digest goes to the channels of its scope; reminders to every channel that takes them."""
+    if message.kind != "digest":
+        return True
+    scope = channel.settings.scope
+    return message.data.get("scope") == (scope.as_data() if scope else None)
 
 
 def _targets(channel: Channel, message: Message) -> str | None:
@@ -311,6 +329,9 @@ def run_notify(
     if held is not None:
         log.error("notify.held", reason=held)
         out.write(f"nothing sent: {held}\n")
+    if not dry_run and held is None:
+        for old in supersede_older(engine, names, (only,) if only else ("digest", "reminders"), as_of):
+            results[old.channel].skipped.append((old.dedupe_key, f"superseded by the {as_of} {old.kind}"))
     messages, plan = build_messages(engine, notify, reminders, metrics, as_of=as_of, now=now, only=only,
                                     sources=sources, freshness=freshness)
     if dry_run:
@@ -320,6 +341,8 @@ def run_notify(
     with engine.begin() as conn:
         for message in messages:
             for channel in channels:
+                if not _for_channel(channel, message):
+                    continue
                 reason = _targets(channel, message)
                 if reason is None:
                     outbox.enqueue(conn, _name(channel), message, now)
@@ -403,6 +426,8 @@ def _dry_run(
             out.write(f"[dry run] would retry {row.dedupe_key} on {name}\n")
             result.skipped.append((row.dedupe_key, "dry run"))
         for message in messages:
+            if not _for_channel(channel, message):
+                continue
             reason = _targets(channel, message)
             if reason is not None:
                 if _takes(channel, message.kind):

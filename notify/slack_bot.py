@@ -108,7 +108,7 @@ class Slack:
 
     settings_model: ClassVar[type[ChannelSettings]] = SlackModeSettings
 
-    def __new__(cls, settings: SlackModeSettings) -> Any:  # type: ignore[misc]
+    def __new__(cls, settings: SlackModeSettings) -> Any:
         """The webhook channel for ``webhook_url``, the bot channel for ``bot_token``."""
         if settings.bot_token is None:
             fields = settings.model_dump(
