@@ -20,7 +20,7 @@ __all__ = ["CARD_VERSION", "CONTENT_TYPE", "digest_card", "envelope", "escape_ca
 CARD_VERSION = "1.4"
 CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
-_SPECIAL = set("\\*_[]()`~>#|!")
+_SPECIAL = set("\\*_[]`~")
 _LIST_START = re.compile(r"^(\s*)(\d+)\.(\s)")
 
 
@@ -29,7 +29,7 @@ def escape_card(value: str) -> str:
     flat = " ".join(value.split())
     out = "".join("\\" + c if c in _SPECIAL else c for c in flat)
     out = _LIST_START.sub(r"\1\2\\.\3", out)
-    if out.startswith(("- ", "+ ")):
+    if out.startswith(("- ", "+ ", "#", ">")):
         out = "\\" + out
     return out
 
