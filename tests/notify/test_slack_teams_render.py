@@ -12,6 +12,7 @@ from tests.notify.test_render import TITLE, golden, messages
 
 
 def dump(value) -> str:
+    """Pretty JSON as the golden files hold it."""
     return json.dumps(value, ensure_ascii=False, indent=2) + "\n"
 
 
@@ -45,7 +46,8 @@ class TestDigestShape:
         summary = json.dumps(bot["summary"], ensure_ascii=False)
         details = json.dumps(bot["details"], ensure_ascii=False)
         assert "Change over 7 days" in summary
-        assert "Per pipeline" not in summary and "Per pipeline" in details
+        assert "Per pipeline" not in summary
+        assert "Per pipeline" in details
         assert summary.count("• ") <= 3
         assert "thread" in summary
 
@@ -57,7 +59,8 @@ class TestDigestShape:
         assert facts[0]["title"] == "Open opportunities"
         assert sum(1 for b in card["body"] if b["type"] == "ColumnSet") >= 3
         links = [b["selectAction"]["url"] for b in card["body"] if "selectAction" in b]
-        assert links and all(u.startswith("https://crm.example.com/deal/") for u in links)
+        assert links
+        assert all(u.startswith("https://crm.example.com/deal/") for u in links)
         assert not any(b["type"] == "Image" for b in card["body"])  # the PNG has no URL
 
 
@@ -65,7 +68,8 @@ class TestEscaping:
     def test_crm_text_is_literal_in_the_card(self, seeded_sqlite):
         """A title with markdown and a mention is escaped for the card's markdown subset."""
         card = messages(seeded_sqlite, "en")["reminders"].formats["teams"]["attachments"][0]["content"]
-        texts = [col["items"][0]["text"] for b in card["body"] if b["type"] == "ColumnSet" for col in b["columns"]]
+        rows = [b for b in card["body"] if b["type"] == "ColumnSet"]
+        texts = [col["items"][0]["text"] for b in rows for col in b["columns"]]
         assert escape_card(TITLE) == "<!channel> \\*x\\* <script>"
         assert escape_card(TITLE) in texts
         assert TITLE not in texts
