@@ -187,6 +187,9 @@ class SlackBotChannel:
                     self._sleep(wait)
                     continue
                 raise self._api_error(api, exc) from None
+            except urllib.error.HTTPError as exc:  # an answer (the upload URL's): not repeated
+                raise DeliveryError(f"{self._what()}: {api}: HTTP {exc.code}", channel_down=exc.code >= 500
+                                    ) from None
             except urllib.error.URLError as exc:
                 # urllib wraps errors while connecting and sending: nothing was answered, nothing arrived
                 if not last:

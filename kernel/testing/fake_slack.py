@@ -241,7 +241,10 @@ class FakeSlack:
         upload = self._uploads.get(file_id)
         if upload is None:
             return Response("unknown upload", 404)
-        content = next(iter(request.files.values())).read() if request.files else request.get_data()
+        if request.mimetype == "multipart/form-data":
+            content = next(iter(request.files.values())).read() if request.files else b""
+        else:
+            content = request.get_data(parse_form_data=False)
         if len(content) != upload["length"]:
             return Response(f"expected {upload['length']} bytes, got {len(content)}", 400)
         upload["content"] = content
