@@ -82,7 +82,7 @@ def slack():
 
 class TestVelocityRun:
     def test_digest_in_channel_with_thread_and_chart_reminders_as_dms(self, tmp_path, slack, capsys):
-        """One digest with its thread reply and PNG; one DM per owner with an account; the rest to the lead."""
+        """One digest with thread reply and PNG; one DM per owner with an account; the rest to the lead."""
         fake, url = slack
         teams = FakeTeams()
         with teams.serve() as hook:
@@ -191,7 +191,7 @@ class TestChannel:
     def test_owner_without_account_and_no_fallback_is_never_posted_to_the_channel(self, slack):
         """No Slack user and no fallback: an error for this message only; nothing in any channel."""
         fake, url = slack
-        with pytest.raises(DeliveryError, match="no Slack account for ola@example.com") as info:
+        with pytest.raises(DeliveryError, match=r"no Slack account for ola@example\.com") as info:
             bot(url).send(reminder("ola@example.com", fallback_to=None))
         assert info.value.channel_down is False
         assert fake.messages == []
