@@ -9,8 +9,9 @@ A channel may take a scope::
 
 Pipelines are named by name or id, owners by e-mail, id or name; with both, a
 deal counts when it is in one of the pipelines *and* owned by one of the
-owners. A scope names its pipelines explicitly, so it may include one that
-``exclude_pipelines`` leaves out of "all". Names are resolved against the
+owners. A scope that names pipelines may include one that ``exclude_pipelines``
+leaves out of "all"; a scope of owners only is "all" of their deals, so the
+excluded pipelines stay out of it too. Names are resolved against the
 store when the digest is built (:func:`resolve`); a name that matches nothing
 matches no deal (and is logged), so a typo gives an empty digest, not the
 whole company's.
