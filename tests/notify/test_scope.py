@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
+import sqlalchemy as sa
 
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.notify.job import run_notify
 from sales_velocity.notify.settings import load_notify_settings
+from sales_velocity.sync.store import outbox_table
 from tests.notify.factory import AS_OF, NOW, add_deal, add_owner, add_pipeline, add_sync_run, days_ago
 
 METRICS = MetricsSettings(timezone="UTC", currency="NOK", exclude_pipelines=("Renewals",))
@@ -132,3 +135,38 @@ class TestScopes:
         cycle = Decimal(sum(d[6] for d in won)) / len(won)
         previous = (n * value * p / cycle).quantize(Decimal("0.01"), ROUND_HALF_UP)
         assert Decimal(week["previous"]) == previous
+
+
+class TestOutage:
+    def test_newer_digest_supersedes_and_reminders_are_replanned(self, store_with_teams, tmp_path):
+        """Day 1 not delivered (channel down): day 2 sends one digest and re-planned reminders."""
+        target = tmp_path / "out"
+        target.write_text("not a folder", encoding="utf-8")  # the channel is down on day 1
+        table = {"kind": "file", "name": "f", "path": str(target), "format": "json",
+                 "send": ["digest", "reminders"]}
+        notify, reminders = load_notify_settings({"chart": False, "fallback_to": "lead@example.com",
+                                                  "channels": [table]}, {"remind_every_days": 3}, {})
+        yesterday = AS_OF - dt.timedelta(days=1)
+        first = run_notify(store_with_teams, notify, reminders, METRICS, as_of=yesterday,
+                           now=NOW - dt.timedelta(days=1), out=io.StringIO())
+        assert first.failed
+        target.unlink()
+        second = run_notify(store_with_teams, notify, reminders, METRICS, as_of=AS_OF, now=NOW,
+                            out=io.StringIO())
+        assert not second.failed
+        box = outbox_table.c
+        with store_with_teams.connect() as conn:
+            rows = conn.execute(sa.select(box.dedupe_key, box.status).order_by(box.id)).all()
+        old = [status for key, status in rows if yesterday.isoformat() in key]
+        new = [status for key, status in rows if AS_OF.isoformat() in key]
+        assert old
+        assert set(old) == {"superseded"}
+        assert new
+        assert set(new) == {"sent"}
+        assert [p.name for p in target.glob("digest*")] == [f"digest_{AS_OF.isoformat()}.json"]
+        # re-planned, not replayed: today's reminders list every stalled deal again
+        listed = sorted(deal["id"] for f in target.glob("reminders*.json")
+                        for owner in json.loads(f.read_text(encoding="utf-8"))["data"]["owners"]
+                        for deal in owner["deals"])
+        assert listed == sorted(d[0] for d in DEALS if d[7])
+        assert sorted(k for _, k, _ in second.skipped) == sorted(k for k, s in rows if s == "superseded")
