@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import json
 from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -18,7 +19,7 @@ from tests.notify.factory import AS_OF, NOW, add_deal, add_owner, add_pipeline, 
 
 METRICS = MetricsSettings(timezone="UTC", currency="NOK", exclude_pipelines=("Renewals",))
 # (id, pipeline, owner, status, amount, days ago closed, cycle days, stalled)
-DEALS = [
+DEALS: list[tuple[Any, ...]] = [
     ("n-won-1", "new", "o1", "won", 100000, 10, 40, False),
     ("n-won-2", "new", "o2", "won", 50000, 20, 20, False),
     ("n-lost-1", "new", "o1", "lost", 70000, 30, 15, False),
@@ -53,7 +54,7 @@ def seed(engine) -> None:
         add_deal(engine, ident, **values)
 
 
-def expected(keep) -> dict:
+def expected(keep) -> dict[str, Any]:
     """Velocity and levers of the deals ``keep`` selects, by the definitions, in plain Python."""
     chosen = [d for d in DEALS if keep(d)]
     won = [d for d in chosen if d[3] == "won"]
@@ -62,7 +63,7 @@ def expected(keep) -> dict:
     p = Decimal(len(won)) / Decimal(len(won) + len(lost))
     value = sum(Decimal(d[4]) for d in won) / len(won)
     cycle = Decimal(sum(d[6] for d in won)) / len(won)
-    velocity = (n * value * p / cycle).quantize(Decimal("0.01"), ROUND_HALF_UP)
+    velocity = (Decimal(n) * Decimal(value) * p / Decimal(cycle)).quantize(Decimal("0.01"), ROUND_HALF_UP)
     stalled = sorted(d[0] for d in chosen if d[7])
     return {"velocity": velocity, "opportunities": n, "won": len(won), "lost": len(lost), "stalled": stalled}
 
@@ -82,11 +83,12 @@ def store_with_teams(sqlite_store):
     return sqlite_store
 
 
-def digest_of(path) -> dict:
+def digest_of(path) -> dict[str, Any]:
     """The data of the one digest file in ``path``."""
     files = list(path.glob("digest*.json"))
     assert len(files) == 1
-    return json.loads(files[0].read_text(encoding="utf-8"))["data"]
+    data: dict[str, Any] = json.loads(files[0].read_text(encoding="utf-8"))["data"]
+    return data
 
 
 class TestScopes:
@@ -133,7 +135,7 @@ class TestScopes:
         p = Decimal(len(won)) / (len(won) + len(lost))
         value = sum(Decimal(d[4]) for d in won) / len(won)
         cycle = Decimal(sum(d[6] for d in won)) / len(won)
-        previous = (n * value * p / cycle).quantize(Decimal("0.01"), ROUND_HALF_UP)
+        previous = (Decimal(n) * Decimal(value) * p / Decimal(cycle)).quantize(Decimal("0.01"), ROUND_HALF_UP)
         assert Decimal(week["previous"]) == previous
 
 
