@@ -16,11 +16,15 @@ from sales_velocity.kernel.errors import DeliveryError
 from sales_velocity.kernel.testing.fake_slack import FakeSlack
 from sales_velocity.kernel.testing.fake_teams import FakeTeams
 from sales_velocity.notify.channels import build_channel
+from sales_velocity.notify.job import run_notify
 from sales_velocity.notify.message import Message
+from sales_velocity.notify.settings import load_notify_settings
 from sales_velocity.notify.slack_bot import DeliveryUnknownError, SlackBotChannel
 from sales_velocity.notify.teams import TeamsChannel
 from sales_velocity.scheduler import main
 from sales_velocity.sync.store import make_engine, outbox_table
+from tests.notify.conftest import METRICS
+from tests.notify.factory import AS_OF
 
 NOW = dt.datetime(2026, 11, 26, 9, 0, tzinfo=dt.UTC)
 TOKEN = "xoxb-1234-secret-bot-token"
@@ -275,3 +279,48 @@ class TestTeams:
                 channel.send(message)
         assert info.value.channel_down is True
         assert teams.requests == 1
+
+
+def silent_server() -> tuple[socket.socket, list[bytes]]:
+    """A loopback server that reads each request and never answers (a read timeout)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            seen.append(conn.recv(65536))
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server, seen
+
+
+class TestOutbox:
+    def test_no_answer_is_unknown_and_never_sent_again(self, seeded_sqlite):
+        """A Teams post without an answer is marked unknown; the next run does not post it again."""
+        server, seen = silent_server()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/workflows/trigger"
+        notify, reminders = load_notify_settings({"chart": False, "channels": [
+            {"kind": "teams", "name": "t", "webhook_url": url, "timeout_seconds": 1}]}, {}, {})
+        first = run_notify(seeded_sqlite, notify, reminders, METRICS, as_of=AS_OF, now=NOW,
+                           out=io.StringIO())
+        second = run_notify(seeded_sqlite, notify, reminders, METRICS, as_of=AS_OF, now=NOW,
+                            out=io.StringIO())
+        server.close()
+        assert first.channels[0].unknown == [f"digest:{AS_OF.isoformat()}"]
+        assert len(seen) == 1
+        assert second.sent == []
+        with seeded_sqlite.connect() as conn:
+            assert set(conn.execute(sa.select(outbox_table.c.status)).scalars()) == {"unknown"}
+
+    def test_check_calls_auth_test(self, slack):
+        """`velocity check` on a bot channel makes one auth.test call and posts nothing."""
+        fake, url = slack
+        assert bot(url).check() == "bot velocity in Fake Co"
+        assert fake.calls("auth.test") == 1
+        assert fake.messages == []
