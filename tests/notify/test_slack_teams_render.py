@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from sales_velocity.kernel.testing.fake_teams import card_problems
 from sales_velocity.notify.teams_card import escape_card
+from sales_velocity.sync.store import snapshots_table
+from tests.notify.factory import AS_OF
 from tests.notify.test_render import TITLE, golden, messages
 
 
@@ -89,3 +94,22 @@ class TestEscaping:
         """The short digest carries no live mention from a deal title."""
         bot = messages(seeded_sqlite, "en")["digest"].formats["slack_bot"]
         assert "<!channel>" not in json.dumps(bot, ensure_ascii=False)
+
+
+class TestMover:
+    def test_biggest_mover_is_the_largest_stored_change(self, seeded_sqlite):
+        """The mover line names the pipeline or owner whose stored velocity moved most over 7 days."""
+        s = snapshots_table.c
+        with seeded_sqlite.connect() as conn:
+            rows = conn.execute(sa.select(s.scope, s.key, s.label, s.as_of, s.velocity)
+                                .where(s.scope.in_(("pipeline", "owner")),
+                                       s.as_of.in_((AS_OF, AS_OF - dt.timedelta(days=7))))).all()
+        by_scope: dict[tuple[str, str, str], dict[dt.date, Any]] = {}
+        for row in rows:
+            by_scope.setdefault((row.scope, row.key, row.label), {})[row.as_of] = row.velocity
+        changes = {label: days[AS_OF] - days[AS_OF - dt.timedelta(days=7)]
+                   for (_, _, label), days in by_scope.items()
+                   if len(days) == 2 and None not in days.values()}
+        label, change = max(changes.items(), key=lambda kv: abs(kv[1]))
+        summary = json.dumps(messages(seeded_sqlite, "en")["digest"].formats["slack_bot"]["summary"])
+        assert f"Biggest mover: {label} +NOK {round(change):,}" in summary
