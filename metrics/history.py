@@ -236,10 +236,10 @@ def _read(engine: sa.Engine, queries: Sequence[sa.Select[Any]]) -> list[list[sa.
 
 
 def rebuild_reports(engine: sa.Engine, settings: MetricsSettings, first: dt.date,
-                    last: dt.date) -> list[VelocityReport]:
+                    last: dt.date, keep: Callable[[Any], bool] | None = None) -> list[VelocityReport]:
     """The report of every day ``first .. last`` (``settings.window_days``), from one pass over the deals.
 
-    Each report equals ``compute_velocity(engine, settings, day)``. Reads only.
+    Each report equals ``compute_velocity(engine, settings, day, keep=keep)``. Reads only.
 
     Raises:
         ValueError: ``first`` is after ``last``, or the range is longer than :data:`MAX_DAYS`.
@@ -255,6 +255,9 @@ def rebuild_reports(engine: sa.Engine, settings: MetricsSettings, first: dt.date
     with engine.connect() as conn:
         labels = scope_labels(conn)
     end_rows, start_rows = _read(engine, _queries(grid_first, days, settings.zone))
+    if keep is not None:
+        end_rows = [row for row in end_rows if keep(row)]
+        start_rows = [row for row in start_rows if keep(row)]
 
     closed: dict[GroupKey, list[tuple[int, ...] | None]] = defaultdict(lambda: [None] * days)
     amounts: dict[GroupKey, list[Decimal]] = defaultdict(lambda: [Decimal(0)] * days)

@@ -227,12 +227,14 @@ def _flag(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
 def _flags_query(
     settings: HygieneSettings, as_of: dt.date, now: dt.datetime, zone: ZoneInfo,
     off: Mapping[Rule, Sequence[str]] | None = None, skip_sources: Sequence[str] = (),
+    where: sa.ColumnElement[bool] | None = None,
 ) -> sa.Subquery:
     """Open deals with one 0/1 column per rule, the limits and the names to show.
 
     ``off`` maps a rule to the sources it is off for (a field it needs is
     unknown there, see ``metrics.coverage``): it never holds for their deals.
-    Deals of ``skip_sources`` are left out altogether.
+    Deals of ``skip_sources`` are left out altogether, and so are deals
+    ``where`` (a digest's scope, on the deals table) does not hold for.
     """
     d, p, s, o = deals_table.c, pipelines_table.c, stages_table.c, owners_table.c
     at = sa.literal(reference_instant(as_of, now, zone), UTCDateTime())
@@ -281,20 +283,21 @@ def _flags_query(
                                          pushes_q.c.external_id == d.external_id))
         )
         .where(open_at(day_start(as_of + dt.timedelta(days=1), zone)),
-               *([d.source.not_in(list(skip_sources))] if skip_sources else []))
+               *([d.source.not_in(list(skip_sources))] if skip_sources else []),
+               *([where] if where is not None else []))
         .subquery("flags")
     )
 
 
 def hygiene_summary(
     engine: sa.Engine, settings: HygieneSettings, *, as_of: dt.date, now: dt.datetime, zone: ZoneInfo,
-    off: Mapping[Rule, Sequence[str]] | None = None,
+    off: Mapping[Rule, Sequence[str]] | None = None, where: sa.ColumnElement[bool] | None = None,
 ) -> HygieneSummary:
     """Count open deals, deals breaking each rule and each bottleneck, in one aggregate query.
 
     ``off``: per rule, the sources it is off for (see :func:`_flags_query`).
     """
-    f = _flags_query(settings, as_of, now, zone, off)
+    f = _flags_query(settings, as_of, now, zone, off, where=where)
     columns: list[sa.ColumnElement[Any]] = [sa.func.count().label("open_deals")]
     columns.append(sa.func.sum(_flag(sa.or_(*(f.c[r] == 1 for r in RULES)))).label("stalled"))
     columns += [sa.func.sum(f.c[r]).label(r) for r in RULES]
@@ -324,6 +327,7 @@ def find_stalled(
     by_owner: bool = False,
     off: Mapping[Rule, Sequence[str]] | None = None,
     skip_sources: Sequence[str] = (),
+    where: sa.ColumnElement[bool] | None = None,
 ) -> Iterator[StalledDeal]:
     """Stream open deals for which one of ``rules`` holds, worst first.
 
@@ -334,7 +338,7 @@ def find_stalled(
     rule to the sources it is off for; deals of ``skip_sources`` are left out
     (reminders skip a source whose last sync failed).
     """
-    f = _flags_query(settings, as_of, now, zone, off, skip_sources)
+    f = _flags_query(settings, as_of, now, zone, off, skip_sources, where)
     count = sum((f.c[r] for r in rules), sa.literal(0))
     order: list[Any] = []
     if by_owner:

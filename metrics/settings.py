@@ -65,6 +65,10 @@ class MetricsSettings(BaseModel):
         default_factory=dict,
         description='Exchange rates: 1 unit of KEY is VALUE base currency, e.g. {USD = "10.5"}.',
     )
+    exclude_pipelines: tuple[str, ...] = Field(
+        default=(),
+        description='Pipelines (names or ids) left out of "all" (e.g. ["Renewals"]); their own scope stays.',
+    )
     what_if: WhatIfSettings = Field(default_factory=WhatIfSettings, description="What-if lever moves.")
     textfile: str | None = Field(
         default=None,

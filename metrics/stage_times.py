@@ -49,6 +49,7 @@ class StageWait:
 
 def stage_wait_times(
     engine: sa.Engine, settings: MetricsSettings, as_of: dt.date, window_days: int | None = None,
+    where: sa.ColumnElement[bool] | None = None,
 ) -> list[StageWait]:
     """Median days per stage for deals won in the window, in pipeline and stage order.
 
@@ -57,13 +58,14 @@ def stage_wait_times(
         settings: the metrics settings (time zone and default window).
         as_of: the local day the window ends with.
         window_days: the window; ``settings.window_days`` when not given.
+        where: only deals this holds for (a digest's scope, on the deals table).
     """
     window = window_days or settings.window_days
     start, end = window_bounds(as_of, window, settings.zone)
     d, e = deals_table.c, stage_events_table.c
     won = (
         sa.select(d.source, d.external_id, d.pipeline_id, close_time().label("closed"))
-        .where(d.status == "won", closed_in_window(start, end))
+        .where(d.status == "won", closed_in_window(start, end), *([where] if where is not None else []))
         .cte("won")
         .prefix_with("MATERIALIZED")
     )

@@ -44,7 +44,7 @@ import datetime as dt
 import decimal
 import functools
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Literal
@@ -52,6 +52,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 
 from sales_velocity.metrics.concurrent import can_read_concurrently, read_concurrently
+from sales_velocity.metrics.scope import excluded_pipeline
 from sales_velocity.metrics.settings import MetricsSettings, WhatIfSettings
 from sales_velocity.metrics.sql import ElapsedSeconds
 from sales_velocity.metrics.window import close_time, closed_in_window, open_at, window_bounds
@@ -378,13 +379,15 @@ def _add(t: _Totals, row: Any) -> None:
 
 
 def _roll_up(rows: Iterable[Any], pipeline_names: dict[tuple[str, str], str],
-             owner_names: dict[tuple[str, str], str]) -> dict[ScopeKind, dict[tuple[str, str], _Totals]]:
-    """Sum the groups into the all, pipeline and owner scopes."""
+             owner_names: dict[tuple[str, str], str],
+             exclude: Sequence[str] = ()) -> dict[ScopeKind, dict[tuple[str, str], _Totals]]:
+    """Sum the groups into the all, pipeline and owner scopes; ``exclude`` pipelines stay out of "all"."""
     totals: dict[ScopeKind, dict[tuple[str, str], _Totals]] = {
         "all": {("", ""): _Totals(label=ALL_LABEL)}, "pipeline": {}, "owner": {},
     }
     for row in rows:
-        _add(totals["all"][("", "")], row)
+        if not excluded_pipeline(exclude, row.source, row.pipeline_id, pipeline_names):
+            _add(totals["all"][("", "")], row)
         if row.pipeline_id is not None:
             ident = (row.source, row.pipeline_id)
             label = pipeline_names.get(ident, row.pipeline_id)
@@ -453,13 +456,15 @@ def _disambiguate(scopes: Sequence[ScopeVelocity]) -> list[ScopeVelocity]:
 
 
 def compute_velocity(engine: sa.Engine, settings: MetricsSettings, as_of: dt.date,
-                     window_days: int | None = None) -> VelocityReport:
+                     window_days: int | None = None,
+                     keep: Callable[[Any], bool] | None = None) -> VelocityReport:
     """Velocity of every scope on ``as_of`` (a local date), computed with SQL aggregates.
 
     Reads only. ``window_days`` defaults to ``settings.window_days``. The "all"
     scope is always there; a pipeline or owner appears when at least one of
     its deals is open at ``T`` or closed in the window. Deals without a
-    pipeline (owner) count in "all" only.
+    pipeline (owner) count in "all" only. ``keep`` filters the groups (by
+    source, pipeline, owner, currency) first: a digest's scope.
     """
     window = settings.window_days if window_days is None else window_days
     if window < 1:
@@ -471,6 +476,8 @@ def compute_velocity(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
         ranges = _scan_ranges(conn)
     with reading_only():
         rows = _grouped_rows(engine, _grouped_query(columns, relevant), ranges)
+    if keep is not None:
+        rows = [row for row in rows if keep(row)]
     return report_from_groups(rows, (pipeline_names, owner_names), settings, as_of, window)
 
 
@@ -486,7 +493,7 @@ def report_from_groups(rows: Iterable[Any], labels: Labels, settings: MetricsSet
     end here, so their figures cannot differ.
     """
     scopes: list[ScopeVelocity] = []
-    rolled = _roll_up(rows, *labels)
+    rolled = _roll_up(rows, *labels, settings.exclude_pipelines)
     for kind, totals in rolled.items():
         found = [
             _scope(kind, f"{src}/{ext}" if kind != "all" else "", t, settings, window)

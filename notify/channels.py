@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, fi
 from sales_velocity.kernel.errors import DeliveryError, RemoteError, RetriableAPIError
 from sales_velocity.kernel.http import RetryPolicy, new_session, request
 from sales_velocity.kernel.plugins import PluginRegistry
+from sales_velocity.metrics.scope import DigestScope
 from sales_velocity.notify.message import Message, MessageKind
 
 __all__ = [
@@ -67,6 +68,9 @@ class ChannelSettings(BaseModel):
     name: str = Field(min_length=1, max_length=100, description="Unique name; the outbox keys by it.")
     kind: str = Field(description="The channel kind (entry-point name).")
     send: tuple[MessageKind, ...] = Field(default=("digest",), description='"digest" and/or "reminders".')
+    scope: DigestScope | None = Field(
+        default=None, description="The digest of these pipelines and/or owners only (metrics.scope).",
+    )
 
     @field_validator("send")
     @classmethod

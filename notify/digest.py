@@ -34,6 +34,7 @@ import sqlalchemy as sa
 from sales_velocity.metrics.concurrent import read_concurrently
 from sales_velocity.metrics.coverage import Coverage, read_coverage
 from sales_velocity.metrics.freshness import DEFAULT_MAX_AGE_HOURS, Freshness, read_freshness
+from sales_velocity.metrics.history import rebuild_reports
 from sales_velocity.metrics.hygiene import (
     BOTTLENECKS,
     HygieneSettings,
@@ -46,6 +47,7 @@ from sales_velocity.metrics.job import load_history, snapshot_for
 from sales_velocity.metrics.leftovers import LeftOut, left_out
 from sales_velocity.metrics.movement import Movement, compute_movement, period_bounds
 from sales_velocity.metrics.movement_report import movement_data
+from sales_velocity.metrics.scope import DealFilter
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.stage_times import StageWait, stage_wait_times
 from sales_velocity.metrics.velocity import (
@@ -166,6 +168,7 @@ def build_digest(
     sources: Sequence[str] | None = None,
     max_data_age_hours: int = DEFAULT_MAX_AGE_HOURS,
     freshness: Freshness | None = None,
+    deal_filter: DealFilter | None = None,
 ) -> Digest:
     """Assemble the digest for ``as_of`` from the store.
 
@@ -173,18 +176,24 @@ def build_digest(
     ``sources`` are the configured source names (their freshness is shown;
     ``None``: every source with a sync run); a last good sync older than
     ``max_data_age_hours`` is stale. A caller that has read ``freshness``
-    already passes it in.
+    already passes it in. ``deal_filter`` (a channel's scope, ``metrics.scope``)
+    narrows velocity, trend, hygiene, waits and worst deals to its deals; a
+    scope's trend is rebuilt from deal dates (snapshots are stored for "all").
     """
     window = metrics.window_days
-    report = snapshot_for(engine, as_of, window, timezone=metrics.timezone)
+    scoped = deal_filter is not None and (deal_filter.pipelines is not None or deal_filter.owners is not None)
+    where = None if deal_filter is None else deal_filter.where()
+    report = None if scoped else snapshot_for(engine, as_of, window, timezone=metrics.timezone)
     if report is None:
-        report = compute_velocity(engine, metrics, as_of)
+        report = compute_velocity(engine, _scope_settings(metrics, scoped), as_of,
+                                  keep=deal_filter.keeps if scoped and deal_filter else None)
     overall = next((s for s in report.scopes if s.scope == "all"), None)
     if overall is None:
         levers = Levers(0, 0, 0, None, None, None)
         overall = ScopeVelocity("all", "", "All pipelines", levers, Velocity(None, "no data"))
     since = as_of - dt.timedelta(days=max(chart_days, *TREND_DAYS))
-    stored = load_history(engine, "all", "", since, as_of, window)
+    stored = (_scope_history(engine, _scope_settings(metrics, True), since, as_of, deal_filter)
+              if scoped and deal_filter else load_history(engine, "all", "", since, as_of, window))
     series = [(day, value) for day, value, _ in stored]
     rebuilt = {day for day, _, was_rebuilt in stored if was_rebuilt}
     by_day = dict(series)
@@ -204,15 +213,15 @@ def build_digest(
     coverage = read_coverage(engine)
     off = coverage.rules_off
     waits, summary, worst, leftovers = read_concurrently(engine, [
-        lambda: stage_wait_times(engine, metrics, as_of),
-        lambda: hygiene_summary(engine, hygiene, as_of=as_of, now=now, zone=zone, off=off),
+        lambda: stage_wait_times(engine, metrics, as_of, where=where),
+        lambda: hygiene_summary(engine, hygiene, as_of=as_of, now=now, zone=zone, off=off, where=where),
         lambda: tuple(find_stalled(engine, hygiene, as_of=as_of, now=now, zone=zone, limit=top_deals,
-                                   off=off))
+                                   off=off, where=where))
         if top_deals else (),  # find_stalled streams: consume it on the worker
         lambda: left_out(engine, report, metrics.timezone),
     ])
     movement = None
-    if movement_days is not None:
+    if movement_days is not None and not scoped:
         since, until = period_bounds(None, as_of, today=as_of, zone=zone, days=movement_days)
         movement = compute_movement(engine, metrics, since=since, until=until)
     return Digest(
@@ -237,6 +246,22 @@ def build_digest(
         coverage=coverage,
         left_out=leftovers,
     )
+
+
+def _scope_settings(metrics: MetricsSettings, scoped: bool) -> MetricsSettings:
+    """A scope names its pipelines: within it, nothing is excluded from its "all"."""
+    return metrics.model_copy(update={"exclude_pipelines": ()}) if scoped else metrics
+
+
+def _scope_history(engine: sa.Engine, metrics: MetricsSettings, since: dt.date, until: dt.date,
+                   deal_filter: DealFilter) -> list[tuple[dt.date, Decimal | None, bool]]:
+    """A scope's daily velocity, rebuilt from deal dates in one pass (every day marked rebuilt)."""
+    out = []
+    last = until - dt.timedelta(days=1)
+    for report in rebuild_reports(engine, metrics, since, last, keep=deal_filter.keeps):
+        overall = report.all
+        out.append((report.as_of, overall.velocity.value if overall else None, True))
+    return out
 
 
 def _dec(value: Decimal | int | None) -> str | None:

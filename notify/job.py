@@ -29,6 +29,7 @@ import structlog
 from sales_velocity.kernel.errors import DeliveryError
 from sales_velocity.metrics.coverage import read_coverage
 from sales_velocity.metrics.freshness import Freshness, read_freshness
+from sales_velocity.metrics.scope import DigestScope, resolve
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.notify import outbox
 from sales_velocity.notify.channels import Channel
@@ -40,7 +41,16 @@ from sales_velocity.notify.movement_section import movement_due
 from sales_velocity.notify.reminders import ReminderPlan, plan_reminders, record_plan
 from sales_velocity.notify.render import texts
 from sales_velocity.notify.settings import NotifySettings, RemindersSettings
-from sales_velocity.notify.views import render_digest, render_reminders
+from sales_velocity.notify.slack_render import (
+    Mover,
+    biggest_mover,
+    digest_slack_bot,
+    mover_text,
+    reminder_slack_bot,
+)
+from sales_velocity.notify.supersede import supersede_older
+from sales_velocity.notify.teams_card import digest_card, envelope, reminders_card
+from sales_velocity.notify.views import digest_view, reminders_view, render_digest, render_reminders
 from sales_velocity.sync.store import outbox_table
 
 __all__ = ["ChannelResult", "NotifyResult", "build_messages", "held_reason", "preview_digest", "run_notify"]
@@ -104,6 +114,7 @@ def _as_message(
     data: dict[str, Any],
     recipient: str | None = None,
     images: tuple[InlineImage, ...] = (),
+    formats: dict[str, Any] | None = None,
 ) -> Message:
     return Message(
         kind=kind,
@@ -116,10 +127,12 @@ def _as_message(
         data=data,
         recipient=recipient,
         images=images,
+        formats=formats or {},
     )
 
 
-def _digest_message(d: Digest, notify: NotifySettings, metrics: MetricsSettings) -> Message:
+def _digest_message(d: Digest, notify: NotifySettings, metrics: MetricsSettings,
+                    mover: Mover | None = None, scope_label: str = "") -> Message:
     png = (
         trend_png(d.history, title=texts(notify.locale)("chart_alt", days=len(d.history)),
                   money=Formatter(notify.locale, d.currency).money,
@@ -130,7 +143,14 @@ def _digest_message(d: Digest, notify: NotifySettings, metrics: MetricsSettings)
     images = (InlineImage(CHART_CID, png, "velocity trend"),) if png else ()
     rendered = render_digest(d, notify.locale, metrics.what_if, chart_cid=CHART_CID if png else None,
                              movement_top=notify.movement_top, movement_days=notify.movement_days)
-    return _as_message("digest", f"digest:{d.as_of.isoformat()}", rendered, digest_data(d), images=images)
+    view = digest_view(d, notify.locale, metrics.what_if, movement_top=notify.movement_top,
+                       movement_days=notify.movement_days)
+    formats = {
+        "slack_bot": digest_slack_bot(view, rendered.slack, mover_text(mover, notify.locale, d.currency)),
+        "teams": envelope(digest_card(view, scope=scope_label)),
+    }
+    return _as_message("digest", f"digest:{d.as_of.isoformat()}", rendered, digest_data(d), images=images,
+                       formats=formats)
 
 
 def _reminder_messages(
@@ -162,8 +182,14 @@ def _reminder_messages(
                 }
                 for o in m.owners
             ],
+            "fallback_to": notify.fallback_to,
         }
-        out.append(_as_message("reminders", m.key, rendered, data, recipient=m.recipient))
+        view = reminders_view(m, notify.locale, currency=currency,
+                              remind_every_days=reminders.remind_every_days)
+        names = [o["name"] for o in view["owners"]]
+        formats = {"slack_bot": reminder_slack_bot(rendered.slack, notify.locale, names),
+                   "teams": envelope(reminders_card(view))}
+        out.append(_as_message("reminders", m.key, rendered, data, recipient=m.recipient, formats=formats))
     return out
 
 
@@ -193,9 +219,11 @@ def build_messages(
         freshness = read_freshness(engine, sources, now=now, max_age_hours=notify.max_data_age_hours)
     if freshness.nothing_synced:
         return messages, plan
-    if only in (None, "digest") and any(_takes(c, "digest") for c in channels):
-        messages.append(_todays_digest(engine, notify, reminders, metrics, as_of=as_of, now=now,
-                                       freshness=freshness))
+    if only in (None, "digest"):
+        # one digest per scope the channels ask for (None: the whole company but exclude_pipelines)
+        for scope in dict.fromkeys(c.settings.scope for c in channels if _takes(c, "digest")):
+            messages.append(_todays_digest(engine, notify, reminders, metrics, as_of=as_of, now=now,
+                                           freshness=freshness, scope=scope))
     if only in (None, "reminders") and any(_takes(c, "reminders") for c in channels):
         plan = plan_reminders(
             engine, reminders, fallback_to=notify.fallback_to, as_of=as_of, now=now, zone=metrics.zone,
@@ -227,8 +255,10 @@ def _todays_digest(
     as_of: dt.date,
     now: dt.datetime,
     freshness: Freshness | None,
+    scope: DigestScope | None = None,
 ) -> Message:
     """The digest message for ``as_of`` with the channel settings: one place for send and preview."""
+    deal_filter = resolve(engine, scope, metrics.exclude_pipelines)
     d = build_digest(
         engine,
         metrics,
@@ -242,8 +272,20 @@ def _todays_digest(
         if movement_due(engine, notify.movement, notify.movement_week_starts, as_of) else None,
         max_data_age_hours=notify.max_data_age_hours,
         freshness=freshness,
+        deal_filter=None if deal_filter.is_everything else deal_filter,
     )
-    return _digest_message(d, notify, metrics)
+    mover = biggest_mover(engine, d) if scope is None else None  # snapshots are unscoped
+    message = _digest_message(d, notify, metrics, mover, scope.label if scope else "")
+    message.data["scope"] = scope.as_data() if scope else None
+    return message
+
+
+def _for_channel(channel: Channel, message: Message) -> bool:
+    """A digest goes to the channels of its scope; reminders to every channel that takes them."""
+    if message.kind != "digest":
+        return True
+    scope = channel.settings.scope
+    return message.data.get("scope") == (scope.as_data() if scope else None)
 
 
 def _targets(channel: Channel, message: Message) -> str | None:
@@ -290,6 +332,9 @@ def run_notify(
     if held is not None:
         log.error("notify.held", reason=held)
         out.write(f"nothing sent: {held}\n")
+    if not dry_run and held is None:
+        for old in supersede_older(engine, names, (only,) if only else ("digest", "reminders"), as_of):
+            results[old.channel].skipped.append((old.dedupe_key, f"superseded by the {as_of} {old.kind}"))
     messages, plan = build_messages(engine, notify, reminders, metrics, as_of=as_of, now=now, only=only,
                                     sources=sources, freshness=freshness)
     if dry_run:
@@ -299,6 +344,8 @@ def run_notify(
     with engine.begin() as conn:
         for message in messages:
             for channel in channels:
+                if not _for_channel(channel, message):
+                    continue
                 reason = _targets(channel, message)
                 if reason is None:
                     outbox.enqueue(conn, _name(channel), message, now)
@@ -340,6 +387,11 @@ def _deliver(
             channel.send(row.message())
         except Exception as exc:  # a channel must never stop the others
             reason = str(exc) or type(exc).__name__
+            if getattr(exc, "may_have_arrived", False):  # sent, no answer: never sent again
+                outbox.mark_unknown(engine, row.id, reason)
+                result.unknown.append(row.dedupe_key)
+                down = reason
+                continue
             outbox.mark_failed(engine, row.id, reason)
             result.failed.append((row.dedupe_key, reason))
             if not isinstance(exc, DeliveryError) or exc.channel_down:
@@ -377,6 +429,8 @@ def _dry_run(
             out.write(f"[dry run] would retry {row.dedupe_key} on {name}\n")
             result.skipped.append((row.dedupe_key, "dry run"))
         for message in messages:
+            if not _for_channel(channel, message):
+                continue
             reason = _targets(channel, message)
             if reason is not None:
                 if _takes(channel, message.kind):

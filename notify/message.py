@@ -46,6 +46,8 @@ class Message:
     data: dict[str, Any]
     recipient: str | None = None
     images: tuple[InlineImage, ...] = field(default=())
+    formats: dict[str, Any] = field(default_factory=dict)
+    """Channel-specific renderings queued with the message (``slack_bot``, ``teams``)."""
 
     @property
     def message_id(self) -> str:
@@ -64,6 +66,7 @@ class Message:
             "slack": self.slack,
             "data": self.data,
             "recipient": self.recipient,
+            "formats": self.formats,
             "images": [
                 {"cid": i.cid, "alt": i.alt, "png": base64.b64encode(i.png).decode("ascii")}
                 for i in self.images
@@ -88,4 +91,5 @@ class Message:
             data=payload["data"],
             recipient=payload.get("recipient"),
             images=images,
+            formats=payload.get("formats") or {},
         )

@@ -38,6 +38,7 @@ __all__ = [
     "expire_old",
     "mark_failed",
     "mark_sent",
+    "mark_unknown",
     "pending",
     "recover_interrupted",
 ]
@@ -170,6 +171,16 @@ def mark_sent(engine: sa.Engine, row_id: int, now: dt.datetime) -> None:
             sa.update(outbox_table)
             .where(outbox_table.c.id == row_id)
             .values(status="sent", sent_at=now, last_error=None)
+        )
+
+
+def mark_unknown(engine: sa.Engine, row_id: int, error: str) -> None:
+    """Record a delivery whose outcome is unknown (sent, no answer): ``unknown``, never re-sent."""
+    with engine.begin() as conn:
+        conn.execute(
+            sa.update(outbox_table)
+            .where(outbox_table.c.id == row_id)
+            .values(status="unknown", last_error=error[:ERROR_LIMIT])
         )
 
 

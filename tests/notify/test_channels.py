@@ -50,7 +50,7 @@ class TestRegistry:
         with pytest.raises(ConfigError) as info:
             build({"kind": "pigeon", "name": "x"})
         assert info.value.problems[0].path == "notify.channels[0].kind"
-        assert "email, file, slack, stdout, webhook" in str(info.value)
+        assert "email, file, slack, stdout, teams, webhook" in str(info.value)
 
     def test_every_problem_with_its_path(self):
         """load_notify_settings reports every problem of both tables with key paths, no secrets."""

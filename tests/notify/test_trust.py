@@ -288,3 +288,20 @@ class TestPraise:
         [digest] = build(sqlite_store, sources=["demo"])[0]["digest"]
         assert "No open deals in the store." in digest.text
         assert "Well done" not in digest.text
+
+
+@pytest.mark.parametrize("locale", ["en", "nb"])
+def test_banner_in_slack_bot_and_teams(troubled_sqlite, locale):
+    """The freshness banner heads the Slack bot's channel message and the Teams card (golden files)."""
+    [digest] = build(troubled_sqlite, locale)[0]["digest"]
+    summary = digest.formats["slack_bot"]["summary"]
+    assert summary["blocks"][1]["text"]["text"].startswith("*⚠ ")
+    assert "demo" in summary["blocks"][1]["text"]["text"]
+    card = digest.formats["teams"]["attachments"][0]["content"]
+    assert card["body"][0]["style"] == "attention"
+    assert card["body"][0]["items"][0]["text"].startswith("⚠ ")
+    assert "demo" in card["body"][0]["items"][0]["text"]
+    golden(f"digest_banner_{locale}.slack_bot.json",
+           json.dumps(digest.formats["slack_bot"], ensure_ascii=False, indent=2) + "\n")
+    golden(f"digest_banner_{locale}.teams.json",
+           json.dumps(digest.formats["teams"], ensure_ascii=False, indent=2) + "\n")
