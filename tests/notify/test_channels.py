@@ -95,15 +95,15 @@ class TestSlack:
         assert len(responses.calls) == 1
 
     @responses.activate
-    def test_retries_5xx_then_succeeds(self):
-        """A 503 is retried (without really sleeping) and the message goes through."""
-        responses.post(HOOK, status=503)
+    def test_retries_503_with_retry_after_then_succeeds(self):
+        """A 503 with Retry-After (not processed, come back later) is retried after that wait."""
+        responses.post(HOOK, status=503, headers={"Retry-After": "2"})
         responses.post(HOOK, body="ok")
         sleeps: list[float] = []
         settings = build({"kind": "slack", "name": "s", "webhook_url": HOOK}).settings
         SlackChannel(settings, sleep=sleeps.append).send(message())
         assert len(responses.calls) == 2
-        assert len(sleeps) == 1
+        assert sleeps == [2.0]
 
     @responses.activate
     def test_gives_up_as_channel_down_without_leaking_the_url(self):
