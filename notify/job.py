@@ -155,6 +155,7 @@ def _reminder_messages(
         data = {
             "as_of": plan.as_of.isoformat(),
             "fallback": m.fallback,
+            "more": m.more,
             "owners": [
                 {
                     "owner": o.owner_key,
@@ -211,6 +212,7 @@ def build_messages(
         plan = plan_reminders(
             engine, reminders, fallback_to=notify.fallback_to, as_of=as_of, now=now, zone=metrics.zone,
             off=read_coverage(engine).rules_off, skip_sources=freshness.failed_sources,
+            max_deals=notify.max_deals_per_reminder,
         )
         messages += _reminder_messages(plan, notify, reminders, metrics.currency)
     return messages, plan

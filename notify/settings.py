@@ -47,6 +47,10 @@ class NotifySettings(BaseModel):
     channels: SkipValidation[tuple[Channel, ...]] = Field(default=(), description="From [[notify.channels]].")
     top_deals: int = Field(default=10, ge=0, le=100, description="Worst stalled deals in the digest.")
     top_scopes: int = Field(default=15, ge=1, le=500, description="Rows per pipeline/owner table.")
+    max_deals_per_reminder: int = Field(
+        default=25, ge=1, le=1000,
+        description='Deals listed in one reminder message (worst first); the rest as "and N more".',
+    )
     chart: bool = Field(default=True, description="Embed a velocity trend chart in the HTML e-mail.")
     chart_days: int = Field(default=90, ge=7, le=730, description="Days of history in the trend chart.")
     movement: Literal["weekly", "daily", "never"] = Field(
