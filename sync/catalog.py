@@ -113,8 +113,10 @@ def refresh_catalog(conn: sa.Connection, connector: Connector, kind: str, now: d
 
 
 def _checked_email(source: str, owner: Owner) -> str | None:
-    """The owner's address when it is one usable address; otherwise ``None`` (their reminders go to
-    the fallback) and a warning that says where and why (the value itself only as ``repr``)."""
+    """The owner's address when it is one usable address; otherwise ``None`` and a warning.
+
+    Their reminders then go to the fallback; the warning says where and why (the value only as ``repr``).
+    """
     if owner.email is None:
         return None
     problem = address_problem(owner.email)

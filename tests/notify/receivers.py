@@ -45,7 +45,7 @@ def webhook_receiver(delay: float = 0.0) -> Iterator[Hook]:
     hook = Hook(delay=delay)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             with hook.lock:
                 hook.bodies.append(json.loads(body))
@@ -85,7 +85,7 @@ class StallingInbox(Inbox):
         super().__init__()
         self.stall = stall
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         """Keep the envelope, stall, accept."""
         message = email.message_from_bytes(envelope.content, policy=email.policy.default)
         self.received.append(Received(envelope.mail_from, list(envelope.rcpt_tos), message))

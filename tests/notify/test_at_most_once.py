@@ -65,9 +65,11 @@ class TestSlowWebhook:
             assert len(hook.bodies) == 1
         assert hook.keys == [small().message_id]
         assert [(c, k) for c, k, _ in first.uncertain] == [("hook", DIGEST)]
-        assert first.failed == [] and first.sent == []
+        assert first.failed == []
+        assert first.sent == []
         assert row_states(seeded) == [(DIGEST, "unknown")]
-        assert second.sent == [] and second.uncertain == []
+        assert second.sent == []
+        assert second.uncertain == []
         assert any("may or may not have been delivered" in line for line in notify_lines(first))
         status = collect_status(seeded, sources=["demo"], channels=["hook"], schedule={}, timezone="UTC",
                                 now=NOW)
@@ -80,7 +82,8 @@ class TestSlowWebhook:
             with pytest.raises(DeliveryError) as info:
                 hook_channel(hook.url)[0].send(small())
             assert len(hook.bodies) == 1
-        assert info.value.channel_down and not isinstance(info.value, DeliveryUncertain)
+        assert info.value.channel_down
+        assert not isinstance(info.value, DeliveryUncertain)
 
     def test_429_and_503_with_retry_after_are_retried_after_the_wait(self):
         """429 and 503 + Retry-After say "not processed": retried after the asked-for wait, then delivered."""
@@ -130,7 +133,8 @@ class TestStallingSmtp:
         assert [(c, k) for c, k, _ in first.uncertain] == [("mail", DIGEST)]
         assert "did not confirm" in first.uncertain[0][2]
         assert row_states(seeded) == [(DIGEST, "unknown")]
-        assert second.sent == [] and second.failed == []
+        assert second.sent == []
+        assert second.failed == []
 
     def test_timeout_before_data_stays_pending(self, seeded):
         """Nothing listening on the SMTP port: the message cannot have arrived, so it stays pending."""
@@ -138,12 +142,13 @@ class TestStallingSmtp:
                    "starttls": False, "from": "velocity@example.com", "to": ["team@example.com"],
                    "timeout_seconds": 0.5}
         result = notify(seeded, channel)
-        assert result.uncertain == [] and len(result.failed) == 1
+        assert result.uncertain == []
+        assert len(result.failed) == 1
         assert row_states(seeded) == [(DIGEST, "pending")]
 
 
 def test_uncertain_send_fails_the_cli_run_and_shows_in_status(tmp_path, seeded_file):
-    """`velocity notify` exits 1 after an unanswered send, and `velocity status` shows it; rerun sends nothing."""
+    """`velocity notify` exits 1 after a send with no answer; `status` shows it; a rerun sends nothing."""
     from tests.test_cli import velocity
 
     with webhook_receiver(delay=1.5) as hook:
