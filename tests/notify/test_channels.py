@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import responses
@@ -165,6 +167,24 @@ class TestFile:
         assert json.loads((tmp_path / "digest_2026-11-26.json").read_text())["data"] == {
             "as_of": "2026-11-26"
         }
+
+    def test_files_0600_and_new_folders_0700_whatever_the_umask(self, tmp_path):
+        """Messages name sellers and amounts: files are 0600, folders the channel creates 0700."""
+        target = tmp_path / "out" / "nested"
+        stale = target / "digest_2026-11-26.md.tmp"
+        old = os.umask(0o000)
+        try:
+            channel = FileChannel(build({"kind": "file", "name": "f", "path": str(target)}).settings)
+            channel.check()
+            stale.write_text("left by a crash")
+            stale.chmod(0o666)
+            channel.send(message())
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((target / "digest_2026-11-26.md").stat().st_mode) == 0o600
+        assert stat.S_IMODE(target.stat().st_mode) == 0o700
+        assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o700
+        assert not stale.exists()
 
 
 class TestEmail:

@@ -21,7 +21,8 @@ from tests.notify.receivers import webhook_receiver
 
 def queue(engine, key: str, claimed_by: str | None, claimed_at: dt.datetime | None) -> None:
     """A digest row left ``sending`` by ``claimed_by``."""
-    message = Message(kind="digest", key=key, subject="s", text="t", markdown="m", html="h", slack={}, data={})
+    message = Message(kind="digest", key=key, subject="s", text="t", markdown="m", html="h", slack={},
+                      data={})
     with engine.begin() as conn:
         outbox.enqueue(conn, "out", message, NOW)
         conn.execute(sa.update(outbox_table).where(outbox_table.c.dedupe_key == key)
@@ -61,7 +62,8 @@ def test_only_rows_of_gone_holders_become_unknown(seeded):
 
 def test_claim_records_holder_and_time(seeded):
     """claim() writes who took the row and when."""
-    message = Message(kind="digest", key="k", subject="s", text="t", markdown="m", html="h", slack={}, data={})
+    message = Message(kind="digest", key="k", subject="s", text="t", markdown="m", html="h", slack={},
+                      data={})
     with seeded.begin() as conn:
         outbox.enqueue(conn, "out", message, NOW)
     row = outbox.pending(seeded, "out", ("digest",))[0]
