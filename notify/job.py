@@ -384,7 +384,7 @@ def _deliver(
         skipped=len(result.skipped),
         unknown=len(result.unknown),
         uncertain=len(result.uncertain),
-        error=(result.failed or result.uncertain or [("", None)])[-1][1],
+        error=(result.failed or result.uncertain)[-1][1] if result.failed or result.uncertain else None,
         duration_ms=round((time.monotonic() - started) * 1000),
     )
 

@@ -93,12 +93,12 @@ def seeded_sqlite(sqlite_store):
 
 
 @pytest.fixture
-def seeded_file(tmp_path, sqlite_store):
+def seeded_file(tmp_path: Path, sqlite_store):
     """The seeded SQLite file and a maker of a config around it (source "demo"; extra TOML appended)."""
     seed(sqlite_store)
 
     def config(extra: str) -> Path:
-        path = tmp_path / "velocity.toml"
+        path: Path = tmp_path / "velocity.toml"
         path.write_text('timezone = "Europe/Oslo"\ncurrency = "NOK"\n[store]\nurl = "sqlite:///velocity.db"\n'
                         '[[sources]]\nname = "demo"\nkind = "demo"\n'
                         '[notify]\nchart = false\n' + extra, encoding="utf-8")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -11,7 +12,7 @@ import sqlalchemy as sa
 from sales_velocity.notify.channels import DeliveryError, DeliveryUncertain, WebhookChannel, build_channel
 from sales_velocity.notify.job import run_notify
 from sales_velocity.notify.message import Message
-from sales_velocity.notify.settings import load_notify_settings
+from sales_velocity.notify.settings import NotifySettings, RemindersSettings, load_notify_settings
 from sales_velocity.notify.summary import notify_lines
 from sales_velocity.sync.status import collect_status, render_status
 from sales_velocity.sync.store import outbox_table
@@ -23,12 +24,12 @@ from tests.notify.smtp import free_port
 DIGEST = f"digest:{AS_OF.isoformat()}"
 
 
-def settings(channel: dict) -> tuple:
+def settings(channel: dict[str, Any]) -> tuple[NotifySettings, RemindersSettings]:
     """Notifier settings with one channel that takes the digest only."""
     return load_notify_settings({"locale": "en", "chart": False, "channels": [channel]}, {}, {})
 
 
-def notify(engine, channel: dict):
+def notify(engine, channel: dict[str, Any]):
     """One notifier run on AS_OF."""
     notify_settings, reminders = settings(channel)
     return run_notify(engine, notify_settings, reminders, METRICS, as_of=AS_OF, now=NOW, out=io.StringIO())

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sales_velocity.kernel.addresses import address_problem
 from sales_velocity.notify import outbox
 from sales_velocity.notify.job import run_notify
-from sales_velocity.notify.message import Message
+from sales_velocity.notify.message import Message, MessageKind
 from sales_velocity.notify.settings import load_notify_settings
 from sales_velocity.sync.store import make_engine, outbox_table, owners_table
 from tests.notify.conftest import METRICS
@@ -60,7 +60,9 @@ class TestPoisonOwnerAddress:
                       ("team@example.com",)]
         assert all("Bcc" not in r.message and "everyone" not in str(r.message["To"]) for r in inbox.received)
         fallback = next(r for r in inbox.received if r.rcpt_tos == ["lead@example.com"])
-        assert "Mallory" in fallback.message.get_body(("plain",)).get_content()
+        plain = fallback.message.get_body(("plain",))
+        assert plain is not None
+        assert "Mallory" in plain.get_content()
 
     def test_unbuildable_row_fails_alone_and_digests_come_first(self, seeded):
         """A queued reminder that cannot be built fails for good; the channel stays up, digests go first."""
@@ -91,8 +93,9 @@ class TestPoisonOwnerAddress:
     def test_pending_lists_digests_before_older_reminders(self, seeded):
         """The queue order is digests first, then the rest oldest first."""
         with seeded.begin() as conn:
-            for n, (kind, key) in enumerate([("reminders", "r:1"), ("digest", "digest:1"),
-                                             ("reminders", "r:2"), ("digest", "digest:2")]):
+            queued: list[tuple[MessageKind, str]] = [("reminders", "r:1"), ("digest", "digest:1"),
+                                                     ("reminders", "r:2"), ("digest", "digest:2")]
+            for n, (kind, key) in enumerate(queued):
                 message = Message(kind=kind, key=key, subject="s", text="t", markdown="m", html="h",
                                   slack={}, data={})
                 outbox.enqueue(conn, "mail", message, NOW + dt.timedelta(minutes=n))
@@ -136,7 +139,7 @@ def test_owner_address_with_crlf_is_not_stored_by_the_sync(tmp_path: Path, capsy
     assert code == 0, out
     engine = make_engine(f"sqlite:///{tmp_path / 'velocity.db'}")
     with engine.connect() as conn:
-        emails = dict(conn.execute(sa.select(owners_table.c.name, owners_table.c.email)).all())
+        emails = {r.name: r.email for r in conn.execute(sa.select(owners_table.c.name, owners_table.c.email))}
     engine.dispose()
     assert emails == {"Kari": "kari@example.com", "Mallory": None, "Ola": "ola@example.com"}
     warned = [e for e in logs if e["event"] == "sync.owner_email_rejected"]
