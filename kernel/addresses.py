@@ -22,6 +22,8 @@ def address_problem(value: str) -> str | None:
         return "empty"
     if any(c in value for c in "\r\n") or any(ord(c) < 32 or ord(c) == 127 for c in value):
         return "contains a line break or a control character"
+    if not value.isascii():
+        return "contains non-ASCII characters (use the punycode form of the domain)"
     if len(value) > MAX_LENGTH:
         return f"longer than {MAX_LENGTH} characters"
     if any(c in value for c in ",;<>") or value.count("@") != 1:

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation, ValidationError, field_validator
 
+from sales_velocity.kernel.addresses import address_problem
 from sales_velocity.kernel.config import validation_problems
 from sales_velocity.kernel.errors import ConfigError, ConfigProblem
 from sales_velocity.metrics.hygiene import HygieneSettings
@@ -78,8 +79,9 @@ class NotifySettings(BaseModel):
     @field_validator("fallback_to")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
-        if value is not None and ("@" not in value or any(c.isspace() for c in value)):
-            raise ValueError(f"not an e-mail address: {value!r}")
+        problem = address_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(f"not an e-mail address: {value!r} ({problem})")
         return value
 
 

@@ -114,6 +114,7 @@ class TestPoisonOwnerAddress:
     ("a@", False),
     ("@b.com", False),
     ("a@b@c.com", False),
+    ("ola@bøk.no", False),
     ("", False),
 ])
 def test_address_problem(value, ok):
