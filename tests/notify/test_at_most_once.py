@@ -57,14 +57,17 @@ def hook_channel(url: str, **extra) -> tuple[WebhookChannel, list[float]]:
 
 
 class TestSlowWebhook:
-    def test_answer_after_the_timeout_is_delivered_once_and_unknown(self, seeded):
+    @pytest.mark.parametrize("kind", ["webhook", "slack"])
+    def test_answer_after_the_timeout_is_delivered_once_and_unknown(self, seeded, kind):
         """The receiver takes the body and answers after the client's timeout: 1 delivery across 2 runs."""
         with webhook_receiver(delay=1.5) as hook:
-            channel = {"kind": "webhook", "name": "hook", "url": hook.url, "timeout_seconds": 0.3}
+            channel = {"kind": kind, "name": "hook", "url" if kind == "webhook" else "webhook_url": hook.url,
+                       "timeout_seconds": 0.3}
             first = notify(seeded, channel)
             second = notify(seeded, channel)
             assert len(hook.bodies) == 1
-        assert hook.keys == [small().message_id]
+        if kind == "webhook":
+            assert hook.keys == [small().message_id]
         assert [(c, k) for c, k, _ in first.uncertain] == [("hook", DIGEST)]
         assert first.failed == []
         assert first.sent == []
