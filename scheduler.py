@@ -55,6 +55,7 @@ from sales_velocity.metrics.report import ReportFormat, render_report
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.velocity import compute_velocity
 from sales_velocity.notify.job import held_reason, preview_digest, run_notify
+from sales_velocity.notify.outbox import holder_id
 from sales_velocity.notify.settings import NotifySettings, RemindersSettings, load_notify_settings
 from sales_velocity.sync.engine import SyncResult, sync_source
 from sales_velocity.sync.export import export_rows, write_export
@@ -470,13 +471,14 @@ def _notify(ctx: Context, as_of: dt.date, *, dry_run: bool,
     result = run_notify(
         engine, ctx.config.notify, ctx.config.reminders, ctx.config.metrics,
         as_of=as_of, now=ctx.now(), dry_run=dry_run, only=only, out=ctx.out,
-        sources=[s.name for s in ctx.config.sources],
+        sources=[s.name for s in ctx.config.sources], holder=holder_id(ctx.run_id),
+        redact=ctx.redactor.redact,
     )
     if before is not None and not dry_run:
         ctx.print(already_sent_line(before.key, before.sent_at, before.channels, ctx.config.zone))
     for line in notify_lines(result):
         ctx.print(line)
-    return EXIT_FAILED if result.failed or result.held else EXIT_OK
+    return EXIT_FAILED if result.failed or result.uncertain or result.held else EXIT_OK
 
 
 def cmd_notify(ctx: Context, args: argparse.Namespace) -> int:
@@ -579,7 +581,7 @@ def cmd_status(ctx: Context, args: argparse.Namespace) -> int:
             schedule={"sync": config.schedule.sync, "daily": config.schedule.daily},
             timezone=config.schedule.timezone or config.timezone, now=ctx.now(),
         )
-    ctx.out.write(render_status(status))
+    ctx.out.write(ctx.redactor.redact(render_status(status)))
     _write_metrics(ctx, args.metrics_file)
     return EXIT_OK
 

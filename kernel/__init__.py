@@ -9,6 +9,7 @@ It imports nothing of ours, so every package may import it:
 * ``http``: the one place that owns HTTP failure handling (timeouts, retries,
   ``Retry-After``, client-side rate limits);
 * ``logs``: the structlog pipeline and the secret redactor;
+* ``addresses``: whether a value is one usable e-mail address (owners, recipients);
 * ``schedule``: crontab lines, the ``[schedule]`` settings and the scheduler;
 * ``testing``: the harness shipped for connector authors: the contract suite
   and stateful fake HubSpot and Pipedrive servers (it alone imports the

@@ -8,13 +8,17 @@ as ``SecretStr``), is built as ``Cls(settings)`` and delivers with
 touch the store: the outbox (``notify.outbox``) decides what to send.
 
 Errors say whether the channel itself is down (``channel_down``: connection
-refused, timeout, 5xx after retries), in which case the notifier stops using it
-for this run, or only this message failed (a refused recipient, a 4xx).
+refused, 5xx, a timeout), in which case the notifier stops using it for this
+run, or only this message failed (a refused recipient, a 4xx). Two subclasses
+(``notify.delivery``) tell the outbox more: ``DeliveryUncertain`` (sent, no
+answer: recorded ``unknown``, never re-sent) and ``MessageRejected`` (this
+message can never go out as it is: its row fails for good).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import smtplib
 import ssl
 import sys
@@ -28,10 +32,17 @@ from typing import Any, ClassVar, Literal, Protocol, TextIO, runtime_checkable
 import requests
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
-from sales_velocity.kernel.errors import DeliveryError, RemoteError, RetriableAPIError
-from sales_velocity.kernel.http import RetryPolicy, new_session, request
+from sales_velocity.kernel.addresses import address_problem
+from sales_velocity.kernel.errors import DeliveryError
+from sales_velocity.kernel.http import new_session
 from sales_velocity.kernel.plugins import PluginRegistry
 from sales_velocity.metrics.scope import DigestScope
+from sales_velocity.notify.delivery import (
+    DeliveryUncertain,
+    MessageRejected,
+    post_at_most_once,
+    send_mail_at_most_once,
+)
 from sales_velocity.notify.message import Message, MessageKind
 
 __all__ = [
@@ -39,10 +50,12 @@ __all__ = [
     "Channel",
     "ChannelSettings",
     "DeliveryError",
+    "DeliveryUncertain",
     "EmailChannel",
     "EmailSettings",
     "FileChannel",
     "FileSettings",
+    "MessageRejected",
     "SlackChannel",
     "SlackSettings",
     "StdoutChannel",
@@ -101,7 +114,10 @@ class FileSettings(ChannelSettings):
 
 class _HttpSettings(ChannelSettings):
     timeout_seconds: float = Field(default=10.0, gt=0, le=300)
-    max_attempts: int = Field(default=4, ge=1, le=10, description="Attempts on timeouts, 429 and 5xx.")
+    max_attempts: int = Field(
+        default=4, ge=1, le=10,
+        description="Attempts while it cannot have arrived: connect errors, 429, 503 with Retry-After.",
+    )
 
 
 def _http_url(value: SecretStr) -> SecretStr:
@@ -143,9 +159,9 @@ class EmailSettings(ChannelSettings):
     @field_validator("to")
     @classmethod
     def _addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        bad = [a for a in value if "@" not in a or any(c.isspace() for c in a)]
+        bad = [a for a in value if address_problem(a) is not None]
         if bad:
-            raise ValueError(f"not an e-mail address: {', '.join(bad)}")
+            raise ValueError(f"not an e-mail address: {', '.join(repr(a) for a in bad)}")
         return value
 
     @model_validator(mode="after")
@@ -217,7 +233,7 @@ class StdoutChannel:
 
 
 class FileChannel:
-    """Write each message to ``<path>/<dedupe key>.md`` or ``.json`` (atomically)."""
+    """Write each message to ``<path>/<dedupe key>.md`` or ``.json`` (atomically, 0600; new folders 0700)."""
 
     settings_model: ClassVar[type[ChannelSettings]] = FileSettings
     needs_recipient: ClassVar[bool] = False
@@ -229,8 +245,8 @@ class FileChannel:
         """This channel does not print; nothing to bind."""
 
     def check(self) -> str:
-        """Check that the folder exists or can be created."""
-        self.settings.path.mkdir(parents=True, exist_ok=True)
+        """Check that the folder exists or can be created (0700)."""
+        _private_dirs(self.settings.path)
         return f"writing to {self.settings.path}"
 
     def send(self, message: Message) -> None:
@@ -256,12 +272,27 @@ class FileChannel:
             target = self.settings.path / f"{safe}.md"
             body = message.markdown
         try:
-            self.settings.path.mkdir(parents=True, exist_ok=True)
+            _private_dirs(self.settings.path)
             tmp = target.with_suffix(target.suffix + ".tmp")
-            tmp.write_text(body, encoding="utf-8")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                os.fchmod(handle.fileno(), 0o600)  # also when a stale .tmp had other modes
+                handle.write(body)
             tmp.replace(target)
         except OSError as exc:
             raise DeliveryError(f"cannot write {target}: {exc.strerror or exc}") from None
+
+
+def _private_dirs(path: Path) -> None:
+    """Create ``path`` and any missing parents as 0700 (messages name sellers and amounts)."""
+    missing = []
+    for folder in (path, *path.parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)  # mkdir's mode is masked by the umask
 
 
 class _HttpChannel:
@@ -287,24 +318,17 @@ class _HttpChannel:
         """This channel does not print; nothing to bind."""
 
     def _post(self, url: str, payload: Mapping[str, Any], headers: Mapping[str, str]) -> None:
-        what = f"{self.settings.kind} channel {self.settings.name!r}"
-        policy = RetryPolicy(max_attempts=self.settings.max_attempts, base_delay=1.0, max_delay=30.0)
-        try:
-            request(
-                self._session,
-                "POST",
-                url,
-                what=what,
-                policy=policy,
-                sleep=self._sleep,
-                timeout=(min(10.0, self.settings.timeout_seconds), self.settings.timeout_seconds),
-                json=payload,
-                headers=dict(headers),
-            )
-        except RetriableAPIError as exc:
-            raise DeliveryError(str(exc), channel_down=True) from None
-        except RemoteError as exc:
-            raise DeliveryError(str(exc), channel_down=False) from None
+        """POST at most once per outcome (see ``notify.delivery``): no retry once it may have arrived."""
+        post_at_most_once(
+            self._session,
+            url,
+            what=f"{self.settings.kind} channel {self.settings.name!r}",
+            payload=payload,
+            headers=headers,
+            timeout=(min(10.0, self.settings.timeout_seconds), self.settings.timeout_seconds),
+            max_attempts=self.settings.max_attempts,
+            sleep=self._sleep,
+        )
 
 
 class SlackChannel(_HttpChannel):
@@ -409,18 +433,27 @@ class EmailChannel:
         return f"{self.settings.smtp_host}:{self.settings.smtp_port} answered"
 
     def send(self, message: Message) -> None:
-        """Send one e-mail; a refused recipient fails this message only."""
+        """Send one e-mail; a refused recipient or a message that cannot be built fails this message only.
+
+        Raises:
+            MessageRejected: no usable recipient, or the message cannot be built.
+            DeliveryUncertain: the server took the body but did not confirm it.
+            DeliveryError: not delivered (``channel_down`` when the server cannot be used).
+        """
         to = self.recipients(message)
         if not to:
-            raise DeliveryError(f"no recipient for {message.key}", channel_down=False)
-        mail = self.build(message)
+            raise MessageRejected(f"no recipient for {message.key}")
+        for address in to:
+            problem = address_problem(address)
+            if problem is not None:
+                raise MessageRejected(f"recipient {address!r} cannot be used: {problem}")
         try:
-            with self._connect() as smtp:
-                smtp.send_message(mail, from_addr=self.settings.from_, to_addrs=to)
-        except (smtplib.SMTPRecipientsRefused, smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as exc:
-            raise DeliveryError(_smtp_reason(exc), channel_down=False) from None
-        except (OSError, smtplib.SMTPException) as exc:
-            raise DeliveryError(_smtp_reason(exc), channel_down=True) from None
+            mail = self.build(message)
+            body = mail.as_bytes(policy=mail.policy.clone(linesep="\r\n"))
+        except Exception as exc:  # a hostile value in a header or body: this message only
+            raise MessageRejected(f"the e-mail cannot be built: {type(exc).__name__}: {exc}"[:300]) from None
+        send_mail_at_most_once(self._connect, body, from_addr=self.settings.from_, to_addrs=to,
+                               reason=_smtp_reason)
 
 
 def _smtp_reason(exc: BaseException) -> str:

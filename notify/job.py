@@ -6,10 +6,13 @@
    for the fallback) are rendered and queued for every channel that takes them,
    in one transaction with the reminder state, so a crash before the commit
    leaves nothing half-done and a rerun the same day queues nothing twice.
-3. Each channel delivers its pending rows, oldest first, each claimed in its own
-   committed transaction. A failure keeps the row pending for the next run; a
-   channel that is down (connection refused, timeout, 5xx) is left alone for the
-   rest of this run, and the other channels go on.
+3. Each channel delivers its pending rows, digests first, then oldest first,
+   each claimed (with this run as holder) in its own committed transaction. A
+   failure that cannot have delivered it keeps the row pending for the next run;
+   a send without an answer makes it ``unknown`` (never re-sent); a message that
+   can never go out as it is fails alone. A channel that is down (connection
+   refused, no answer, 5xx) is left alone for the rest of this run, and the
+   other channels go on.
 
 ``dry_run`` prints what would be sent and writes nothing.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 import datetime as dt
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TextIO
 
@@ -34,6 +37,7 @@ from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.notify import outbox
 from sales_velocity.notify.channels import Channel
 from sales_velocity.notify.chart import trend_png
+from sales_velocity.notify.delivery import DeliveryUncertain, MessageRejected
 from sales_velocity.notify.digest import Digest, build_digest, digest_data
 from sales_velocity.notify.formatting import Formatter
 from sales_velocity.notify.message import InlineImage, Message, MessageKind
@@ -69,6 +73,11 @@ class ChannelResult:
     failed: list[tuple[str, str]] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     unknown: list[str] = field(default_factory=list)
+    """Keys a dead run left mid-send (found at the start of this run)."""
+    uncertain: list[tuple[str, str]] = field(default_factory=list)
+    """``(key, reason)`` sent in this run without an answer: may have arrived; never re-sent."""
+    rejected: list[str] = field(default_factory=list)
+    """Keys of ``failed`` that can never go out as they are (not retried)."""
 
 
 @dataclass
@@ -87,6 +96,11 @@ class NotifyResult:
     def failed(self) -> list[tuple[str, str, str]]:
         """``(channel, key, reason)`` for every failed delivery; the run failed if any."""
         return [(c.channel, key, reason) for c in self.channels for key, reason in c.failed]
+
+    @property
+    def uncertain(self) -> list[tuple[str, str, str]]:
+        """``(channel, key, reason)`` for every send of this run that got no answer; the run failed if any."""
+        return [(c.channel, key, reason) for c in self.channels for key, reason in c.uncertain]
 
     @property
     def sent(self) -> list[tuple[str, str]]:
@@ -164,6 +178,7 @@ def _reminder_messages(
         data = {
             "as_of": plan.as_of.isoformat(),
             "fallback": m.fallback,
+            "more": m.more,
             "owners": [
                 {
                     "owner": o.owner_key,
@@ -228,6 +243,7 @@ def build_messages(
         plan = plan_reminders(
             engine, reminders, fallback_to=notify.fallback_to, as_of=as_of, now=now, zone=metrics.zone,
             off=read_coverage(engine).rules_off, skip_sources=freshness.failed_sources,
+            max_deals=notify.max_deals_per_reminder,
         )
         messages += _reminder_messages(plan, notify, reminders, metrics.currency)
     return messages, plan
@@ -310,20 +326,25 @@ def run_notify(
     only: Literal["digest", "reminders"] | None = None,
     out: TextIO = sys.stdout,
     sources: Sequence[str] | None = None,
+    holder: str | None = None,
+    redact: Callable[[str], str] | None = None,
 ) -> NotifyResult:
     """Queue and deliver today's digest and reminders on every configured channel.
 
     When no source (of ``sources``, the configured names; ``None``: every
     source with a sync run) has ever synced well, nothing new is queued:
     ``held`` says why. Messages already queued are still delivered.
+    ``holder`` names this run in the rows it claims (default ``host:pid:random``);
+    ``redact`` masks secrets in every error text stored or reported.
     """
+    holder = holder or outbox.holder_id()
     channels = list(notify.channels)
     for channel in channels:
         channel.bind_output(out)
     results = {_name(c): ChannelResult(_name(c), str(c.settings.kind)) for c in channels}
     names = list(results)
     if not dry_run:
-        for row in outbox.recover_interrupted(engine, names):
+        for row in outbox.recover_interrupted(engine, names, holder=holder, now=now):
             results[row.channel].unknown.append(row.dedupe_key)
         for row in outbox.expire_old(engine, names, now - dt.timedelta(days=notify.expire_after_days)):
             results[row.channel].skipped.append((row.dedupe_key, "expired before it could be delivered"))
@@ -355,7 +376,7 @@ def run_notify(
             record_plan(conn, plan, now)
     kinds: tuple[str, ...] = (only,) if only else ("digest", "reminders")
     for channel in channels:
-        _deliver(engine, channel, results[_name(channel)], kinds, now)
+        _deliver(engine, channel, results[_name(channel)], kinds, now, holder=holder, redact=redact)
     return NotifyResult(list(results.values()), held=held)
 
 
@@ -372,7 +393,8 @@ def held_reason(freshness: Freshness) -> str | None:
 
 
 def _deliver(
-    engine: sa.Engine, channel: Channel, result: ChannelResult, kinds: tuple[str, ...], now: dt.datetime
+    engine: sa.Engine, channel: Channel, result: ChannelResult, kinds: tuple[str, ...], now: dt.datetime,
+    *, holder: str, redact: Callable[[str], str] | None = None,
 ) -> None:
     started = time.monotonic()
     down: str | None = None
@@ -380,26 +402,29 @@ def _deliver(
         if down is not None:
             result.skipped.append((row.dedupe_key, f"channel unavailable: {down}"))
             continue
-        if not outbox.claim(engine, row.id):
+        if not outbox.claim(engine, row.id, holder=holder, now=now):
             result.skipped.append((row.dedupe_key, "taken by another run"))
             continue
         try:
             channel.send(row.message())
         except Exception as exc:  # a channel must never stop the others
-            reason = str(exc) or type(exc).__name__
-            if getattr(exc, "may_have_arrived", False):  # sent, no answer: never sent again
+            reason = outbox.clean_error(str(exc) or type(exc).__name__, redact)
+            if isinstance(exc, DeliveryUncertain):
                 outbox.mark_unknown(engine, row.id, reason)
-                result.unknown.append(row.dedupe_key)
-                down = reason
-                continue
-            outbox.mark_failed(engine, row.id, reason)
-            result.failed.append((row.dedupe_key, reason))
+                result.uncertain.append((row.dedupe_key, reason))
+            elif isinstance(exc, MessageRejected):
+                outbox.mark_rejected(engine, row.id, reason)
+                result.failed.append((row.dedupe_key, reason))
+                result.rejected.append(row.dedupe_key)
+            else:
+                outbox.mark_failed(engine, row.id, reason)
+                result.failed.append((row.dedupe_key, reason))
             if not isinstance(exc, DeliveryError) or exc.channel_down:
                 down = reason
             continue
         outbox.mark_sent(engine, row.id, now)
         result.sent.append(row.dedupe_key)
-    event = log.warning if result.failed or result.unknown else log.info
+    event = log.warning if result.failed or result.unknown or result.uncertain else log.info
     event(
         "notify.channel",
         channel=result.channel,
@@ -408,7 +433,8 @@ def _deliver(
         failed=len(result.failed),
         skipped=len(result.skipped),
         unknown=len(result.unknown),
-        error=result.failed[-1][1] if result.failed else None,
+        uncertain=len(result.uncertain),
+        error=(result.failed or result.uncertain)[-1][1] if result.failed or result.uncertain else None,
         duration_ms=round((time.monotonic() - started) * 1000),
     )
 

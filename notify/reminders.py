@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from sales_velocity.kernel.addresses import valid_address
 from sales_velocity.metrics.hygiene import Rule, StalledDeal, find_stalled
 from sales_velocity.notify.settings import RemindersSettings
 from sales_velocity.sync.store import reminder_state_table
@@ -52,6 +53,8 @@ class ReminderMessage:
     recipient: str | None
     fallback: bool
     owners: tuple[OwnerReminders, ...]
+    more: int = 0
+    """Due deals left out of this message by the cap (they stay due: a later reminder lists them)."""
 
     @property
     def deal_count(self) -> int:
@@ -98,8 +101,13 @@ def plan_reminders(
     zone: ZoneInfo,
     off: Mapping[Rule, Sequence[str]] | None = None,
     skip_sources: Sequence[str] = (),
+    max_deals: int | None = None,
 ) -> ReminderPlan:
     """Work out today's reminders without writing anything.
+
+    ``max_deals`` caps the deals listed in one message (the first ones in the
+    usual order, worst first per owner); the message says how many more there
+    are, and those are not counted as sent, so the next reminders list them.
 
     ``off`` maps a hygiene rule to the sources it is off for (a field it needs
     is unknown there); no reminder is planned for deals of ``skip_sources``
@@ -119,8 +127,9 @@ def plan_reminders(
             return
         first = current[0]
         owner_key = f"{first.source}/{first.owner_id}" if first.owner_id else ""
-        group = OwnerReminders(owner_key, first.owner_name, first.owner_email, tuple(current))
-        (direct if first.owner_email and first.owner_id else orphans).append(group)
+        email = valid_address(first.owner_email)  # also for addresses stored before they were checked
+        group = OwnerReminders(owner_key, first.owner_name, email, tuple(current))
+        (direct if email and first.owner_id else orphans).append(group)
         current.clear()
 
     for deal in find_stalled(engine, settings, as_of=as_of, now=now, zone=zone, by_owner=True, off=off,
@@ -152,14 +161,33 @@ def plan_reminders(
     def pairs_of(groups: Iterable[OwnerReminders]) -> list[Pair]:
         return [(d.source, d.external_id, h.rule) for g in groups for d in g.deals for h in d.hits]
 
+    hidden: set[Pair] = set()
+
+    def capped(groups: Sequence[OwnerReminders]) -> tuple[tuple[OwnerReminders, ...], int]:
+        if max_deals is None:
+            return tuple(groups), 0
+        left, kept, more = max_deals, [], 0
+        for group in groups:
+            shown = group.deals[:max(left, 0)]
+            left -= len(shown)
+            more += len(group.deals) - len(shown)
+            hidden.update((d.source, d.external_id, h.rule) for d in group.deals[len(shown):] for h in d.hits)
+            if shown:
+                kept.append(replace(group, deals=shown))
+        return tuple(kept), more
+
     for group in direct:
+        shown, more = capped([group])
         plan.messages.append(
-            ReminderMessage(_key(as_of, group.owner_key, pairs_of([group])), group.email, False, (group,))
+            ReminderMessage(_key(as_of, group.owner_key, pairs_of(shown)), group.email, False, shown, more)
         )
     if orphans:
+        shown, more = capped(orphans)
         plan.messages.append(
-            ReminderMessage(_key(as_of, "fallback", pairs_of(orphans)), fallback_to, True, tuple(orphans))
+            ReminderMessage(_key(as_of, "fallback", pairs_of(shown)), fallback_to, True, shown, more)
         )
+    if hidden:
+        plan.sent = [p for p in plan.sent if p not in hidden]
     return plan
 
 

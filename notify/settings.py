@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SkipValidation, ValidationError, field_validator
 
+from sales_velocity.kernel.addresses import address_problem
 from sales_velocity.kernel.config import validation_problems
 from sales_velocity.kernel.errors import ConfigError, ConfigProblem
 from sales_velocity.metrics.hygiene import HygieneSettings
@@ -47,6 +48,10 @@ class NotifySettings(BaseModel):
     channels: SkipValidation[tuple[Channel, ...]] = Field(default=(), description="From [[notify.channels]].")
     top_deals: int = Field(default=10, ge=0, le=100, description="Worst stalled deals in the digest.")
     top_scopes: int = Field(default=15, ge=1, le=500, description="Rows per pipeline/owner table.")
+    max_deals_per_reminder: int = Field(
+        default=25, ge=1, le=1000,
+        description='Deals listed in one reminder message (worst first); the rest as "and N more".',
+    )
     chart: bool = Field(default=True, description="Embed a velocity trend chart in the HTML e-mail.")
     chart_days: int = Field(default=90, ge=7, le=730, description="Days of history in the trend chart.")
     movement: Literal["weekly", "daily", "never"] = Field(
@@ -74,8 +79,9 @@ class NotifySettings(BaseModel):
     @field_validator("fallback_to")
     @classmethod
     def _address(cls, value: str | None) -> str | None:
-        if value is not None and ("@" not in value or any(c.isspace() for c in value)):
-            raise ValueError(f"not an e-mail address: {value!r}")
+        problem = address_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(f"not an e-mail address: {value!r} ({problem})")
         return value
 
 

@@ -44,6 +44,7 @@ from slack_sdk.errors import SlackApiError, SlackClientError
 
 from sales_velocity.kernel.errors import DeliveryError
 from sales_velocity.notify.channels import ChannelSettings, SlackChannel, SlackSettings
+from sales_velocity.notify.delivery import DeliveryUncertain
 from sales_velocity.notify.message import Message
 
 __all__ = ["DeliveryUnknownError", "Slack", "SlackBotChannel", "SlackModeSettings"]
@@ -57,7 +58,7 @@ SCOPE_USE = {
 }
 
 
-class DeliveryUnknownError(DeliveryError):
+class DeliveryUnknownError(DeliveryUncertain):
     """The request went out and no answer came: it may have arrived, so it must not be repeated."""
 
     may_have_arrived = True

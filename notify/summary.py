@@ -33,8 +33,12 @@ def notify_lines(result: NotifyResult) -> list[str]:
         if c.sent:
             lines.append(f"channel {c.channel}: sent {', '.join(c.sent)}")
         for key, reason in c.failed:
-            lines.append(f"channel {c.channel}: FAILED to send {key}: {reason} "
-                         "(kept in the outbox; the next run retries it)")
+            after = ("it cannot be sent as it is; not retried" if key in c.rejected
+                     else "kept in the outbox; the next run retries it")
+            lines.append(f"channel {c.channel}: FAILED to send {key}: {reason} ({after})")
+        for key, reason in c.uncertain:
+            lines.append(f"channel {c.channel}: {key} may or may not have been delivered: {reason}; "
+                         "not sent again: check by hand")
         for key in c.unknown:
             lines.append(f"channel {c.channel}: {key} may or may not have been delivered (a run died "
                          "while sending it); not sent again: check by hand")

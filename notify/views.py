@@ -289,7 +289,7 @@ def reminders_view(
 ) -> dict[str, Any]:
     """One reminder message as localised strings for the templates."""
     t, f = texts(locale), Formatter(locale, currency)
-    n = message.deal_count
+    n = message.deal_count + message.more
     subject = t("reminders_fallback_subject", n=n) if message.fallback else t.plural("reminders_subject", n)
     owners = []
     for group in message.owners:
@@ -308,6 +308,7 @@ def reminders_view(
         "fallback": message.fallback,
         "intro": t("fallback_intro") if message.fallback else t("reminders_intro"),
         "owners": owners,
+        "more": t.plural("reminders_more", message.more) if message.more else "",
         "open_in_crm": t("open_in_crm"),
         "footer": t("reminders_footer", days=remind_every_days),
     }

@@ -6,6 +6,10 @@ source's first sync, on a full sync, when it is older than the configured
 maximum age, and whenever a synced deal refers to a pipeline, stage or owner the
 catalog does not know yet. A sync with nothing changed then costs only the
 requests of the deal pull itself.
+
+An owner's e-mail address is kept only when it is one usable address (no CR/LF,
+no second address, parseable: ``kernel.addresses``); otherwise it is stored
+empty, so that owner's reminders go to the fallback, and a warning names the owner.
 """
 
 from __future__ import annotations
@@ -16,12 +20,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 
-from sales_velocity.connectors.base import Connector, Deal
+from sales_velocity.connectors.base import Connector, Deal, Owner
+from sales_velocity.kernel.addresses import address_problem
 from sales_velocity.sync.store import owners_table, pipelines_table, sources_table, stages_table
 
 __all__ = ["KnownCatalog", "catalog_due", "dialect_insert", "load_known", "refresh_catalog"]
+
+log = structlog.get_logger(__name__)
 
 
 def dialect_insert(conn: sa.Connection, table: sa.Table) -> Any:
@@ -97,11 +105,26 @@ def refresh_catalog(conn: sa.Connection, connector: Connector, kind: str, now: d
         for p in pipelines for s in p.stages
     ])
     _upsert(conn, owners_table, ["source", "external_id"], [
-        {"source": source, "external_id": o.external_id, "name": o.name, "email": o.email}
+        {"source": source, "external_id": o.external_id, "name": o.name, "email": _checked_email(source, o)}
         for o in owners
     ])
     conn.execute(sources_table.update().where(sources_table.c.name == source)
                  .values(catalog_synced_at=now))
+
+
+def _checked_email(source: str, owner: Owner) -> str | None:
+    """The owner's address when it is one usable address; otherwise ``None`` and a warning.
+
+    Their reminders then go to the fallback; the warning says where and why (the value only as ``repr``).
+    """
+    if owner.email is None:
+        return None
+    problem = address_problem(owner.email)
+    if problem is None:
+        return owner.email
+    log.warning("sync.owner_email_rejected", source=source, owner=owner.external_id,
+                email=repr(owner.email)[:80], reason=problem)
+    return None
 
 
 def _upsert(conn: sa.Connection, table: sa.Table, keys: Sequence[str],

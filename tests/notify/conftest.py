@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +90,18 @@ def seeded_sqlite(sqlite_store):
     """The seeded store on SQLite only (for channel and rendering tests)."""
     seed(sqlite_store)
     return sqlite_store
+
+
+@pytest.fixture
+def seeded_file(tmp_path: Path, sqlite_store):
+    """The seeded SQLite file and a maker of a config around it (source "demo"; extra TOML appended)."""
+    seed(sqlite_store)
+
+    def config(extra: str) -> Path:
+        path: Path = tmp_path / "velocity.toml"
+        path.write_text('timezone = "Europe/Oslo"\ncurrency = "NOK"\n[store]\nurl = "sqlite:///velocity.db"\n'
+                        '[[sources]]\nname = "demo"\nkind = "demo"\n'
+                        '[notify]\nchart = false\n' + extra, encoding="utf-8")
+        return path
+
+    return config

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import pytest
 import responses
@@ -95,15 +97,15 @@ class TestSlack:
         assert len(responses.calls) == 1
 
     @responses.activate
-    def test_retries_5xx_then_succeeds(self):
-        """A 503 is retried (without really sleeping) and the message goes through."""
-        responses.post(HOOK, status=503)
+    def test_retries_503_with_retry_after_then_succeeds(self):
+        """A 503 with Retry-After (not processed, come back later) is retried after that wait."""
+        responses.post(HOOK, status=503, headers={"Retry-After": "2"})
         responses.post(HOOK, body="ok")
         sleeps: list[float] = []
         settings = build({"kind": "slack", "name": "s", "webhook_url": HOOK}).settings
         SlackChannel(settings, sleep=sleeps.append).send(message())
         assert len(responses.calls) == 2
-        assert len(sleeps) == 1
+        assert sleeps == [2.0]
 
     @responses.activate
     def test_gives_up_as_channel_down_without_leaking_the_url(self):
@@ -165,6 +167,24 @@ class TestFile:
         assert json.loads((tmp_path / "digest_2026-11-26.json").read_text())["data"] == {
             "as_of": "2026-11-26"
         }
+
+    def test_files_0600_and_new_folders_0700_whatever_the_umask(self, tmp_path):
+        """Messages name sellers and amounts: files are 0600, folders the channel creates 0700."""
+        target = tmp_path / "out" / "nested"
+        stale = target / "digest_2026-11-26.md.tmp"
+        old = os.umask(0o000)
+        try:
+            channel = FileChannel(build({"kind": "file", "name": "f", "path": str(target)}).settings)
+            channel.check()
+            stale.write_text("left by a crash")
+            stale.chmod(0o666)
+            channel.send(message())
+        finally:
+            os.umask(old)
+        assert stat.S_IMODE((target / "digest_2026-11-26.md").stat().st_mode) == 0o600
+        assert stat.S_IMODE(target.stat().st_mode) == 0o700
+        assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o700
+        assert not stale.exists()
 
 
 class TestEmail:
