@@ -66,12 +66,12 @@ class TestPoisonOwnerAddress:
 
     def test_unbuildable_row_fails_alone_and_digests_come_first(self, seeded):
         """A queued reminder that cannot be built fails for good; the channel stays up, digests go first."""
-        yesterday = NOW - dt.timedelta(days=1)
-        poison = Message(kind="reminders", key="reminders:2026-11-25:demo/o3:abc", subject="Deals",
+        earlier = NOW - dt.timedelta(hours=1)  # queued today by an earlier run (older days are superseded)
+        poison = Message(kind="reminders", key=f"reminders:{AS_OF}:demo/o3:abc", subject="Deals",
                          text="t", markdown="m", html="<p>h</p>", slack={"text": "t"}, data={},
                          recipient=POISON)
         with seeded.begin() as conn:
-            outbox.enqueue(conn, "mail", poison, yesterday)
+            outbox.enqueue(conn, "mail", poison, earlier)
         with smtp_server() as (inbox, port):
             first = run(seeded, port)
             second = run(seeded, port, day=1)
