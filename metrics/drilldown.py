@@ -201,14 +201,16 @@ def _in_scope(scope: MovementScope) -> sa.ColumnElement[bool]:
     return sa.and_(d.source == scope.source, column == scope.key)
 
 
-def _columns(reason: str | None = None, rank: int = 0) -> list[sa.ColumnElement[Any]]:
+def _columns(reason: str | None = None, rank: int = 0, *, cycle: bool = True) -> list[sa.ColumnElement[Any]]:
+    """The columns of a line; the cycle only for won deals with a creation date, and when ``cycle``."""
     d = deals_table.c
     won_with_created = sa.and_(d.status == "won", d.created_at.is_not(None))
+    per_deal = sa.case((won_with_created, cycle_seconds()), else_=None) if cycle else sa.null()
     return [
         d.source, d.external_id, d.title, d.owner_id, d.pipeline_id, d.stage_id, d.status, d.amount,
         d.currency, d.created_at,
         sa.case((d.status.in_(("won", "lost")), close_time()), else_=None).label("close_time"),
-        sa.case((won_with_created, cycle_seconds()), else_=None).label("cycle"),
+        sa.cast(per_deal, sa.BigInteger).label("cycle"),
         sa.literal(reason, sa.String()).label("reason"),
         sa.literal(rank, sa.Integer()).label("rank"),
     ]
@@ -256,7 +258,8 @@ def _query(lever: Lever, drill: DrillDown, settings: MetricsSettings) -> sa.Sele
         "cycle": sa.and_(won, d.created_at.is_not(None)),
     }
     order = (d.created_at.is_(None), d.created_at) if lever == "open" else (close_time(),)
-    return (sa.select(*_columns()).where(conditions[lever], _in_scope(drill.scope))
+    columns = _columns(cycle=lever != "open")  # a deal open at T has no cycle yet
+    return (sa.select(*columns).where(conditions[lever], _in_scope(drill.scope))
             .order_by(*order, d.source, d.external_id))
 
 

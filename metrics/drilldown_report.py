@@ -43,6 +43,11 @@ _TITLES: dict[Lever, str] = {
     "cycle": "Cycle: won in the window with a creation date (L)",
     "excluded": "Left out",
 }
+_SHORT = {
+    "no_amount": "won without an amount", "no_rate": "won without a rate",
+    "no_created": "won without a creation date",
+    "no_close_date": "closed without any date", "dated_by_update": "dated by their last update",
+}
 _CENT = Decimal("0.01")
 
 
@@ -177,7 +182,7 @@ def _footer(lever: Lever, t: Tally, currency: str, won: Tally | None) -> str:
         return f"  {deals}; mean cycle {_days(t.cycle_days)} days"
     if lever == "excluded" and t.reasons:
         return f"  {_plural(t.deals, 'line', 'lines')}: " + ", ".join(
-            f"{t.reasons[r]} {r}" for r in REASONS if t.reasons[r])
+            f"{t.reasons[r]} {_SHORT[r]}" for r in REASONS if t.reasons[r])
     return f"  {deals}"
 
 
@@ -188,7 +193,8 @@ def _table(drill: DrillDown, lines: Iterable[DealLine]) -> Iterator[str]:
         return "-" if value is None else value.astimezone(zone).date().isoformat()
 
     days = "1 day" if drill.window_days == 1 else f"{drill.window_days} days"
-    yield (f"Deals behind the levers of {drill.scope.label} as of {drill.as_of.isoformat()} "
+    scope = drill.scope.label if drill.scope.kind == "all" else f"{drill.scope.kind} {drill.scope.label}"
+    yield (f"Deals behind the levers of {scope} as of {drill.as_of.isoformat()} "
            f"(last {days}, {drill.timezone}, {drill.currency})\n")
     head = "  ".join(name.ljust(width) for name, width in _WIDTHS)
     amount = f"Amount {drill.currency}"
