@@ -44,6 +44,8 @@ from sales_velocity.sync.store import make_engine, stages_table
 from tests.metrics.test_report import check_golden
 from tests.metrics.test_velocity_rows import deal, insert_deals, insert_owner, insert_pipeline
 from tests.metrics.test_window import MAVEN_CONFIG, boundary_deals, public_figure
+from tests.ops.test_exit_codes import assert_one_line, seed_config
+from tests.ops.test_exit_codes import velocity as exit_code_velocity
 from tests.test_cli import FIXTURES, NOW, store_env, velocity
 
 OSLO = ZoneInfo("Europe/Oslo")
@@ -115,7 +117,8 @@ def seed_crafted(engine: sa.Engine) -> list[dict[str, Any]]:
     with engine.begin() as conn:
         conn.execute(stages_table.insert(), [
             {"source": "crm", "pipeline_id": p, "external_id": s, "name": name, "display_order": 0}
-            for p in ("p1", "p2") for s, name in (("s-open", "Proposal"), ("s-won", "Won"), ("s-lost", "Lost"))
+            for p in ("p1", "p2")
+            for s, name in (("s-open", "Proposal"), ("s-won", "Won"), ("s-lost", "Lost"))
         ])
     return rows
 
@@ -132,14 +135,15 @@ def lines_of(engine: sa.Engine, settings: MetricsSettings, as_of: dt.date, scope
 
 def assert_agrees_with_report(engine: sa.Engine, settings: MetricsSettings, as_of: dt.date,
                               window: int | None = None) -> int:
-    """For every scope of the report, the lists' counts and sums are its levers; returns the scopes checked."""
+    """For every scope of the report the lists' counts and sums are its levers; returns the scopes checked."""
     report = compute_velocity(engine, settings, as_of, window)
     left = left_out(engine, report)
     for s in report.scopes:
         by = lines_of(engine, settings, as_of, "all" if s.scope == "all" else f"{s.scope}:{s.key}", window)
         open_, won, lost, cycle, excluded = (by[k] for k in ("open", "won", "lost", "cycle", "excluded"))
         where = f"{s.scope} {s.key}"
-        assert (len(open_), len(won), len(lost)) == (s.levers.opportunities, s.levers.won, s.levers.lost), where
+        counts = (len(open_), len(won), len(lost))
+        assert counts == (s.levers.opportunities, s.levers.won, s.levers.lost), where
         amounts = [line.amount for line in won if line.amount is not None]
         value = sum(amounts, Decimal(0)) / len(amounts) if amounts else None
         assert value == s.levers.avg_deal_value, where
@@ -148,7 +152,8 @@ def assert_agrees_with_report(engine: sa.Engine, settings: MetricsSettings, as_o
                 if cycle else None)
         assert days == s.levers.cycle_days, where
         reasons = Counter(line.reason for line in excluded)
-        assert (reasons["no_amount"], reasons["no_rate"]) == (s.excluded_no_amount, s.excluded_currency), where
+        unused = (reasons["no_amount"], reasons["no_rate"])
+        assert unused == (s.excluded_no_amount, s.excluded_currency), where
         unusable = {line.external_id for line in won if line.amount is None}
         assert unusable == {line.external_id for line in excluded if line.reason in ("no_amount", "no_rate")}
         if s.scope == "all":
@@ -172,7 +177,8 @@ class TestByHand:
         assert {line.external_id for line in by["cycle"]} == CYCLE
         assert [(line.external_id, line.reason) for line in by["excluded"]] == EXCLUDED
         # V and L from the rows, in plain Python: USD at 10.5; a close before the creation is 0 days
-        amounts = {"w1": 120000, "w2": 1000 * Decimal("10.5"), "w5": 2000, "w6": 3000, "w7": 4000}
+        amounts: dict[str, Decimal] = {"w1": Decimal(120000), "w2": 1000 * Decimal("10.5"),
+                                       "w5": Decimal(2000), "w6": Decimal(3000), "w7": Decimal(4000)}
         assert {line.external_id: line.amount for line in by["won"] if line.amount is not None} == amounts
         source = {r["external_id"]: r for r in rows}
         seconds = {}
@@ -194,7 +200,7 @@ class TestByHand:
             "ola@example.com", "New Business", "Won", "USD", Decimal(1000), Decimal(10500))
         w4 = next(line for line in by["won"] if line.external_id == "w4")
         assert (w4.owner, w4.currency, w4.original_amount, w4.amount) == ("o3", "SEK", Decimal(500), None)
-        assert w4.created_at == local("2026-08-01") and w4.closed_at == local("2026-11-05")
+        assert (w4.created_at, w4.closed_at) == (local("2026-08-01"), local("2026-11-05"))
 
     def test_a_scope_lists_only_its_deals(self, store: sa.Engine) -> None:
         """owner:Kari Nordmann and pipeline:crm/p2 list their own deals only."""
@@ -288,7 +294,8 @@ class TestAgreesWithReport:
 # --------------------------------------------------------------------------- output
 
 
-def rendered(engine: sa.Engine, fmt: DealsFormat, scope: str = "all", levers: Sequence[Lever] = LEVERS) -> str:
+def rendered(engine: sa.Engine, fmt: DealsFormat, scope: str = "all",
+             levers: Sequence[Lever] = LEVERS) -> str:
     """The listing of the crafted store in one format."""
     drill = drill_down(SETTINGS, T, None, resolve_scope(engine, scope), levers)
     return "".join(render_deals(drill, deal_lines(engine, SETTINGS, drill), fmt))
@@ -307,7 +314,7 @@ class TestOutput:
                      rendered(sqlite_store, "table", "owner:Kari Nordmann", ("won",)))
 
     def test_csv_golden_and_quoting(self, sqlite_store: sa.Engine) -> None:
-        """CSV: the header, then one line per deal; commas, quotes and line breaks are quoted and read back."""
+        """CSV: a header, then one line per deal; commas, quotes and line breaks are quoted and read back."""
         seed_crafted(sqlite_store)
         text = rendered(sqlite_store, "csv")
         check_golden("deals_csv.csv", text)
@@ -326,8 +333,9 @@ class TestOutput:
         document = json.loads(rendered(store, "json"))
         assert list(document) == ["as_of", "window_days", "window", "currency", "timezone", "scope", "levers",
                                   "deals", "totals"]
-        assert document["as_of"] == "2026-11-25" and document["window_days"] == 30
-        assert document["window"] == {"start": "2026-10-26T23:00:00+00:00", "end": "2026-11-25T23:00:00+00:00"}
+        assert (document["as_of"], document["window_days"]) == ("2026-11-25", 30)
+        assert document["window"] == {"start": "2026-10-26T23:00:00+00:00",
+                                      "end": "2026-11-25T23:00:00+00:00"}
         assert document["scope"] == {"kind": "all", "key": "", "label": "All pipelines"}
         assert document["levers"] == ["open", "won", "lost", "cycle", "excluded"]
         for record in document["deals"]:
@@ -363,3 +371,27 @@ class TestOutput:
         assert document["totals"]["won"] == {"deals": 0, "amount_deals": 0, "amount_sum": "0",
                                              "avg_deal_value": None}
         assert rendered(store, "table").count("  0 deals\n") == 5
+
+
+class TestCommand:
+    def test_unknown_scope_is_one_line_exit_2(self, tmp_path: Path) -> None:
+        """`velocity deals --scope owner:nobody` on a synced store: exit 2, one line naming the key."""
+        path = seed_config(tmp_path)
+        assert exit_code_velocity(["--config", str(path), "sync"], cwd=tmp_path).returncode == 0
+        result = exit_code_velocity(["--config", str(path), "deals", "--scope", "owner:nobody"], cwd=tmp_path)
+        assert_one_line(result, "scope", "no owner 'nobody' in the store")
+        assert result.stdout == ""
+
+    def test_one_lever_as_csv_through_the_cli(self, tmp_path: Path) -> None:
+        """`deals --lever won --format csv` prints the header and the won deals of the seed example only."""
+        path = seed_config(tmp_path)
+        assert exit_code_velocity(["--config", str(path), "sync"], cwd=tmp_path).returncode == 0
+        result = exit_code_velocity(["--config", str(path), "deals", "--as-of", "2026-11-26",
+                                     "--lever", "won", "--format", "csv"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        rows = list(csv.DictReader(io.StringIO(result.stdout)))
+        report = exit_code_velocity(["--config", str(path), "report", "--as-of", "2026-11-26", "--format",
+                                     "json"], cwd=tmp_path)
+        everything = json.loads(report.stdout)["scopes"][0]
+        assert {r["lever"] for r in rows} == {"won"}
+        assert len(rows) == everything["won"] > 0
