@@ -45,6 +45,8 @@ from sales_velocity.kernel.errors import (
 from sales_velocity.kernel.logs import LoggingSettings, SecretRedactor, configure_logging
 from sales_velocity.kernel.probe import probe_endpoint
 from sales_velocity.kernel.schedule import ScheduleSettings, build_scheduler, serve
+from sales_velocity.metrics.drilldown import LEVERS, deal_lines, drill_down, resolve_scope
+from sales_velocity.metrics.drilldown_report import render_deals
 from sales_velocity.metrics.freshness import read_freshness
 from sales_velocity.metrics.history import fill_history, rebuild_snapshots
 from sales_velocity.metrics.job import run_metrics
@@ -419,6 +421,17 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_deals(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the deals behind each lever of a scope (read-only; see ``metrics.drilldown``)."""
+    engine = ctx.existing_engine()
+    with reading_only():
+        drill = drill_down(ctx.config.metrics, _as_of(ctx, args.as_of), args.window_days,
+                           resolve_scope(engine, args.scope), [args.lever] if args.lever else LEVERS)
+        for chunk in render_deals(drill, deal_lines(engine, ctx.config.metrics, drill), args.format):
+            ctx.out.write(chunk)
+    return EXIT_OK
+
+
 def cmd_movement(ctx: Context, args: argparse.Namespace) -> int:
     """Print what moved in the pipeline in a period (default: the last 7 local days)."""
     engine = ctx.ready_engine()
@@ -727,6 +740,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="table for people (default), json or csv for machines, html: one self-contained page")
     p.add_argument("--output", metavar="FILE", help="write the report to FILE instead of stdout")
     p.set_defaults(func=cmd_report)
+    p = sub.add_parser("deals", help="list the deals behind each lever of a scope (read-only)")
+    p.add_argument("--as-of", type=_date, help=as_of_help)
+    p.add_argument("--window-days", type=_positive, default=None,
+                   help="look-back window in days, at least 1 (default: [metrics] window_days)")
+    p.add_argument("--scope", default="all", help="all, pipeline:KEY or owner:KEY (KEY: source/id, id, name)")
+    p.add_argument("--lever", choices=list(LEVERS), help="only this lever (default: every lever)")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                   help="table for people (default), csv or json for machines")
+    p.set_defaults(func=cmd_deals)
     p = sub.add_parser("movement", help="what moved in the pipeline: added, won, pushed, ... and a bridge")
     p.add_argument("--since", type=_date_or_time, help="start: a local date or datetime (default: 7 days)")
     p.add_argument("--until", type=_date_or_time, help="end (excluded); a date includes its day")

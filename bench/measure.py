@@ -25,13 +25,15 @@ from bench.generator import NOW, SOURCE, Catalog, DealRow
 from bench.pages import PagedConnector, read_pages
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.sync.engine import sync_source
-from sales_velocity.sync.store import make_engine, upgrade
+from sales_velocity.sync.store import make_engine, snapshots_table, upgrade
 
 __all__ = [
     "AS_OF",
     "SETTINGS",
     "Rss",
+    "drilldown",
     "driver_floor",
+    "history_rebuild",
     "ingest",
     "interpreter_calibration_us",
     "open_store",
@@ -104,6 +106,17 @@ class Rss:
         except OSError:
             pass
         return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    @staticmethod
+    def current_mb() -> float:
+        """Resident memory now (``VmRSS``; 0 where unknown)."""
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+        except OSError:
+            pass
+        return 0.0
 
     @staticmethod
     def maxrss_mb() -> float:
@@ -277,6 +290,66 @@ def recompute(engine: sa.Engine) -> tuple[dict[str, Any], Any]:
     out["stage_wait_rows"] = len(digest.waits)
     out["worst_deals"] = len(digest.worst)
     return out, report
+
+
+def history_rebuild(engine: sa.Engine) -> dict[str, Any]:
+    """The 90-day history rebuild of a first run, timed beside the recompute.
+
+    On the first run (no snapshot before today) the daily job rebuilds one
+    snapshot per day for the ``window_days`` days before today
+    (``metrics.history.fill_history``): this times exactly that call,
+    ``rebuild_snapshots(AS_OF - W, AS_OF - 1)``, reading the deals once and
+    storing every scope of every day. Its last day is checked against a
+    recompute of that day (``compute_velocity``): every scope's levers and
+    velocity must be equal.
+    """
+    from sales_velocity.metrics.history import rebuild_reports, rebuild_snapshots
+    from sales_velocity.metrics.velocity import compute_velocity
+
+    window = SETTINGS.window_days
+    first, last = AS_OF - dt.timedelta(days=window), AS_OF - dt.timedelta(days=1)
+    seconds, result = timed(lambda: rebuild_snapshots(engine, SETTINGS, first, last, now=NOW))
+    reports_s, reports = timed(lambda: rebuild_reports(engine, SETTINGS, first, last))
+    recomputed = compute_velocity(engine, SETTINGS, last)
+
+    def figures(report: Any) -> list[tuple[Any, ...]]:
+        return [(s.scope, s.key, s.levers, s.velocity.value) for s in report.scopes]
+
+    snaps = snapshots_table.c
+    with engine.connect() as conn:
+        stored = conn.execute(
+            sa.select(sa.func.count()).where(snaps.rebuilt, snaps.window_days == window)).scalar()
+    return {
+        "seconds": round(seconds, 3), "days": len(result.rebuilt), "kept": len(result.kept),
+        "reports_only_s": round(reports_s, 3), "snapshot_rows": int(stored or 0),
+        "last_day_agrees_with_recompute": figures(reports[-1]) == figures(recomputed),
+    }
+
+
+def drilldown(engine: sa.Engine) -> dict[str, Any]:
+    """``velocity deals --format csv`` of the "all" scope, every lever, written to a sink: time and memory.
+
+    The lines stream from the database: the peak RSS over the run minus the RSS
+    before it (``rss_growth_mb``) shows that they are not held (flat in N).
+    """
+    from sales_velocity.metrics.drilldown import deal_lines, drill_down
+    from sales_velocity.metrics.drilldown_report import render_deals
+
+    drill = drill_down(SETTINGS, AS_OF)
+
+    def run() -> tuple[int, int]:
+        chunks = size = 0
+        for chunk in render_deals(drill, deal_lines(engine, SETTINGS, drill), "csv"):
+            chunks += 1
+            size += len(chunk)
+        return chunks - 1, size
+
+    before = Rss.current_mb()
+    Rss.reset()
+    seconds, (lines, size) = timed(run)
+    peak = Rss.peak_mb()
+    return {"seconds": round(seconds, 3), "lines": lines, "csv_mb": round(size / 1e6, 1),
+            "rss_before_mb": before, "rss_growth_mb": round(max(peak - before, 0.0), 1)}
 
 
 def workdir() -> tempfile.TemporaryDirectory[str]:

@@ -94,6 +94,14 @@ class TestEndToEnd:
         assert report["driver_floor"]["deals"] == 2000
         assert report["ratios"]["ingest_over_driver_floor"] > 1  # the bare driver is the floor
         assert report["interpreter_calibration_us"] > 0
+        history = report["history_rebuild"]  # a first run's rebuild: window_days days, every scope
+        assert history["days"] == report["window_days"] == 90
+        assert history["snapshot_rows"] == 90 * report["recompute"]["scopes"]
+        assert history["last_day_agrees_with_recompute"]
+        assert report["budgets"]["history_rebuild_agrees_with_recompute"] is True
+        assert isinstance(report["budgets"]["history_rebuild_90_days_under_60s"], bool)
+        assert "3b. history rebuild" in out
+        assert report["drilldown"]["lines"] > report["recompute"]["open_deals"]  # open + closed + left out
 
     def test_baseline_agrees_on_postgresql(self):
         """On PostgreSQL (in its own schema) the pandas baseline agrees with our numbers too."""

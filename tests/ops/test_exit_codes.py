@@ -126,7 +126,8 @@ class TestOrdinaryMistakes:
 
 
 class TestReadOnlyCommands:
-    @pytest.mark.parametrize("command", [["report"], ["export"], ["status"], ["notify", "--preview"]])
+    @pytest.mark.parametrize("command", [["report"], ["deals"], ["export"], ["status"],
+                                         ["notify", "--preview"]])
     def test_never_create_a_store(self, tmp_path: Path, command: list[str]) -> None:
         """Against a store that does not exist, read-only commands say `velocity init`; no file appears."""
         path = seed_config(tmp_path)
