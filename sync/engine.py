@@ -68,6 +68,10 @@ COMMIT_INTERVAL_S = 1.0
 """Seconds since the last commit after which a checkpoint commits."""
 DEFAULT_CATALOG_MAX_AGE = dt.timedelta(hours=6)
 MAX_LOGGED_REJECTS = 20
+STORE_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    sa.exc.DataError, sa.exc.IntegrityError, OverflowError, UnicodeError,
+)
+"""What a store raises for a value it cannot hold: the batch is bisected to find the row."""
 
 _seen_meta = sa.MetaData()
 seen_t = sa.Table(
@@ -189,6 +193,9 @@ class _Writer:
             return
         batch = self.deals
         self.deals = {}
+        if self._isolate_bad_rows(batch):
+            self.flush()  # write the rejects of the rows the store refused
+            return
         self.uncommitted += len(batch)
         conn, enc = self.conn, self.encoder
         ids = list(batch)
@@ -232,6 +239,43 @@ class _Writer:
             conn.exec_driver_sql(enc.insert_events_sql, events)
         if changes:
             conn.exec_driver_sql(self.changes.insert_sql, changes)
+
+    def _isolate_bad_rows(self, batch: dict[str, Deal]) -> bool:
+        """Write ``batch`` in a savepoint; on a data error, bisect it and reject the rows refused.
+
+        Returns ``False`` when the caller should write ``batch`` itself (the
+        savepoint's body: ``flush`` again), ``True`` when it is written here (halves,
+        recursively, down to the single rows the store refuses, which become
+        ``Rejected`` with the store's reason). Connectors validate records first
+        (``connectors.validate``); this is the net for what they could not foresee.
+        """
+        if getattr(self, "_inside_savepoint", False):
+            return False
+        result = self.result
+        counts = (result.inserted, result.updated, result.unchanged, self.uncommitted)
+        self._inside_savepoint = True
+        try:
+            with self.conn.begin_nested():
+                self.deals = batch
+                self.flush()
+            return True
+        except STORE_DATA_ERRORS as exc:
+            error = exc
+        finally:
+            self._inside_savepoint = False
+        result.inserted, result.updated, result.unchanged, self.uncommitted = counts
+        if len(batch) == 1:
+            (key, _), = batch.items()
+            reason = str(getattr(error, "orig", None) or error).splitlines()[0][:300]
+            log.warning("sync.row_refused", external_id=key, error=reason)
+            result.seen -= 1
+            self.add(Rejected(f"deal {key}", f"the store refused it: {reason}", key))
+            return True
+        items = list(batch.items())
+        half = len(items) // 2
+        for part in (items[:half], items[half:]):
+            self._isolate_bad_rows(dict(part))
+        return True
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write what is buffered and the cursor in one transaction; commit it when due."""

@@ -89,6 +89,7 @@ from sales_velocity.connectors.csv_feed.mapping import (
     first_filled,
     history_entries,
 )
+from sales_velocity.connectors.validate import validated
 from sales_velocity.connectors.csv_feed.settings import CANONICAL_COLUMNS, DELIMITERS, CsvFeedSettings
 from sales_velocity.kernel.errors import FatalAPIError
 
@@ -405,6 +406,9 @@ class CsvFeedConnector:
             deal = parser.parse(fields[:width])
         except ValueError as exc:
             return Rejected(where, str(exc), external_id)
+        checked = validated(deal, where)
+        if isinstance(checked, Rejected):
+            return checked
         first = first_line.setdefault(deal.external_id, line)
         if first != line:
             return Rejected(where, f"duplicate id {deal.external_id}, first seen on line {first}",
