@@ -6,9 +6,10 @@ its deals through ``validated`` before yielding them: a deal that holds such a
 value becomes a ``Rejected`` item (with where and why), and the rest of the
 source goes on. The limits are the tighter of the two backends:
 
-* amounts: finite, and at most ``MAX_AMOUNT`` in size. SQLite keeps money as an
-  int64 count of 1/10,000 units (so 922,337,203,685,477.5807 at most);
-  PostgreSQL's ``NUMERIC(20, 4)`` holds up to 10^16;
+* amounts: finite, and less than 10^14 in size (``MAX_AMOUNT``). SQLite keeps
+  money as an int64 count of 1/10,000 units (922,337,203,685,477.5807 at most),
+  PostgreSQL's ``NUMERIC(20, 4)`` up to 10^16; the round limit below both
+  leaves SQLite's sums some room;
 * text: no NUL character (PostgreSQL text cannot hold it) and no lone UTF-16
   surrogate (neither driver can encode it: an API's ``"\\ud800"``, or a byte of a
   CSV file that is not valid in its encoding);
@@ -30,8 +31,8 @@ from sales_velocity.connectors.base import Deal, Rejected
 
 __all__ = ["MAX_AMOUNT", "MAX_ID_LENGTH", "problems_of", "text_problem", "validated"]
 
-MAX_AMOUNT = Decimal("922337203685477.5807")
-"""The largest amount both stores can hold: int64 in 1/10,000 units on SQLite."""
+MAX_AMOUNT = Decimal("99999999999999.9999")
+"""The largest amount kept: under 10^14, below what both stores hold (int64 1/10,000 units on SQLite)."""
 MAX_ID_LENGTH = 200
 """Ids of deals, pipelines, stages and owners are kept in 200 characters."""
 MAX_CURRENCY_LENGTH = 3
@@ -60,7 +61,7 @@ def _amount_problem(amount: Decimal) -> str | None:
         return f"amount {amount} is not a finite number"
     if abs(amount) > MAX_AMOUNT:
         return (f"amount {amount:.6E} is larger than the store can hold "
-                f"(at most {MAX_AMOUNT:,.0f} in size)")
+                f"(at most {MAX_AMOUNT:,} in size)")
     return None
 
 

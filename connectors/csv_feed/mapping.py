@@ -179,7 +179,7 @@ def parse_number(text: str, decimal_separator: str | None = None) -> Decimal | N
         whole = "".join(groups)
     value = Decimal(f"{sign}{whole or '0'}" + (f".{frac}" if frac else ""))
     if abs(value) > MAX_AMOUNT:
-        raise ValueError(f"is too large (the store holds at most {MAX_AMOUNT:,.0f})")
+        raise ValueError(f"is too large (the store holds at most {MAX_AMOUNT:,})")
     return value
 
 
