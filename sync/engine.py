@@ -45,6 +45,7 @@ from sales_velocity.connectors.base import Checkpoint, Connector, Deal, Rejected
 from sales_velocity.kernel.errors import RemoteError
 from sales_velocity.sync.catalog import KnownCatalog, catalog_due, dialect_insert, load_known, refresh_catalog
 from sales_velocity.sync.changes import ChangeRecorder, changes_from_select
+from sales_velocity.sync.deadline import bounded
 from sales_velocity.sync.fields import FieldTracker, declared_fields, declares_fields, record_fields
 from sales_velocity.sync.rows import RowEncoder
 from sales_velocity.sync.store import (
@@ -357,6 +358,7 @@ def sync_source(
     progress: Callable[[int], None] | None = None,
     redact: Callable[[str], str] | None = None,
     catalog_max_age: dt.timedelta | None = DEFAULT_CATALOG_MAX_AGE,
+    deadline_s: float | None = None,
 ) -> SyncResult:
     """Sync one source into the store; never raises for a source failure.
 
@@ -375,6 +377,8 @@ def sync_source(
         catalog_max_age: refresh pipelines, stages and owners when older than this
             (``None``: every sync); also on a full sync, on the first sync, and when
             a deal refers to one the store does not know.
+        deadline_s: the sync fails once it has run this long (``sync.deadline``),
+            keeping what it wrote up to the last checkpoint; ``None``: no deadline.
 
     Returns:
         The counts and the outcome; ``status`` is ``failed`` with ``error`` set
@@ -385,6 +389,7 @@ def sync_source(
     source = connector.name
     kind = connector.kind
     started = time.perf_counter()
+    started_mono = time.monotonic()
     with structlog.contextvars.bound_contextvars(source=source, run_id=run_id):
         with engine.connect() as conn:
             run_pk = int(conn.execute(  # type: ignore[index]
@@ -415,7 +420,8 @@ def sync_source(
                 writer.track_seen = True
                 conn.commit()
                 writing = False  # from here on, an exception outside the writer is the connector's
-                for item in connector.deals(since):
+                for item in bounded(connector.deals(since), source=source, seconds=deadline_s,
+                                    started=started_mono):
                     writing = True
                     if isinstance(item, Checkpoint):
                         writer.checkpoint(item)

@@ -89,8 +89,8 @@ from sales_velocity.connectors.csv_feed.mapping import (
     first_filled,
     history_entries,
 )
-from sales_velocity.connectors.validate import validated
 from sales_velocity.connectors.csv_feed.settings import CANONICAL_COLUMNS, DELIMITERS, CsvFeedSettings
+from sales_velocity.connectors.validate import validated
 from sales_velocity.kernel.errors import FatalAPIError
 
 __all__ = ["CsvFeedConnector", "CsvFeedError", "MissingColumnsError", "format_rejects"]

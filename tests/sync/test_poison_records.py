@@ -29,7 +29,7 @@ SURROGATE_TITLE = "Deal \ud83d broken emoji"
 
 
 def stored(engine: sa.Engine, source: str) -> dict[str, Any]:
-    """external id -> (title, amount) of the source's stored deals."""
+    """External id -> (title, amount) of the source's stored deals."""
     d = deals_table
     with engine.connect() as conn:
         rows = conn.execute(sa.select(d.c.external_id, d.c.title, d.c.amount).where(d.c.source == source))
@@ -37,7 +37,7 @@ def stored(engine: sa.Engine, source: str) -> dict[str, Any]:
 
 
 def rejects(engine: sa.Engine, source: str) -> dict[str, str]:
-    """location -> reason of the source's stored rejects."""
+    """Location -> reason of the source's stored rejects."""
     r = sync_rejects_table
     with engine.connect() as conn:
         rows = conn.execute(sa.select(r.c.location, r.c.reason).where(r.c.source == source))
