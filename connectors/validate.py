@@ -11,7 +11,7 @@ source goes on. The limits are the tighter of the two backends:
   PostgreSQL's ``NUMERIC(20, 4)`` up to 10^16; the round limit below both
   leaves SQLite's sums some room;
 * text: no NUL character (PostgreSQL text cannot hold it) and no lone UTF-16
-  surrogate (neither driver can encode it: an API's ``"\\ud800"``, or a byte of a
+  surrogate (neither driver can encode it: an API's escaped ``d800``, or a byte of a
   CSV file that is not valid in its encoding);
 * ids (pipeline, stage, owner, stage history) at most ``MAX_ID_LENGTH``
   characters, a currency at most 3 (the columns' lengths on PostgreSQL);

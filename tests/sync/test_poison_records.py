@@ -160,7 +160,7 @@ class TestEngineBisects:
         result = sync_source(store, _Unchecked(items), now=lambda: T0, batch_size=16)
         assert result.status == "ok", result.error
         assert set(stored(store, "fake")) == {str(n) for n in range(1, 38)}
-        assert result.seen == 37 and result.inserted == 37
+        assert (result.seen, result.inserted) == (37, 37)
         found = rejects(store, "fake")
         assert found["deal bad"].startswith("the store refused it: ")
         assert set(found) == ({"deal bad", "deal nul"} if store.dialect.name == "postgresql"
@@ -170,4 +170,5 @@ class TestEngineBisects:
                  for d in items]
         again = sync_source(store, _Unchecked(fixed), now=lambda: T0 + dt.timedelta(hours=1),
                             batch_size=16)
-        assert again.status == "ok" and "bad" in stored(store, "fake")
+        assert again.status == "ok"
+        assert "bad" in stored(store, "fake")
