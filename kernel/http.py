@@ -401,7 +401,7 @@ def _read_body(response: requests.Response, *, what: str, max_bytes: int) -> Non
             raise too_large
         chunks.append(chunk)
     response._content = b"".join(chunks)  # what .content, .text and .json() read
-    response._content_consumed = True
+    response._content_consumed = True  # type: ignore[attr-defined]
 
 
 def _short_detail(response: requests.Response) -> str:

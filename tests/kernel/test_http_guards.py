@@ -52,7 +52,7 @@ class Server:
                     self.rfile.read(length)
                 answer(self)
 
-            do_GET = do_POST = _any  # noqa: N815
+            do_GET = do_POST = _any
 
             def log_message(self, *args: Any) -> None:
                 """Quiet."""
@@ -63,6 +63,7 @@ class Server:
 
     @contextmanager
     def running(self) -> Iterator[Server]:
+        """Serve in a thread for the block."""
         thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05},
                                   daemon=True)
         thread.start()
@@ -74,6 +75,7 @@ class Server:
 
 
 def json_answer(body: Any) -> Callable[[BaseHTTPRequestHandler], None]:
+    """An answer: 200 with ``body`` as JSON."""
     def answer(handler: BaseHTTPRequestHandler) -> None:
         data = json.dumps(body).encode()
         handler.send_response(200)
@@ -85,6 +87,7 @@ def json_answer(body: Any) -> Callable[[BaseHTTPRequestHandler], None]:
 
 
 def redirect_to(target: Callable[[], str], status: int = 302) -> Callable[[BaseHTTPRequestHandler], None]:
+    """An answer: ``status`` to ``target()`` plus the request's path."""
     def answer(handler: BaseHTTPRequestHandler) -> None:
         handler.send_response(status)
         handler.send_header("Location", target() + handler.path)
@@ -212,7 +215,7 @@ def _guarded(serve: Serve, conn: socket.socket, stop: threading.Event) -> None:
 
 
 def trickle(head: bytes, body: bytes, every: float = 0.3) -> Serve:
-    """Send ``head`` at once, then ``body`` one byte every ``every`` seconds (each well inside the read timeout)."""
+    """Send ``head`` at once, then ``body`` a byte every ``every`` s (each well inside the read timeout)."""
     def serve(conn: socket.socket, stop: threading.Event) -> None:
         conn.sendall(head)
         for byte in body:
@@ -233,6 +236,7 @@ HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
 
 
 def elapsed(fn: Callable[[], Any]) -> float:
+    """Seconds ``fn()`` took."""
     start = time.monotonic()
     fn()
     return time.monotonic() - start
@@ -247,7 +251,7 @@ class TestDeadlines:
         """Each byte comes within the 2 s read timeout, but the 1.5 s total deadline ends the request."""
         with raw_server(trickle(head, body)) as url:
             def call() -> None:
-                with pytest.raises(RequestDeadlineError, match="total deadline of 1.5 s"):
+                with pytest.raises(RequestDeadlineError, match=r"total deadline of 1\.5 s"):
                     request(new_session(), "GET", url, what="GET trickle", policy=ONCE,
                             timeout=(2.0, 2.0), deadline_s=1.5)
             took = elapsed(call)

@@ -24,12 +24,13 @@ def slow_stream(start: int = 0) -> Iterator[StreamItem]:
 
 
 def stored(store: sa.Engine) -> int:
+    """Deals in the store."""
     with store.connect() as conn:
         return int(conn.execute(sa.select(sa.func.count()).select_from(deals_table)).scalar_one())
 
 
 def test_a_source_past_its_deadline_fails_and_keeps_its_checkpoints(store: sa.Engine) -> None:
-    """Deadline 0.6 s against a 2 s pull: failed with the deadline named; checkpointed deals and cursor kept."""
+    """Deadline 0.6 s against a 2 s pull: failed, the deadline named; checkpointed deals and cursor kept."""
     started = time.monotonic()
     result = sync_source(store, StreamConnector(slow_stream), now=lambda: T0, deadline_s=0.6)
     assert time.monotonic() - started < 1.5
