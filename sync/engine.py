@@ -254,6 +254,9 @@ class _Writer:
             return False
         result = self.result
         counts = (result.inserted, result.updated, result.unchanged, self.uncommitted)
+        # rejects found so far are written after the bisection, never inside a savepoint that may roll back
+        pending, pending_ids = self.rejects, self.rejected_ids
+        self.rejects, self.rejected_ids = [], []
         self._inside_savepoint = True
         try:
             with self.conn.begin_nested():
@@ -264,6 +267,7 @@ class _Writer:
             error = exc
         finally:
             self._inside_savepoint = False
+            self.rejects, self.rejected_ids = pending + self.rejects, pending_ids + self.rejected_ids
         result.inserted, result.updated, result.unchanged, self.uncommitted = counts
         if len(batch) == 1:
             (key, _), = batch.items()

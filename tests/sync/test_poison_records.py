@@ -172,3 +172,15 @@ class TestEngineBisects:
                             batch_size=16)
         assert again.status == "ok"
         assert "bad" in stored(store, "fake")
+
+    def test_several_refused_rows_in_one_batch_are_all_rejected(self, store: sa.Engine) -> None:
+        """Two bad rows in one batch of 40, in different halves: both rejected, the 38 others written."""
+        items: list[StreamItem] = [deal(str(n)) for n in range(40)]
+        for n in (3, 30):
+            items[n] = deal(f"bad{n}", amount=Decimal("-1e18"))
+        items.append(Checkpoint("c1", complete=True))
+        result = sync_source(store, _Unchecked(items), now=lambda: T0, batch_size=40)
+        assert result.status == "ok", result.error
+        assert set(stored(store, "fake")) == {str(n) for n in range(40) if n not in (3, 30)}
+        assert set(rejects(store, "fake")) == {"deal bad3", "deal bad30"}
+        assert (result.rejected, result.seen, result.inserted) == (2, 38, 38)
