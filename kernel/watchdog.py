@@ -30,7 +30,7 @@ import urllib3.connectionpool
 
 from sales_velocity.kernel.errors import FatalAPIError
 
-__all__ = ["GuardedAdapter", "RequestDeadlineError", "guard_pool_manager", "watched"]
+__all__ = ["GuardedAdapter", "RequestDeadlineError", "guard_pool_manager", "guard_session", "watched"]
 
 _current = threading.local()
 
@@ -120,10 +120,13 @@ class GuardedAdapter(requests.adapters.HTTPAdapter):
 
 
 def guard_session(session: requests.Session) -> requests.Session:
-    """Mount ``GuardedAdapter`` on ``session`` for http and https (once)."""
-    if not isinstance(session.get_adapter("https://x"), GuardedAdapter):
-        session.mount("https://", GuardedAdapter())
-        session.mount("http://", GuardedAdapter())
+    """Mount ``GuardedAdapter`` for http and https where ``session`` has ``requests``' default adapter.
+
+    An adapter someone mounted on purpose (a subclass) is left as it is.
+    """
+    for prefix in ("https://", "http://"):
+        if type(session.adapters.get(prefix)) is requests.adapters.HTTPAdapter:
+            session.mount(prefix, GuardedAdapter())
     return session
 
 

@@ -174,13 +174,14 @@ class TestEngineBisects:
         assert "bad" in stored(store, "fake")
 
     def test_several_refused_rows_in_one_batch_are_all_rejected(self, store: sa.Engine) -> None:
-        """Two bad rows in one batch of 40, in different halves: both rejected, the 38 others written."""
+        """Three bad rows in one batch of 40 (two side by side): all rejected, the 37 others written."""
         items: list[StreamItem] = [deal(str(n)) for n in range(40)]
-        for n in (3, 30):
+        bad = (3, 4, 30)
+        for n in bad:
             items[n] = deal(f"bad{n}", amount=Decimal("-1e18"))
         items.append(Checkpoint("c1", complete=True))
         result = sync_source(store, _Unchecked(items), now=lambda: T0, batch_size=40)
         assert result.status == "ok", result.error
-        assert set(stored(store, "fake")) == {str(n) for n in range(40) if n not in (3, 30)}
-        assert set(rejects(store, "fake")) == {"deal bad3", "deal bad30"}
-        assert (result.rejected, result.seen, result.inserted) == (2, 38, 38)
+        assert set(stored(store, "fake")) == {str(n) for n in range(40) if n not in bad}
+        assert set(rejects(store, "fake")) == {f"deal bad{n}" for n in bad}
+        assert (result.rejected, result.seen, result.inserted) == (3, 37, 37)
