@@ -22,6 +22,7 @@ Messages name the field and the problem, never the whole value.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Mapping
 from decimal import Decimal
@@ -29,7 +30,7 @@ from typing import Any
 
 from sales_velocity.connectors.base import Deal, Rejected
 
-__all__ = ["MAX_AMOUNT", "MAX_ID_LENGTH", "problems_of", "text_problem", "validated"]
+__all__ = ["MAX_AMOUNT", "MAX_ID_LENGTH", "problems_of", "storable", "text_problem", "validated"]
 
 MAX_AMOUNT = Decimal("99999999999999.9999")
 """The largest amount kept: under 10^14, below what both stores hold (int64 1/10,000 units on SQLite)."""
@@ -128,3 +129,31 @@ def validated(deal: Deal, where: str | None = None) -> Deal | Rejected:
         external_id = ""
     shown = external_id or "with an unstorable id"
     return Rejected(where or f"deal {shown}", "; ".join(problems), external_id or None)
+
+
+def storable(deal: Deal) -> Deal | Rejected:
+    """``deal`` with every value the stores cannot hold emptied; for records that must not be lost.
+
+    A deal the CRM reports as deleted still tells the store it is gone, even when
+    one of its values is unstorable: that value is left empty instead. Only an
+    unstorable id (nothing to record the deletion under) makes a ``Rejected``.
+    """
+    if not problems_of(deal):
+        return deal
+    changes: dict[str, Any] = {}
+    if deal.amount is not None and _amount_problem(deal.amount) is not None:
+        changes["amount"] = None
+    for name in ("pipeline", "stage", "owner", *_TEXT_FIELDS, "currency"):
+        value = getattr(deal, name)
+        limit = MAX_CURRENCY_LENGTH if name == "currency" else MAX_ID_LENGTH
+        if value is not None and (text_problem(value) is not None
+                                  or (name not in _TEXT_FIELDS and len(value) > limit)):
+            changes[name] = None
+    history = tuple(v for v in deal.stage_history
+                    if text_problem(v.stage) is None and len(v.stage) <= MAX_ID_LENGTH)
+    if history != deal.stage_history:
+        changes["stage_history"] = history
+    if deal.raw is not None and _raw_problem(deal.raw, "raw") is not None:
+        changes["raw"] = None
+    cleaned = dataclasses.replace(deal, **changes)
+    return cleaned if not problems_of(cleaned) else validated(cleaned)

@@ -22,7 +22,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sales_velocity.connectors.base import Deal, DealStatus, Owner, Pipeline, Rejected, Stage, StageVisit
-from sales_velocity.connectors.validate import validated
+from sales_velocity.connectors.validate import storable, validated
 
 __all__ = [
     "BASE_DEAL_PROPERTIES",
@@ -282,7 +282,8 @@ class DealMapper:
         link = None
         if self.portal_id is not None:
             link = f"https://app.hubspot.com/contacts/{self.portal_id}/deal/{deal_id}"
-        return validated(Deal(
+        check = storable if deleted else validated
+        return check(Deal(
             source=self.source,
             external_id=deal_id,
             title=_text(properties.get("dealname")),

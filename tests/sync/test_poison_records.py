@@ -92,6 +92,25 @@ class TestHubSpot:
             statuses = {r.status for r in conn.execute(sa.select(deals_table.c.status))}
         assert statuses <= {"open", "won", "lost"}
 
+    def test_a_deleted_deal_with_a_poison_value_is_still_recorded_deleted(self, store: sa.Engine) -> None:
+        """Archiving a deal whose title holds a NUL: the store learns it is deleted, the title left empty."""
+        portal = FakeHubSpot()
+        keep = portal.add_deals(5)
+        gone = portal.add_deals(1, dealname=NUL_TITLE, amount="1e30")[0]
+        with portal.serve():
+            first = sync_source(store, make_connector(portal), now=portal.clock.now)
+            assert first.rejected == 1
+            portal.archive([gone])
+            portal.clock.advance(3600)
+            second = sync_source(store, make_connector(portal), now=portal.clock.now)
+        assert second.status == "ok", second.error
+        d = deals_table
+        with store.connect() as conn:
+            row = conn.execute(sa.select(d.c.status, d.c.title, d.c.amount).where(
+                d.c.external_id == gone)).one()
+        assert tuple(row) == ("deleted", None, None)
+        assert set(stored(store, "hubspot")) == {*keep, gone}
+
 
 class TestPipedrive:
     def test_poison_deals_are_rejected_and_the_rest_kept(self, store: sa.Engine) -> None:
