@@ -195,7 +195,8 @@ class _Writer:
         batch = self.deals
         self.deals = {}
         if self._isolate_bad_rows(batch):
-            self.flush()  # write the rejects of the rows the store refused
+            if self.rejects or self.rejected_ids:
+                self.flush()  # write the rejects of the rows the store refused
             return
         self.uncommitted += len(batch)
         conn, enc = self.conn, self.encoder
