@@ -170,18 +170,24 @@ def call_with_retry(
     classify: Callable[[BaseException], RemoteError | None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
+    deadline_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """Call ``fn`` until it succeeds, retrying only retriable failures.
 
     ``classify`` turns a foreign exception (e.g. the HubSpot client's
     ``ApiException``) into one of ours; ``RetriableAPIError`` is retried, any
     other ``RemoteError`` is raised at once, ``None`` re-raises the original.
+    With ``deadline_s``, no retry starts (and no wait begins) that would end
+    past ``deadline_s`` after the first attempt began (``clock`` seconds).
 
     Raises:
-        RetriableAPIError: the last retriable failure after ``max_attempts``.
+        RetriableAPIError: the last retriable failure after ``max_attempts``, or
+            when the next attempt would start past the deadline.
         RemoteError: a non-retriable failure, immediately.
     """
     attempt = 0
+    started = clock()
     while True:
         attempt += 1
         try:
@@ -201,6 +207,10 @@ def call_with_retry(
         wait = backoff_delay(attempt, policy, rng)
         if error.retry_after is not None:
             wait = min(max(error.retry_after, 0.0), policy.max_delay)
+        if deadline_s is not None and clock() - started + wait >= deadline_s:
+            error.args = (f"{error.args[0]} (gave up after {attempt} attempts: the next would start "
+                          f"past the request's total deadline of {deadline_s:g} s)",)
+            raise error
         log.warning("http.retry", what=what, attempt=attempt, wait_s=round(wait, 3),
                     status=error.status, error=str(error))
         sleep(wait)
@@ -297,13 +307,15 @@ def request(
     sleep: Callable[[float], None] = time.sleep,
     deadline_s: float = DEFAULT_DEADLINE,
     max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    clock: Callable[[], float] = time.monotonic,
     **kwargs: Any,
 ) -> requests.Response:
     """Send one request with timeout, deadline, size cap, limiter, retries and status classification.
 
     ``on_response`` sees every response (also failed ones) before it is
-    classified, e.g. to pace by rate-limit headers. Each attempt must be answered
-    in full within ``deadline_s`` and its body may hold at most ``max_bytes``;
+    classified, e.g. to pace by rate-limit headers. The request, its retries and
+    the waits between them included, must be answered in full within
+    ``deadline_s`` (``clock`` seconds); its body may hold at most ``max_bytes``;
     redirects are followed only within the same origin (see the module docstring).
 
     Raises:
@@ -313,12 +325,13 @@ def request(
         RemoteError: classified failure after retries (see ``classify_status``).
     """
     guard_session(session)
+    started = clock()
 
     def attempt() -> requests.Response:
         if limiter is not None:
             limiter.acquire()
         try:
-            with watched(deadline_s, what):
+            with watched(max(deadline_s - (clock() - started), 0.001), what, deadline_s=deadline_s):
                 response = _send(session, method, url, what=what, timeout=timeout,
                                  max_bytes=max_bytes, **kwargs)
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
@@ -336,7 +349,8 @@ def request(
             raise error
         return response
 
-    return call_with_retry(attempt, policy=policy, what=what, sleep=sleep)
+    return call_with_retry(attempt, policy=policy, what=what, sleep=sleep, deadline_s=deadline_s,
+                           clock=clock)
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

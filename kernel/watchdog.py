@@ -131,8 +131,10 @@ def guard_session(session: requests.Session) -> requests.Session:
 
 
 @contextmanager
-def watched(seconds: float, what: str) -> Iterator[None]:
+def watched(seconds: float, what: str, *, deadline_s: float | None = None) -> Iterator[None]:
     """Run the block as one request that must be answered in full within ``seconds``.
+
+    ``deadline_s`` is the deadline the message names, when ``seconds`` is what is left of it.
 
     Raises:
         RequestDeadlineError: the time ran out (whatever error the cut connection raised).
@@ -148,7 +150,7 @@ def watched(seconds: float, what: str) -> Iterator[None]:
     except Exception:
         if watch.expired:
             raise RequestDeadlineError(
-                f"{what}: no complete answer within the total deadline of {seconds:g} s "
+                f"{what}: no complete answer within the total deadline of {deadline_s or seconds:g} s "
                 "(the server answered too slowly or not at all); not retried") from None
         raise
     finally:

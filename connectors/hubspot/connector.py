@@ -160,17 +160,21 @@ class HubSpotConnector:
               auth_hint: str = DEALS_SCOPE_HINT, policy: RetryPolicy | None = None) -> T:
         what = f"HubSpot {endpoint}"
         secret = self.settings.access_token.get_secret_value()
+        deadline = self.settings.request_deadline_seconds
+        started = time.monotonic()
 
         def attempt() -> T:
             self._limiter.acquire()
             if search:
                 self._search_limiter.acquire()
             self.requests[endpoint] += 1
-            with watched(self.settings.request_deadline_seconds, what):
+            left = max(deadline - (time.monotonic() - started), 0.001)
+            with watched(left, what, deadline_s=deadline):
                 return fn()
 
         return call_with_retry(
             attempt, policy=policy or self._policy, what=what, sleep=self._sleep, rng=self._rng,
+            deadline_s=deadline,
             classify=lambda exc: classify_hubspot_error(exc, what=what, auth_hint=auth_hint,
                                                         secret=secret),
         )

@@ -20,7 +20,7 @@ import pytest
 
 from sales_velocity.connectors.hubspot import HubSpotConnector, HubSpotSettings
 from sales_velocity.connectors.pipedrive import PipedriveConnector, PipedriveSettings
-from sales_velocity.kernel.errors import DeliveryError
+from sales_velocity.kernel.errors import DeliveryError, RemoteError
 from sales_velocity.kernel.http import (
     CrossHostRedirectError,
     RequestDeadlineError,
@@ -266,6 +266,24 @@ class TestDeadlines:
                             timeout=(2.0, 30.0), deadline_s=1.0, sleep=lambda _s: None)
             took = elapsed(call)
         assert took < 3.0
+
+    def test_retries_stay_inside_the_deadline(self) -> None:
+        """Read timeouts are retried, but none starts past the deadline: 20 attempts cost 1.5 s, not 8."""
+        accepted: list[int] = []
+
+        def count_and_wait(conn: socket.socket, stop: threading.Event) -> None:
+            accepted.append(1)
+            stop.wait(30)
+
+        with raw_server(count_and_wait) as url:
+            def call() -> None:
+                with pytest.raises(RemoteError, match=r"total deadline of 1\.5 s"):
+                    request(new_session(), "GET", url, what="GET slow", timeout=(2.0, 0.4),
+                            policy=RetryPolicy(max_attempts=20, base_delay=0.05, max_delay=0.1),
+                            deadline_s=1.5)
+            took = elapsed(call)
+        assert took < 2.5
+        assert 2 <= len(accepted) < 20
 
     def test_pipedrive_source_names_itself_and_its_deadline(self) -> None:
         """The connector's request_deadline_seconds applies to every request of the source."""
