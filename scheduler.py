@@ -301,6 +301,7 @@ def run_sync(ctx: Context, names: Sequence[str] = (), *, full: bool = False) -> 
                 results.append(sync_source(engine, connector, full=full, run_id=ctx.run_id,
                                            now=ctx.now, batch_size=ctx.config.sync.batch_size,
                                            catalog_max_age=ctx.config.sync.catalog_max_age,
+                                           deadline_s=ctx.config.sync.deadline_seconds,
                                            progress=_progress(engine, ctx.run_id, connector.name,
                                                               lease.renew, bar),
                                            redact=ctx.redactor.redact))

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "Checkpoint",
@@ -40,6 +40,7 @@ __all__ = [
     "ConnectorFactory",
     "Deal",
     "DealStatus",
+    "HttpSourceSettings",
     "Owner",
     "Pipeline",
     "Rejected",
@@ -199,6 +200,24 @@ class SourceSettings(BaseModel):
     name: str
     kind: str
     enabled: bool = True
+
+
+class HttpSourceSettings(SourceSettings):
+    """Settings of a source read over HTTP: how long one request may take, and how much it may read."""
+
+    request_deadline_seconds: float = Field(
+        default=120.0, gt=0, le=3600,
+        description="Total time one request may take (connect, headers and body), however the "
+        "server trickles its answer; past it the request fails and is not retried.",
+    )
+    max_response_mib: float = Field(
+        default=64, gt=0, le=4096, description="The largest response body read, in MiB.",
+    )
+
+    @property
+    def max_response_bytes(self) -> int:
+        """``max_response_mib`` in bytes."""
+        return int(self.max_response_mib * 1024 * 1024)
 
 
 # --------------------------------------------------------------------------- protocols

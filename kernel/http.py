@@ -7,7 +7,15 @@
   honoured (seconds or HTTP-date, clamped to the policy's maximum).
 * ``RateLimiter`` keeps a client under a documented "N requests per period".
 * ``new_session``/``request`` give ``requests`` a default timeout on every call
-  and classify the response.
+  and classify the response. ``request`` also gives every call a **total
+  deadline** (``deadline_s``, enforced on the socket by ``kernel.watchdog``, so a
+  server trickling a byte every few seconds cannot hold it open), a **maximum
+  response size** (``max_bytes``), and follows redirects itself: only to the
+  same scheme, host and port (or http to https on the same host), never to
+  another host, where the session's credential headers (Pipedrive's
+  ``x-api-token``, a webhook's ``X-Api-Key``; ``requests`` strips only
+  ``Authorization``) would go along. A redirect to another host is refused
+  with ``CrossHostRedirectError``.
 
 Time is a parameter: ``sleep`` and ``clock`` are injectable, so tests never wait.
 Messages never include request headers or query strings, so a token in either
@@ -25,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
 
 import requests
 import structlog
@@ -37,10 +45,16 @@ from sales_velocity.kernel.errors import (
     RemoteError,
     RetriableAPIError,
 )
+from sales_velocity.kernel.watchdog import RequestDeadlineError, guard_session, watched
 
 __all__ = [
+    "DEFAULT_DEADLINE",
+    "DEFAULT_MAX_RESPONSE_BYTES",
     "DEFAULT_TIMEOUT",
+    "CrossHostRedirectError",
     "RateLimiter",
+    "RequestDeadlineError",
+    "ResponseTooLargeError",
     "RetryPolicy",
     "backoff_delay",
     "call_with_retry",
@@ -57,7 +71,23 @@ log = structlog.get_logger(__name__)
 DEFAULT_TIMEOUT: tuple[float, float] = (10.0, 60.0)
 """(connect, read) seconds for every request that does not set its own."""
 
+DEFAULT_DEADLINE = 120.0
+"""Seconds a request may take in all (connect, headers, body), whatever the read timeout."""
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+"""The largest response body read (decoded), 64 MiB."""
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+_CHUNK = 1 << 16
+
 SECRET_QUERY_KEYS = frozenset({"api_token", "token", "access_token", "apikey", "api_key", "hapikey"})
+
+
+class CrossHostRedirectError(FatalAPIError):
+    """The server redirected to another scheme, host or port; not followed, so no credential goes along."""
+
+
+class ResponseTooLargeError(FatalAPIError):
+    """A response body was larger than the request's ``max_bytes``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,18 +170,24 @@ def call_with_retry(
     classify: Callable[[BaseException], RemoteError | None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
     rng: random.Random | None = None,
+    deadline_s: float | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """Call ``fn`` until it succeeds, retrying only retriable failures.
 
     ``classify`` turns a foreign exception (e.g. the HubSpot client's
     ``ApiException``) into one of ours; ``RetriableAPIError`` is retried, any
     other ``RemoteError`` is raised at once, ``None`` re-raises the original.
+    With ``deadline_s``, no retry starts (and no wait begins) that would end
+    past ``deadline_s`` after the first attempt began (``clock`` seconds).
 
     Raises:
-        RetriableAPIError: the last retriable failure after ``max_attempts``.
+        RetriableAPIError: the last retriable failure after ``max_attempts``, or
+            when the next attempt would start past the deadline.
         RemoteError: a non-retriable failure, immediately.
     """
     attempt = 0
+    started = clock()
     while True:
         attempt += 1
         try:
@@ -171,6 +207,10 @@ def call_with_retry(
         wait = backoff_delay(attempt, policy, rng)
         if error.retry_after is not None:
             wait = min(max(error.retry_after, 0.0), policy.max_delay)
+        if deadline_s is not None and clock() - started + wait >= deadline_s:
+            error.args = (f"{error.args[0]} (gave up after {attempt} attempts: the next would start "
+                          f"past the request's total deadline of {deadline_s:g} s)",)
+            raise error
         log.warning("http.retry", what=what, attempt=attempt, wait_s=round(wait, 3),
                     status=error.status, error=str(error))
         sleep(wait)
@@ -246,7 +286,7 @@ def redact_url(url: str) -> str:
 
 def new_session(headers: Mapping[str, str] | None = None, user_agent: str | None = None) -> requests.Session:
     """Return a ``requests.Session`` with our User-Agent and the given default headers."""
-    session = requests.Session()
+    session = guard_session(requests.Session())
     session.headers["User-Agent"] = user_agent or "sales-velocity/0.1"
     if headers:
         session.headers.update(headers)
@@ -265,23 +305,36 @@ def request(
     auth_hint: str = "",
     on_response: Callable[[requests.Response], None] | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    deadline_s: float = DEFAULT_DEADLINE,
+    max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    clock: Callable[[], float] = time.monotonic,
     **kwargs: Any,
 ) -> requests.Response:
-    """Send one request with timeout, limiter, retries and status classification.
+    """Send one request with timeout, deadline, size cap, limiter, retries and status classification.
 
     ``on_response`` sees every response (also failed ones) before it is
-    classified, e.g. to pace by rate-limit headers.
+    classified, e.g. to pace by rate-limit headers. The request, its retries and
+    the waits between them included, must be answered in full within
+    ``deadline_s`` (``clock`` seconds); its body may hold at most ``max_bytes``;
+    redirects are followed only within the same origin (see the module docstring).
 
     Raises:
+        RequestDeadlineError: an attempt ran past ``deadline_s`` (not retried).
+        ResponseTooLargeError: the body was larger than ``max_bytes``.
+        CrossHostRedirectError: the server redirected to another host.
         RemoteError: classified failure after retries (see ``classify_status``).
     """
+    guard_session(session)
+    started = clock()
 
     def attempt() -> requests.Response:
         if limiter is not None:
             limiter.acquire()
         try:
-            response = session.request(method, url, timeout=timeout, **kwargs)
-        except (requests.ConnectionError, requests.Timeout) as exc:
+            with watched(max(deadline_s - (clock() - started), 0.001), what, deadline_s=deadline_s):
+                response = _send(session, method, url, what=what, timeout=timeout,
+                                 max_bytes=max_bytes, **kwargs)
+        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
             raise RetriableAPIError(f"{what}: {type(exc).__name__}", status=0) from None
         if on_response is not None:
             on_response(response)
@@ -296,7 +349,73 @@ def request(
             raise error
         return response
 
-    return call_with_retry(attempt, policy=policy, what=what, sleep=sleep)
+    return call_with_retry(attempt, policy=policy, what=what, sleep=sleep, deadline_s=deadline_s,
+                           clock=clock)
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port
+
+
+def _may_follow(current: str, target: str) -> bool:
+    """Same scheme, host and port; or an upgrade from http to https on the same host."""
+    here, there = _origin(current), _origin(target)
+    if here == there:
+        return True
+    return (here[0], there[0]) == ("http", "https") and here[1] == there[1] and here[2] == 80 \
+        and there[2] == 443
+
+
+def _send(session: requests.Session, method: str, url: str, *, what: str,
+          timeout: tuple[float, float], max_bytes: int, **kwargs: Any) -> requests.Response:
+    """One attempt: follow same-origin redirects, refuse others, read at most ``max_bytes``."""
+    kwargs.pop("allow_redirects", None)
+    for _hop in range(MAX_REDIRECTS + 1):
+        response = session.request(method, url, timeout=timeout, allow_redirects=False, stream=True,
+                                   **kwargs)
+        location = response.headers.get("Location")
+        if response.status_code not in _REDIRECTS or not location:
+            _read_body(response, what=what, max_bytes=max_bytes)
+            return response
+        response.close()
+        target = urljoin(url, location)
+        if not _may_follow(url, target):
+            scheme, host, port = _origin(target)
+            raise CrossHostRedirectError(
+                f"{what}: the server redirected to another host ({scheme}://{host}:{port}); "
+                "not followed, so the credentials stay with the configured host: set the URL "
+                "to where it points", status=response.status_code)
+        if response.status_code == 303 or (response.status_code in (301, 302)
+                                           and method.upper() not in ("GET", "HEAD")):
+            method = "GET"
+            for body in ("json", "data", "files"):
+                kwargs.pop(body, None)
+        kwargs.pop("params", None)  # the Location carries the query
+        url = target
+    raise FatalAPIError(f"{what}: more than {MAX_REDIRECTS} redirects", status=0)
+
+
+def _read_body(response: requests.Response, *, what: str, max_bytes: int) -> None:
+    """Read a streamed body into ``response.content``, refusing more than ``max_bytes``."""
+    size = response.headers.get("Content-Length", "")
+    too_large = ResponseTooLargeError(
+        f"{what}: the response is larger than the maximum of {max_bytes:,} bytes; not read",
+        status=response.status_code)
+    if size.isdigit() and int(size) > max_bytes:
+        response.close()
+        raise too_large
+    chunks: list[bytes] = []
+    total = 0
+    for chunk in response.iter_content(_CHUNK):
+        total += len(chunk)
+        if total > max_bytes:
+            response.close()
+            raise too_large
+        chunks.append(chunk)
+    response._content = b"".join(chunks)  # what .content, .text and .json() read
+    response._content_consumed = True  # type: ignore[attr-defined]
 
 
 def _short_detail(response: requests.Response) -> str:

@@ -45,6 +45,7 @@ from sales_velocity.connectors.base import Checkpoint, Connector, Deal, Rejected
 from sales_velocity.kernel.errors import RemoteError
 from sales_velocity.sync.catalog import KnownCatalog, catalog_due, dialect_insert, load_known, refresh_catalog
 from sales_velocity.sync.changes import ChangeRecorder, changes_from_select
+from sales_velocity.sync.deadline import bounded
 from sales_velocity.sync.fields import FieldTracker, declared_fields, declares_fields, record_fields
 from sales_velocity.sync.rows import RowEncoder
 from sales_velocity.sync.store import (
@@ -68,6 +69,10 @@ COMMIT_INTERVAL_S = 1.0
 """Seconds since the last commit after which a checkpoint commits."""
 DEFAULT_CATALOG_MAX_AGE = dt.timedelta(hours=6)
 MAX_LOGGED_REJECTS = 20
+STORE_DATA_ERRORS: tuple[type[BaseException], ...] = (
+    sa.exc.DataError, sa.exc.IntegrityError, OverflowError, UnicodeError,
+)
+"""What a store raises for a value it cannot hold: the batch is bisected to find the row."""
 
 _seen_meta = sa.MetaData()
 seen_t = sa.Table(
@@ -189,6 +194,10 @@ class _Writer:
             return
         batch = self.deals
         self.deals = {}
+        if self._isolate_bad_rows(batch):
+            if self.rejects or self.rejected_ids:
+                self.flush()  # write the rejects of the rows the store refused
+            return
         self.uncommitted += len(batch)
         conn, enc = self.conn, self.encoder
         ids = list(batch)
@@ -232,6 +241,47 @@ class _Writer:
             conn.exec_driver_sql(enc.insert_events_sql, events)
         if changes:
             conn.exec_driver_sql(self.changes.insert_sql, changes)
+
+    def _isolate_bad_rows(self, batch: dict[str, Deal]) -> bool:
+        """Write ``batch`` in a savepoint; on a data error, bisect it and reject the rows refused.
+
+        Returns ``False`` when the caller should write ``batch`` itself (the
+        savepoint's body: ``flush`` again), ``True`` when it is written here (halves,
+        recursively, down to the single rows the store refuses, which become
+        ``Rejected`` with the store's reason). Connectors validate records first
+        (``connectors.validate``); this is the net for what they could not foresee.
+        """
+        if getattr(self, "_inside_savepoint", False):
+            return False
+        result = self.result
+        counts = (result.inserted, result.updated, result.unchanged, self.uncommitted)
+        # rejects found so far are written after the bisection, never inside a savepoint that may roll back
+        pending, pending_ids = self.rejects, self.rejected_ids
+        self.rejects, self.rejected_ids = [], []
+        self._inside_savepoint = True
+        try:
+            with self.conn.begin_nested():
+                self.deals = batch
+                self.flush()
+            return True
+        except STORE_DATA_ERRORS as exc:
+            error = exc
+        finally:
+            self._inside_savepoint = False
+            self.rejects, self.rejected_ids = pending + self.rejects, pending_ids + self.rejected_ids
+        result.inserted, result.updated, result.unchanged, self.uncommitted = counts
+        if len(batch) == 1:
+            (key, _), = batch.items()
+            reason = str(getattr(error, "orig", None) or error).splitlines()[0][:300]
+            log.warning("sync.row_refused", external_id=key, error=reason)
+            result.seen -= 1
+            self.add(Rejected(f"deal {key}", f"the store refused it: {reason}", key))
+            return True
+        items = list(batch.items())
+        half = len(items) // 2
+        for part in (items[:half], items[half:]):
+            self._isolate_bad_rows(dict(part))
+        return True
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write what is buffered and the cursor in one transaction; commit it when due."""
@@ -313,6 +363,7 @@ def sync_source(
     progress: Callable[[int], None] | None = None,
     redact: Callable[[str], str] | None = None,
     catalog_max_age: dt.timedelta | None = DEFAULT_CATALOG_MAX_AGE,
+    deadline_s: float | None = None,
 ) -> SyncResult:
     """Sync one source into the store; never raises for a source failure.
 
@@ -331,6 +382,8 @@ def sync_source(
         catalog_max_age: refresh pipelines, stages and owners when older than this
             (``None``: every sync); also on a full sync, on the first sync, and when
             a deal refers to one the store does not know.
+        deadline_s: the sync fails once it has run this long (``sync.deadline``),
+            keeping what it wrote up to the last checkpoint; ``None``: no deadline.
 
     Returns:
         The counts and the outcome; ``status`` is ``failed`` with ``error`` set
@@ -341,6 +394,7 @@ def sync_source(
     source = connector.name
     kind = connector.kind
     started = time.perf_counter()
+    started_mono = time.monotonic()
     with structlog.contextvars.bound_contextvars(source=source, run_id=run_id):
         with engine.connect() as conn:
             run_pk = int(conn.execute(  # type: ignore[index]
@@ -371,7 +425,8 @@ def sync_source(
                 writer.track_seen = True
                 conn.commit()
                 writing = False  # from here on, an exception outside the writer is the connector's
-                for item in connector.deals(since):
+                for item in bounded(connector.deals(since), source=source, seconds=deadline_s,
+                                    started=started_mono):
                     writing = True
                     if isinstance(item, Checkpoint):
                         writer.checkpoint(item)

@@ -152,6 +152,22 @@ class TestKubernetes:
         assert secret["stringData"]["hubspot_token"] in config.secrets
 
 
+    def test_each_sync_ends_before_its_job_is_killed(self, tmp_path: Path) -> None:
+        """Sources x (sync deadline + one request deadline) fit in the sync job's activeDeadlineSeconds."""
+        config_map = next(d for d in docs(CRONJOBS) if d["kind"] == "ConfigMap")
+        mounted = tmp_path / "secrets"
+        mounted.mkdir()
+        for key, value in next(iter(docs(SECRET)))["stringData"].items():
+            (mounted / key).write_text(value + "\n", encoding="utf-8")
+        text = config_map["data"]["velocity.toml"].replace("/run/secrets/velocity", str(mounted))
+        (tmp_path / "velocity.toml").write_text(text, encoding="utf-8")
+        config = load_config(tmp_path / "velocity.toml", env={})
+        job = cronjobs()["sales-velocity-sync"]["spec"]["jobTemplate"]["spec"]
+        worst = sum(config.sync.deadline_seconds + getattr(s.settings, "request_deadline_seconds", 0)
+                    for s in config.sources)
+        assert worst < job["activeDeadlineSeconds"]
+
+
 class TestReadme:
     def test_the_deployment_section_matches_deploy(self) -> None:
         """Every file in deploy/ is named in the README's Deployment section with its schedules."""

@@ -62,6 +62,8 @@ import hashlib
 import io
 import itertools
 import json
+import os
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -90,6 +92,7 @@ from sales_velocity.connectors.csv_feed.mapping import (
     history_entries,
 )
 from sales_velocity.connectors.csv_feed.settings import CANONICAL_COLUMNS, DELIMITERS, CsvFeedSettings
+from sales_velocity.connectors.validate import validated
 from sales_velocity.kernel.errors import FatalAPIError
 
 __all__ = ["CsvFeedConnector", "CsvFeedError", "MissingColumnsError", "format_rejects"]
@@ -97,6 +100,9 @@ __all__ = ["CsvFeedConnector", "CsvFeedError", "MissingColumnsError", "format_re
 log = structlog.get_logger(__name__)
 
 READ_CHUNK = 1 << 16
+MAX_QUOTED_HEADER = 64
+"""Headers longer than this are not column names: an error message never quotes such a first line."""
+MAX_LISTED_HEADERS = 30
 FIRST_REASONS = 3
 """Rejected rows quoted in the error of a mostly rejected pull."""
 DEMO_DIR = Path(__file__).resolve().parents[1] / "demo"
@@ -130,11 +136,17 @@ class MissingColumnsError(CsvFeedError):
 
 
 class _HashingReader(io.RawIOBase):
-    """A raw binary stream that feeds every byte it reads into a SHA-256."""
+    """A raw binary stream that feeds every byte it reads into a SHA-256, up to ``limit`` bytes.
 
-    def __init__(self, inner: BinaryIO) -> None:
+    ``too_large`` is raised when the file grows past ``limit`` while it is read.
+    """
+
+    def __init__(self, inner: BinaryIO, limit: int, too_large: Callable[[], Exception]) -> None:
         self.inner = inner
         self.sha = hashlib.sha256()
+        self.read_bytes = 0
+        self.limit = limit
+        self.too_large = too_large
 
     def readable(self) -> bool:
         return True
@@ -143,14 +155,17 @@ class _HashingReader(io.RawIOBase):
         data = self.inner.read(len(buffer))
         buffer[: len(data)] = data
         self.sha.update(data)
+        self.read_bytes += len(data)
+        if self.read_bytes > self.limit:
+            raise self.too_large()
         return len(data)
 
 
-def _sha256_of(f: BinaryIO) -> str:
-    sha = hashlib.sha256()
-    while chunk := f.read(READ_CHUNK):
-        sha.update(chunk)
-    return sha.hexdigest()
+def _sha256_of(f: BinaryIO, limit: int, too_large: Callable[[], Exception]) -> str:
+    reader = _HashingReader(f, limit, too_large)
+    while reader.read(READ_CHUNK):
+        pass
+    return reader.sha.hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,14 +202,40 @@ class CsvFeedConnector:
         return CsvFeedError(f"{self.path}: {message}", path=self.path, source=self.name)
 
     def _open(self) -> BinaryIO:
+        """Open the file for reading: a regular file of at most ``max_file_mib``, else ``CsvFeedError``.
+
+        Opened without blocking (a FIFO would wait for a writer), then checked on
+        the open descriptor, so a device (``/dev/zero``), FIFO or socket is refused
+        before a byte is read.
+        """
         try:
-            return self.path.open("rb")
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             raise self._error("file not found") from None
         except IsADirectoryError:
             raise self._error("is a directory, not a CSV file") from None
         except OSError as exc:
             raise self._error(f"cannot be read ({exc.strerror})") from None
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise self._error("is a directory, not a CSV file")
+            if not stat.S_ISREG(info.st_mode):
+                raise self._error("is not a regular file (a device, FIFO or socket); "
+                                  "the CSV feed reads files only")
+            if info.st_size > self.settings.max_file_bytes:
+                raise self._too_large(info.st_size)
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _too_large(self, size: int | None = None) -> CsvFeedError:
+        limit = self.settings.max_file_bytes
+        now = f"{size:,} bytes" if size is not None else "growing"
+        return self._error(f"is larger than max_file_mib = {self.settings.max_file_mib:g} "
+                           f"({limit:,} bytes; it is {now}); raise max_file_mib to read it")
 
     def _rows(self, raw: BinaryIO) -> tuple[RowLayout, Iterator[tuple[int, list[str] | csv.Error]]]:
         """Read the header and map the columns; return the layout and the rows.
@@ -207,13 +248,20 @@ class CsvFeedConnector:
         """
         text = io.TextIOWrapper(raw, encoding=self.settings.python_encoding(), errors="surrogateescape",
                                 newline="")
-        first = text.readline()
+        max_chars = self.settings.max_row_chars
+        first = text.readline(max_chars + 1)
+        if len(first) > max_chars:
+            raise self._error(f"the first line is longer than max_row_kib = {self.settings.max_row_kib:g} "
+                              f"({max_chars:,} characters): not a CSV header line")
         delimiter = self.settings.delimiter or detect_delimiter(first.rstrip("\r\n"), DELIMITERS)
         reader = csv.reader(itertools.chain([first], text), delimiter=delimiter)
         header = next(reader, None)
         if header is None or not any(h.strip() for h in header):
             raise self._error("the file is empty (no header line)")
         headers = tuple(h.strip() for h in header)
+        if len(headers) > self.settings.max_columns:
+            raise self._error(f"the header has {len(headers):,} columns, more than max_columns = "
+                              f"{self.settings.max_columns:,}")
         if any(_has_undecodable(h) for h in headers):
             raise self._error(
                 f"the header line is not valid {self._encoding_name()}; {self._encoding_advice()}")
@@ -253,7 +301,7 @@ class CsvFeedConnector:
         if "stage" not in index and "status" not in index:
             missing.append("stage or status")
         if missing:
-            has = ", ".join(f'"{h}"' for h in headers)
+            has = _describe_headers(headers)
             hint = ""
             if len(headers) == 1:
                 for sep in (";", "\t", ",", "|"):
@@ -262,7 +310,7 @@ class CsvFeedConnector:
                         break
             raise MissingColumnsError(
                 f"{self.path}: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)}; "
-                f"the file's headers are: {has}{hint}",
+                f"{has}{hint}",
                 path=self.path, missing=missing, headers=headers, source=self.name,
             )
         return RowLayout(headers, index)
@@ -300,7 +348,8 @@ class CsvFeedConnector:
         self._provided = None
         if since is not None:
             with self._open() as f:
-                unchanged = self._cursor(_sha256_of(f), shift) == since
+                digest = _sha256_of(f, self.settings.max_file_bytes, self._too_large)
+                unchanged = self._cursor(digest, shift) == since
             if unchanged:
                 log.debug("csv_feed.unchanged", source=self.name, path=str(self.path))
                 yield Checkpoint(cursor=since, complete=False)
@@ -308,7 +357,7 @@ class CsvFeedConnector:
         deals = rejected = 0
         first_reasons: list[Rejected] = []
         with self._open() as f:
-            hashing = _HashingReader(f)
+            hashing = _HashingReader(f, self.settings.max_file_bytes, self._too_large)
             layout, rows = self._rows(io.BufferedReader(hashing))
             self._provided = frozenset(layout.index)
             parser = RowParser(self.settings, layout, shift)
@@ -392,6 +441,13 @@ class CsvFeedConnector:
         where = f"line {line}"
         if isinstance(fields, csv.Error):
             return Rejected(where, f"cannot be split into fields ({fields})")
+        if len(fields) > self.settings.max_columns:
+            return Rejected(where, f"has {len(fields):,} fields, more than max_columns = "
+                            f"{self.settings.max_columns:,}")
+        chars = sum(map(len, fields))
+        if chars > self.settings.max_row_chars:
+            return Rejected(where, f"is longer than max_row_kib = {self.settings.max_row_kib:g} "
+                            f"({chars:,} characters)")
         external_id = first_filled(fields, parser.layout.index["id"])[1][:MAX_ID_LENGTH] or None
         if external_id is not None and _has_undecodable(external_id):
             external_id = None
@@ -405,6 +461,9 @@ class CsvFeedConnector:
             deal = parser.parse(fields[:width])
         except ValueError as exc:
             return Rejected(where, str(exc), external_id)
+        checked = validated(deal, where)
+        if isinstance(checked, Rejected):
+            return checked
         first = first_line.setdefault(deal.external_id, line)
         if first != line:
             return Rejected(where, f"duplicate id {deal.external_id}, first seen on line {first}",
@@ -414,10 +473,10 @@ class CsvFeedConnector:
     def _scan(self) -> _Catalog:
         """One pass collecting distinct pipelines, stages and owners (cached per file version)."""
         try:
-            stat = self.path.stat()
+            info = self.path.stat()
         except FileNotFoundError:
             raise self._error("file not found") from None
-        key = (stat.st_size, stat.st_mtime_ns)
+        key = (info.st_size, info.st_mtime_ns)
         if self._catalog is not None and self._catalog[0] == key:
             return self._catalog[1]
         stages: dict[str, dict[str, None]] = {}
@@ -463,13 +522,17 @@ class CsvFeedConnector:
     def expected_deals(self) -> int | None:
         """About how many deals a pull will read (the file's rows), for a progress display."""
         try:
-            stat = self.path.stat()
+            info = self.path.stat()
         except OSError:
             return None
-        if self._catalog is not None and self._catalog[0] == (stat.st_size, stat.st_mtime_ns):
+        if self._catalog is not None and self._catalog[0] == (info.st_size, info.st_mtime_ns):
             return self._catalog[1].rows
         newlines = 0
-        with self.path.open("rb") as f:
+        try:
+            f = self._open()
+        except CsvFeedError:
+            return None
+        with f:
             while chunk := f.read(1 << 20):
                 newlines += chunk.count(b"\n")
         return max(newlines - 1, 0)  # the header; a quoted newline inside a cell makes it an estimate
@@ -492,6 +555,22 @@ class CsvFeedConnector:
         warning = self.rebase_warning()
         return (f"{self.path.name}: {catalog.rows} rows, {catalog.columns} columns"
                 + (f"; warning: {warning}" if warning else ""))
+
+
+def _describe_headers(headers: Sequence[str]) -> str:
+    """The file's headers for an error message, only when they look like column names.
+
+    A path may point at any file (``/etc/shadow``): its first line is quoted only
+    when it splits into at least two short, printable names, as a CSV header
+    does; otherwise the message says what it is without quoting a character of it.
+    """
+    if len(headers) >= 2 and all(len(h) <= MAX_QUOTED_HEADER and h.isprintable() for h in headers):
+        listed = ", ".join(json.dumps(h, ensure_ascii=False) for h in headers[:MAX_LISTED_HEADERS])
+        more = len(headers) - MAX_LISTED_HEADERS
+        return f"the file's headers are: {listed}" + (f" and {more} more" if more > 0 else "")
+    columns = f"{len(headers)} column{'s' if len(headers) != 1 else ''}"
+    return (f"the first line does not look like a header of column names ({columns}; not quoted); "
+            "check the path, delimiter and encoding")
 
 
 def _has_undecodable(text: str) -> bool:

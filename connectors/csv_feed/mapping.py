@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 from babel.numbers import list_currencies
 
 from sales_velocity.connectors.base import Deal, DealStatus, StageVisit
+from sales_velocity.connectors.validate import MAX_AMOUNT
 
 if TYPE_CHECKING:
     from sales_velocity.connectors.csv_feed.settings import CsvFeedSettings, StatusMapping
@@ -35,7 +36,6 @@ ID_COLUMNS = ("id", "pipeline", "stage", "owner")
 TEXT_COLUMNS = ("id", "title", "pipeline", "stage", "owner", "owner_email", "next_step")
 """Columns whose cells may carry an export's formula guard (a leading ``'``)."""
 MAX_ID_LENGTH = 200  # the store keeps ids, pipelines, stages and owners in 200 characters
-MAX_AMOUNT = Decimal(10) ** 16  # the store keeps NUMERIC(20, 4)
 
 STATUS_SYNONYMS: dict[str, DealStatus] = {
     "open": "open", "active": "open", "in progress": "open",
@@ -178,8 +178,8 @@ def parse_number(text: str, decimal_separator: str | None = None) -> Decimal | N
             raise ValueError("is not a number (thousand separators must group 3 digits)")
         whole = "".join(groups)
     value = Decimal(f"{sign}{whole or '0'}" + (f".{frac}" if frac else ""))
-    if abs(value) >= MAX_AMOUNT:
-        raise ValueError("is too large")
+    if abs(value) > MAX_AMOUNT:
+        raise ValueError(f"is too large (the store holds at most {MAX_AMOUNT:,})")
     return value
 
 

@@ -123,6 +123,26 @@ class CsvFeedSettings(SourceSettings):
     rebase_dates_from: dt.date | None = Field(
         None, description="Demo data only: shift every date by (today - this date)."
     )
+    max_file_mib: float = Field(
+        1024, gt=0, le=1024 * 1024, description="A larger file is refused (MiB; default 1 GiB).",
+    )
+    max_columns: int = Field(
+        1000, ge=1, le=100_000, description="A header or row with more columns is refused.",
+    )
+    max_row_kib: float = Field(
+        1024, gt=0, le=1024 * 1024,
+        description="A row (or the header line) longer than this is refused (KiB of text; default 1 MiB).",
+    )
+
+    @property
+    def max_file_bytes(self) -> int:
+        """``max_file_mib`` in bytes."""
+        return int(self.max_file_mib * 1024 * 1024)
+
+    @property
+    def max_row_chars(self) -> int:
+        """``max_row_kib`` in characters."""
+        return int(self.max_row_kib * 1024)
 
     @field_validator("path")
     @classmethod

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from urllib.parse import urlsplit
 
 import urllib3
 
@@ -24,7 +25,13 @@ from sales_velocity.kernel.errors import (
     RemoteError,
     RetriableAPIError,
 )
-from sales_velocity.kernel.http import classify_status, parse_retry_after
+from sales_velocity.kernel.http import (
+    DEFAULT_MAX_RESPONSE_BYTES,
+    CrossHostRedirectError,
+    ResponseTooLargeError,
+    classify_status,
+    parse_retry_after,
+)
 
 __all__ = [
     "DEALS_SCOPE_HINT",
@@ -65,6 +72,14 @@ def classify_hubspot_error(
     if status == 429 and policy.upper() == "DAILY":
         return BudgetExhaustedError(f"{what}: HubSpot daily request limit reached: {message}",
                                     status=status)
+    if 300 <= status < 400:  # urllib3 follows no redirect for the client (retries off)
+        headers = getattr(exc, "headers", None) or {}
+        location = headers.get("Location", "") if hasattr(headers, "get") else ""
+        parts = urlsplit(str(location))
+        to = f" to {parts.scheme}://{parts.hostname}:{parts.port or ''}".rstrip(":") if parts.hostname else ""
+        return CrossHostRedirectError(
+            f"{what}: HubSpot answered a redirect (HTTP {status}{to}); not followed, so the token "
+            "stays with the configured base_url", status=status)
     if status == 530:  # HubSpot's edge answers 530, not 401, to a malformed token
         return AuthError(f"{what}: access denied (HTTP 530: malformed token); {auth_hint}",
                          status=status)
@@ -86,14 +101,24 @@ def _error_body(raw: Any) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def json_body(response: Any) -> dict[str, Any]:
+def json_body(response: Any, *, max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES) -> dict[str, Any]:
     """Read a raw (``_preload_content=False``) response as JSON and release the connection.
 
     Raises:
+        ResponseTooLargeError: the body is larger than ``max_bytes``.
         RetriableAPIError: the body is not a JSON object (a truncated or proxy page).
     """
     try:
-        data = json.loads(response.data)
+        chunks: list[bytes] = []
+        total = 0
+        for chunk in response.stream(1 << 16):
+            total += len(chunk)
+            if total > max_bytes:
+                response.close()
+                raise ResponseTooLargeError(
+                    f"HubSpot: the response is larger than the maximum of {max_bytes:,} bytes; not read")
+            chunks.append(chunk)
+        data = json.loads(b"".join(chunks))
     except ValueError:
         data = None
     finally:

@@ -83,6 +83,7 @@ from sales_velocity.kernel.http import (
     RetryPolicy,
     call_with_retry,
 )
+from sales_velocity.kernel.watchdog import guard_pool_manager, watched
 
 __all__ = [
     "LIST_PAGE_SIZE",
@@ -140,6 +141,8 @@ class HubSpotConnector:
         self._search_api = client.crm.deals.search_api
         self._pipelines_api = client.crm.pipelines.pipelines_api
         self._owners_api = client.crm.owners.owners_api
+        for api in (self._deals_api, self._search_api, self._pipelines_api, self._owners_api):
+            guard_pool_manager(api.api_client.rest_client.pool_manager)  # total deadlines (watched)
         self._limiter = RateLimiter(settings.requests_per_10s, 10.0, clock=clock, sleep=sleep)
         self._search_limiter = RateLimiter(
             settings.search_requests_per_second, 1.0, clock=clock, sleep=sleep
@@ -157,16 +160,21 @@ class HubSpotConnector:
               auth_hint: str = DEALS_SCOPE_HINT, policy: RetryPolicy | None = None) -> T:
         what = f"HubSpot {endpoint}"
         secret = self.settings.access_token.get_secret_value()
+        deadline = self.settings.request_deadline_seconds
+        started = time.monotonic()
 
         def attempt() -> T:
             self._limiter.acquire()
             if search:
                 self._search_limiter.acquire()
             self.requests[endpoint] += 1
-            return fn()
+            left = max(deadline - (time.monotonic() - started), 0.001)
+            with watched(left, what, deadline_s=deadline):
+                return fn()
 
         return call_with_retry(
             attempt, policy=policy or self._policy, what=what, sleep=self._sleep, rng=self._rng,
+            deadline_s=deadline,
             classify=lambda exc: classify_hubspot_error(exc, what=what, auth_hint=auth_hint,
                                                         secret=secret),
         )
@@ -174,11 +182,14 @@ class HubSpotConnector:
     def _list_page(self, properties: list[str], after: str | None, *,
                    archived: bool) -> dict[str, Any]:
         endpoint = "GET /crm/v3/objects/deals" + ("?archived=true" if archived else "")
-        return self._call(endpoint, lambda: json_body(self._deals_api.get_page(
+        return self._call(endpoint, lambda: self._json(self._deals_api.get_page(
             # live deals are the default: send ``archived`` only when it is true
             limit=LIST_PAGE_SIZE, after=after, properties=properties, archived=archived or None,
             _request_timeout=DEFAULT_TIMEOUT, _preload_content=False,
         )))
+
+    def _json(self, response: Any) -> dict[str, Any]:
+        return json_body(response, max_bytes=self.settings.max_response_bytes)
 
     def _search(self, query: SearchQuery, properties: list[str]) -> dict[str, Any]:
         request = PublicObjectSearchRequest(
@@ -190,7 +201,7 @@ class HubSpotConnector:
             properties=properties,
             limit=SEARCH_PAGE_SIZE,
         )
-        return self._call("POST /crm/v3/objects/deals/search", lambda: json_body(
+        return self._call("POST /crm/v3/objects/deals/search", lambda: self._json(
             self._search_api.do_search(public_object_search_request=request,
                                        _request_timeout=DEFAULT_TIMEOUT, _preload_content=False),
         ), search=True)

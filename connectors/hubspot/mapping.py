@@ -22,6 +22,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from sales_velocity.connectors.base import Deal, DealStatus, Owner, Pipeline, Rejected, Stage, StageVisit
+from sales_velocity.connectors.validate import storable, validated
 
 __all__ = [
     "BASE_DEAL_PROPERTIES",
@@ -281,7 +282,8 @@ class DealMapper:
         link = None
         if self.portal_id is not None:
             link = f"https://app.hubspot.com/contacts/{self.portal_id}/deal/{deal_id}"
-        return Deal(
+        check = storable if deleted else validated
+        return check(Deal(
             source=self.source,
             external_id=deal_id,
             title=_text(properties.get("dealname")),
@@ -303,7 +305,7 @@ class DealMapper:
             whole_days=closed and close_date_only,
             stage_history=tuple(sorted(history, key=lambda v: (v.entered_at, v.stage))),
             raw=dict(properties),
-        )
+        ))
 
     def _status(self, stage_id: str | None, properties: Mapping[str, str | None]) -> DealStatus:
         """Won/lost from the stage metadata; the deal's own flags for unknown or odd stages."""

@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from sales_velocity.connectors.base import SourceSettings
+from sales_velocity.connectors.base import HttpSourceSettings
 
 __all__ = ["HubSpotSettings"]
 
 
-class HubSpotSettings(SourceSettings):
+class HubSpotSettings(HttpSourceSettings):
     """One ``[[sources]]`` table of kind ``hubspot``."""
 
     kind: Literal["hubspot"] = "hubspot"

@@ -214,6 +214,7 @@ class PipedriveConnector:
             timeout=(5.0, 15.0) if once else (10.0, self.settings.timeout_seconds),
             auth_hint=f"check api_token for company {self.settings.company_domain!r}",
             on_response=self._on_response, sleep=self._sleep, params=dict(params or {}),
+            deadline_s=self.settings.request_deadline_seconds, max_bytes=self.settings.max_response_bytes,
         )
         try:
             body = response.json()

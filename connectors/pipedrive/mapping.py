@@ -29,6 +29,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, cast
 
 from sales_velocity.connectors.base import Deal, DealStatus, Owner, Pipeline, Rejected, Stage
+from sales_velocity.connectors.validate import MAX_AMOUNT, validated
 
 __all__ = [
     "CANONICAL_FIELDS",
@@ -52,7 +53,6 @@ CANONICAL_FIELDS: tuple[str, ...] = (
 )
 """Deal fields a Pipedrive custom field may fill (``custom_fields`` in the settings)."""
 
-MAX_AMOUNT = Decimal("1e16")  # the store keeps NUMERIC(20, 4)
 _STATUSES: frozenset[str] = frozenset({"open", "won", "lost", "deleted"})
 
 
@@ -224,7 +224,7 @@ def _decimal(value: Any) -> Decimal | None:
         amount = Decimal(str(value))
     except InvalidOperation:
         raise ValueError(f"{value!r} is not a number") from None
-    if not amount.is_finite() or abs(amount) >= MAX_AMOUNT:
+    if not amount.is_finite() or abs(amount) > MAX_AMOUNT:
         raise ValueError(f"{value!r} is not a storable amount")
     return amount
 
@@ -305,7 +305,7 @@ def map_deal(
         step = "currency"
         if currency is not None and (not isinstance(currency, str) or len(currency) != 3):
             raise ValueError(f"{currency!r} is not a 3-letter currency code")
-        return Deal(
+        return validated(Deal(
             source=source,
             external_id=deal_id,
             title=str(raw["title"]) if raw.get("title") is not None else None,
@@ -319,6 +319,6 @@ def map_deal(
             link=deal_link(company_domain, deal_id),
             raw=dict(raw),
             **values,
-        )
+        ))
     except (ValueError, TypeError) as exc:
         return Rejected(where=f"deal {deal_id}", reason=f"{step}: {exc}", external_id=deal_id)

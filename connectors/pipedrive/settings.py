@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 
-from sales_velocity.connectors.base import SourceSettings
+from sales_velocity.connectors.base import HttpSourceSettings
 from sales_velocity.connectors.pipedrive.mapping import CANONICAL_FIELDS
 
 __all__ = ["PipedriveSettings"]
@@ -15,7 +15,7 @@ __all__ = ["PipedriveSettings"]
 _DOMAIN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9-]*$")
 
 
-class PipedriveSettings(SourceSettings):
+class PipedriveSettings(HttpSourceSettings):
     """One ``[[sources]]`` table of kind ``pipedrive``."""
 
     kind: Literal["pipedrive"] = "pipedrive"
