@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sales_velocity.kernel.config import TimeZoneName
+from sales_velocity.metrics.targets import TargetSettings
 
 __all__ = ["MetricsSettings", "WhatIfSettings"]
 
@@ -66,6 +67,9 @@ class MetricsSettings(BaseModel):
         description='Exchange rates: 1 unit of KEY is VALUE base currency, e.g. {USD = "10.5"}.',
     )
     what_if: WhatIfSettings = Field(default_factory=WhatIfSettings, description="What-if lever moves.")
+    targets: TargetSettings = Field(
+        default_factory=TargetSettings, description="Won value targets per month or quarter.",
+    )
     textfile: str | None = Field(
         default=None,
         description="Prometheus textfile (node-exporter collector) written after every run, sync and "
