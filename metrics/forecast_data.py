@@ -15,7 +15,7 @@ Everything is "as known at T" with the rules of ``metrics.window`` and the
 history rebuild (``metrics.history``): every timestamp becomes its local day on
 a grid of days ending with the as-of date, in SQL (``history._day_index``: the
 half-open local midnights, exact to the second; after the as-of date it is
-"never"). A deal is open at ``T`` when ``created <= T < ended`` (close day for
+"never"; before it, the negative number of days before it). A deal is open at ``T`` when ``created <= T < ended`` (close day for
 won/lost, deletion day for deleted, never for open; archived deals are never
 open, and a close without a known time never happens). Its stage at ``T`` is the
 stage of its last stage event on or before ``T``; without events, its current
@@ -139,8 +139,13 @@ def _deal_query(first_day: dt.date, days: int, zone: ZoneInfo, scope: MovementSc
     close = close_time()
     grid_start = sa.literal(day_start(first_day, zone), UTCDateTime())
 
+    grid_epoch = int(day_start(first_day, zone).timestamp())
+
     def day(moment: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-        return _day_index(EpochSeconds(moment), first_day, days, zone)
+        # before the grid: the (negative) number of whole days before it, so ages stay right
+        seconds = EpochSeconds(moment)
+        before = -((sa.literal(grid_epoch, sa.BigInteger()) - seconds + 86399) // 86400)
+        return sa.case((seconds < grid_epoch, before), else_=_day_index(seconds, first_day, days, zone))
 
     could_matter = sa.or_(
         sa.and_(d.status.in_(("won", "lost")), close >= grid_start),
@@ -260,19 +265,20 @@ def _visits(row: Any, start: int, end: int) -> list[tuple[str | None, str | None
             when, stage, pipeline = text.split(_FIELD)
             day = int(when)
             if day < NEVER:  # after the as-of date: not known yet
-                events.append((max(day, -1), stage, pipeline or row.pipeline_id))
+                events.append((day, stage, pipeline or row.pipeline_id))
         events.sort()
     if not events and row.stage_entered is not None and row.stage_entered < NEVER:
         events = [(row.stage_entered, row.stage_id, row.pipeline_id)]
     out: list[tuple[str | None, str | None, int, int, int]] = []
-    cursor, stage, pipeline, entered = start, None, row.pipeline_id, start
+    stage: str | None = None
+    cursor, pipeline, entered = start, row.pipeline_id, start if row.no_created else row.created
     for day, next_stage, next_pipeline in events:
-        day = max(day, start)
-        if day >= end:
+        boundary = max(day, start)
+        if boundary >= end:
             break
-        if day > cursor:
-            out.append((pipeline, stage, entered, cursor, day))
-        cursor, stage, pipeline, entered = day, next_stage, next_pipeline, day
+        if boundary > cursor:
+            out.append((pipeline, stage, entered, cursor, boundary))
+        cursor, stage, pipeline, entered = boundary, next_stage, next_pipeline, day
     if end > cursor:
         out.append((pipeline, stage, entered, cursor, end))
     return out

@@ -9,7 +9,7 @@ For an as-of point ``T`` and a horizon of ``h`` local days (``T+1 .. T+h``):
   of value that deals in its cell (source, pipeline, stage at ``T``, age in
   stage: under 30, 30-89, 90+ days) won within ``h`` days, learned from the
   weekly points ``S`` with ``S + h <= T`` (at most :data:`TRAINING_POINTS`,
-  two years); a cell seen fewer than :data:`MIN_DEAL_POINTS` times backs off to
+  two years, none before the first deal was created); a cell seen fewer than :data:`MIN_DEAL_POINTS` times backs off to
   its stage, then its pipeline, then all deals. Plus the deals not created yet:
   the value created per day over the :data:`INFLOW_DAYS` days up to ``T``,
   times ``h``, times the share of value created in ``S+1 .. S+h`` that was won
@@ -129,11 +129,16 @@ class DealModel:
             })
         self._new = {h: (_Prefix(data.new_created[h]), _Prefix(data.new_won[h])) for h in data.horizons}
 
-    @staticmethod
-    def training(point: int, days: int) -> tuple[int, int]:
-        """The training points ``[lo, hi)`` for a forecast at ``point``: those whose horizon ended by it."""
+    def training(self, point: int, days: int) -> tuple[int, int]:
+        """The training points ``[lo, hi)`` for a forecast at ``point``: those whose horizon ended by it.
+
+        Points before the first deal's creation are left out (a history that is
+        still filling up would look like a pipeline that converts less).
+        """
         hi = point - (days + 6) // 7 + 1
-        return max(hi - TRAINING_POINTS, 0), hi
+        first = self.data.first_created
+        earliest = 0 if first is None else max(-((self.data.offset - first) // 7), 0)
+        return max(hi - TRAINING_POINTS, earliest), hi
 
     def rate(self, cell: Cell, point: int, days: int) -> Decimal:
         """The share of open value in ``cell`` won within ``days`` days, as known at ``point``."""
@@ -164,7 +169,8 @@ class DealModel:
 
     def expected(self, point: int, days: int) -> Decimal | None:
         """The deal-by-deal forecast at ``point``; ``None`` before any training point exists."""
-        if self.training(point, days)[1] <= 0:
+        lo, hi = self.training(point, days)
+        if hi <= lo:
             return None
         total = Decimal(0)
         with decimal.localcontext(prec=_PREC):
