@@ -73,6 +73,8 @@ class HorizonForecast:
     low: Decimal | None
     high: Decimal | None
     by_method: dict[str, Decimal | None]
+    wape: Decimal | None = None
+    """The default method's WAPE at this horizon over the backtest (``None`` when unscored)."""
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,8 @@ class Forecast:
     beats_persistence: bool | None
     won_deals: int
     velocity_per_day: Decimal | None
+    scored_points: int = 0
+    """As-of points scored at the shortest horizon."""
     targets: tuple[TargetStatus, ...] = field(default=())
     """Where each targeted period containing the as-of date stands (``metrics.targets``)."""
 
@@ -206,12 +210,13 @@ def compute_forecast(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
         by_method = {m: (v.quantize(CENT, ROUND_HALF_UP) if v is not None else None)
                      for m, v in _forecasts(data, model, last, h, velocity).items()}
         expected = by_method.get(method) or Decimal("0.00")
-        bounds = None
+        bounds, wape = None, None
         if scored:
             same = [p for p in backtest if p.method == method and p.days == h]
             bounds = calibrated_range(expected, errors_known_at(same, as_of))
+            wape = score(same, method).wape
         result_horizons.append(HorizonForecast(h, expected, bounds[0] if bounds else None,
-                                               bounds[1] if bounds else None, by_method))
+                                               bounds[1] if bounds else None, by_method, wape))
     extra = {}
     for h in extra_horizons:
         value = (model.expected(last, h) if method == "deal_by_deal" else velocity_x_days(velocity, h))
@@ -219,4 +224,5 @@ def compute_forecast(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
     won = {p.label: data.won_between(data.days - 1 - (as_of - p.first).days, data.days - 1) for p in periods}
     statuses = target_statuses(list(periods), as_of, won, extra)
     return Forecast(as_of, settings.currency, scope, method, scored, tuple(result_horizons), accuracy,
-                    tuple(backtest), tuple(notes), beats, data.won_deals, velocity, tuple(statuses))
+                    tuple(backtest), tuple(notes), beats, data.won_deals, velocity, scored_points,
+                    tuple(statuses))

@@ -239,6 +239,7 @@ def _todays_digest(
         if movement_due(engine, notify.movement, notify.movement_week_starts, as_of) else None,
         max_data_age_hours=notify.max_data_age_hours,
         freshness=freshness,
+        forecast=notify.forecast,
     )
     return _digest_message(d, notify, metrics)
 
