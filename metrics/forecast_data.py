@@ -15,7 +15,8 @@ Everything is "as known at T" with the rules of ``metrics.window`` and the
 history rebuild (``metrics.history``): every timestamp becomes its local day on
 a grid of days ending with the as-of date, in SQL (``history._day_index``: the
 half-open local midnights, exact to the second; after the as-of date it is
-"never"; before it, the negative number of days before it). A deal is open at ``T`` when ``created <= T < ended`` (close day for
+"never"; before it, the negative number of days before it). A deal is open at
+``T`` when ``created <= T < ended`` (close day for
 won/lost, deletion day for deleted, never for open; archived deals are never
 open, and a close without a known time never happens). Its stage at ``T`` is the
 stage of its last stage event on or before ``T``; without events, its current
@@ -262,10 +263,10 @@ def _visits(row: Any, start: int, end: int) -> list[tuple[str | None, str | None
     events: list[tuple[int, str, str | None]] = []
     if row.events:
         for text in row.events.split(_SEP):
-            when, stage, pipeline = text.split(_FIELD)
+            when, event_stage, pipeline = text.split(_FIELD)
             day = int(when)
             if day < NEVER:  # after the as-of date: not known yet
-                events.append((day, stage, pipeline or row.pipeline_id))
+                events.append((day, event_stage, pipeline or row.pipeline_id))
         events.sort()
     if not events and row.stage_entered is not None and row.stage_entered < NEVER:
         events = [(row.stage_entered, row.stage_id, row.pipeline_id)]

@@ -9,7 +9,8 @@ For an as-of point ``T`` and a horizon of ``h`` local days (``T+1 .. T+h``):
   of value that deals in its cell (source, pipeline, stage at ``T``, age in
   stage: under 30, 30-89, 90+ days) won within ``h`` days, learned from the
   weekly points ``S`` with ``S + h <= T`` (at most :data:`TRAINING_POINTS`,
-  two years, none before the first deal was created); a cell seen fewer than :data:`MIN_DEAL_POINTS` times backs off to
+  two years, none before the first deal was created); a cell seen fewer than
+  :data:`MIN_DEAL_POINTS` times backs off to
   its stage, then its pipeline, then all deals. Plus the deals not created yet:
   the value created per day over the :data:`INFLOW_DAYS` days up to ``T``,
   times ``h``, times the share of value created in ``S+1 .. S+h`` that was won

@@ -32,9 +32,9 @@ from typing import Any
 import sqlalchemy as sa
 
 from sales_velocity.metrics.concurrent import read_concurrently
+from sales_velocity.metrics.coverage import Coverage, read_coverage
 from sales_velocity.metrics.forecast import Forecast, compute_forecast
 from sales_velocity.metrics.forecast_view import forecast_json
-from sales_velocity.metrics.coverage import Coverage, read_coverage
 from sales_velocity.metrics.freshness import DEFAULT_MAX_AGE_HOURS, Freshness, read_freshness
 from sales_velocity.metrics.hygiene import (
     BOTTLENECKS,

@@ -15,8 +15,8 @@ from sales_velocity.metrics.settings import WhatIfSettings
 from sales_velocity.metrics.velocity import ScopeVelocity
 from sales_velocity.notify.chart import sparkline
 from sales_velocity.notify.digest import LINEAR_LEVER, Digest
-from sales_velocity.notify.formatting import Formatter, Texts
 from sales_velocity.notify.forecast_section import forecast_lines
+from sales_velocity.notify.formatting import Formatter, Texts
 from sales_velocity.notify.movement_section import movement_view
 from sales_velocity.notify.reminders import ReminderMessage
 from sales_velocity.notify.render import Format, Rendered, render_template, slack_blocks, texts

@@ -1,4 +1,4 @@
-"""The forecast on small hand-made histories: exact where Little's law is exact, beaten where deals are stuck."""
+"""The forecast on small hand-made histories: exact where Little's law is, beaten where deals are stuck."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 
 from sales_velocity.metrics.backtest import BacktestPoint, calibrated_range, quantile, score
 from sales_velocity.metrics.forecast import compute_forecast
 from sales_velocity.metrics.movement import MovementScope
 from sales_velocity.metrics.settings import MetricsSettings
-from sales_velocity.metrics.targets import Period, periods_for, TargetSettings
+from sales_velocity.metrics.targets import Period, TargetSettings, parse_period, periods_for
 from sales_velocity.sync.store import stage_events_table, stages_table
 from tests.metrics.test_velocity_rows import deal, insert_deals
 
@@ -87,9 +88,10 @@ class TestSteadyPipeline:
 
 class TestStuckDeals:
     def test_deal_by_deal_beats_velocity_x_days(self, store: sa.Engine) -> None:
-        """200 deals stuck open for years inflate N: velocity x days is 11x too high, deal by deal is exact."""
+        """200 deals stuck open for years inflate N: velocity x days is 11x too high, deal by deal exact."""
         rows = steady(365 * 4)  # steady over the whole two years deal by deal learns from
-        stuck = [deal(f"s{n}", created=noon(AS_OF - 4000 * DAY), amount=1000, pipeline="p") for n in range(200)]
+        old = noon(AS_OF - 4000 * DAY)
+        stuck = [deal(f"s{n}", created=old, amount=1000, pipeline="p") for n in range(200)]
         insert_deals(store, rows + stuck)
         forecast = compute_forecast(store, SETTINGS, AS_OF)
         for p in forecast.backtest:
@@ -117,7 +119,8 @@ class TestStages:
             won = n % 2 == 0
             closed = created + 20 * DAY
             ident = f"d{n}"
-            rows.append(deal(ident, status=("won" if won else "lost") if closed <= AS_OF + 60 * DAY else "open",
+            outcome = "won" if won else "lost"
+            rows.append(deal(ident, status=outcome if closed <= AS_OF + 60 * DAY else "open",
                              created=noon(created), closed=noon(closed), amount=1000, pipeline="p"))
             events.append({"source": "crm", "external_id": ident, "pipeline_id": "p", "stage_id": "A",
                            "entered_at": noon(created), "observed": False})
@@ -128,8 +131,8 @@ class TestStages:
         with store.begin() as conn:
             conn.execute(sa.insert(stage_events_table), events)
             conn.execute(sa.insert(stages_table), [
-                {"source": "crm", "pipeline_id": "p", "external_id": "A", "name": "A", "probability": Decimal("0.1")},
-                {"source": "crm", "pipeline_id": "p", "external_id": "B", "name": "B", "probability": Decimal("0.9")},
+                {"source": "crm", "pipeline_id": "p", "external_id": stage, "name": stage,
+                 "probability": Decimal(chance)} for stage, chance in (("A", "0.1"), ("B", "0.9"))
             ])
         forecast = compute_forecast(store, SETTINGS, AS_OF, horizons=(10,))
         # By hand at the as-of date: open are the deals created on T-19..T (20 deals, one a day);
@@ -153,7 +156,9 @@ class TestTooLittleHistory:
         forecast = compute_forecast(store, SETTINGS, AS_OF)
         assert not forecast.scored
         assert forecast.method == "velocity_x_days"
-        assert any("5 won deals of 20 needed" in n and "backtest points of 8 needed" in n for n in forecast.notes)
+        (note,) = [n for n in forecast.notes if "Too little history" in n]
+        assert "5 won deals of 20 needed" in note
+        assert "0 backtest points of 8 needed" in note
         assert all(h.low is None and h.high is None for h in forecast.horizons)
         # by hand: N = 3, V = 100, p = 1, L = 40 - n days, mean 38 -> 3 * 100 / 38 per day
         per_day = (Decimal(300) / Decimal(38)).quantize(Decimal("0.01"))
@@ -164,7 +169,8 @@ class TestCalibration:
     def test_quantile_interpolates(self) -> None:
         """The 10th percentile of 0..10 is 1, the 90th 9, between neighbours linearly."""
         values = [Decimal(n) for n in range(11)]
-        assert (quantile(values, Decimal("0.1")), quantile(values, Decimal("0.9"))) == (1, 9)
+        assert quantile(values, Decimal("0.1")) == 1
+        assert quantile(values, Decimal("0.9")) == 9
         assert quantile([Decimal(0), Decimal(1)], Decimal("0.25")) == Decimal("0.25")
 
     def test_range_from_past_errors_holds_about_80_percent(self) -> None:
@@ -173,15 +179,17 @@ class TestCalibration:
         start = dt.date(2025, 1, 1)
         for n in range(200):
             error = Decimal((n * 37) % 100 - 50) / 100  # a fixed shuffle of -0.50 .. 0.49
-            points.append(BacktestPoint(start + n * 7 * DAY, 7, "m", Decimal(1000), Decimal(1000) * (1 + error)))
+            actual = Decimal(1000) * (1 + error)
+            points.append(BacktestPoint(start + n * 7 * DAY, 7, "m", Decimal(1000), actual))
         accuracy = score(points, "m")
-        assert accuracy.coverage is not None and abs(accuracy.coverage - Decimal("0.8")) <= Decimal("0.05")
+        assert accuracy.coverage is not None
+        assert abs(accuracy.coverage - Decimal("0.8")) <= Decimal("0.05")
         assert calibrated_range(Decimal(100), [Decimal(0)] * 3) is None  # too few errors: no range
 
 
 class TestTargets:
     def test_target_status_by_hand(self, store: sa.Engine) -> None:
-        """Quarter target 2,000,000 on 2026-11-26 of a steady 1,000 a day: won so far, needed, gap, velocity."""
+        """Q4 target 2,000,000 on 2026-11-26, 1,000 won a day: won so far, needed, gap, velocity."""
         insert_deals(store, steady())
         targets = TargetSettings(all={"2026-Q4": Decimal(2000000), "2026-11": Decimal(20000)})
         periods = periods_for(targets, MovementScope(), AS_OF)
@@ -189,21 +197,18 @@ class TestTargets:
         forecast = compute_forecast(store, SETTINGS, AS_OF, periods=periods)
         month, quarter = forecast.targets
         # by hand: 1,000 won each day; Q4 so far = Oct 1 .. Nov 26 = 57 days; 35 days left
-        assert (quarter.won, quarter.needed, quarter.remaining_days) == (57000, 2000000 - 57000, 35)
-        assert quarter.forecast == 35000 and not quarter.closes_gap
+        assert (quarter.won, quarter.needed, quarter.remaining_days) == (Decimal(57000), Decimal(1943000), 35)
+        assert quarter.forecast == Decimal(35000)
+        assert not quarter.closes_gap
         assert quarter.velocity_needed == (Decimal(1943000) / 35).quantize(Decimal("0.01"))
-        assert (month.won, month.needed, month.remaining_days, month.forecast) == (26000, 0, 4, 4000)
+        assert (month.won, month.needed, month.remaining_days, month.forecast) == (
+            Decimal(26000), Decimal(0), 4, Decimal(4000))
         assert month.closes_gap
 
     def test_periods_parse(self) -> None:
         """A quarter runs to its last day; a bad key is refused with the key named."""
         assert Period("2026-Q1", dt.date(2026, 1, 1), dt.date(2026, 3, 31), Decimal(1)).last.day == 31
-        from sales_velocity.metrics.targets import parse_period
         assert parse_period("2026-Q4") == (dt.date(2026, 10, 1), dt.date(2026, 12, 31))
         assert parse_period("2026-02") == (dt.date(2026, 2, 1), dt.date(2026, 2, 28))
-        try:
+        with pytest.raises(ValueError, match="2026-13"):
             TargetSettings(all={"2026-13": Decimal(1)})
-        except ValueError as exc:
-            assert "2026-13" in str(exc)
-        else:
-            raise AssertionError("a bad period was accepted")

@@ -46,14 +46,15 @@ def maven(tmp_path: Path, db_url: str) -> tuple[Path, dict[str, str]]:
 
 
 def test_backtest_actuals_match_the_csv(maven: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
-    """Every backtest point's actual (won in T+1..T+h) and persistence (won in T-h+1..T) equal the CSV's sums."""
+    """Each backtest actual (won in T+1..T+h) and persistence (won in T-h+1..T) equals the CSV's sum."""
     config, env = maven
     code, out = velocity(["--config", str(config), "forecast", "--as-of", AS_OF.isoformat(), "--backtest",
                           "--format", "csv"], env=env)
     assert code == 0, out
     rows = list(csv.DictReader(io.StringIO(out)))
     totals = won_by_day(tmp_path / "maven.csv")
-    assert rows and {r["method"] for r in rows} == {"velocity_x_days", "deal_by_deal", "persistence"}
+    assert rows
+    assert {r["method"] for r in rows} == {"velocity_x_days", "deal_by_deal", "persistence"}
     for r in rows:
         as_of, days = dt.date.fromisoformat(r["as_of"]), int(r["days"])
         assert as_of + dt.timedelta(days=days) <= AS_OF  # only passed horizons
@@ -66,8 +67,8 @@ def test_backtest_actuals_match_the_csv(maven: tuple[Path, dict[str, str]], tmp_
 def test_json_contract(maven: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     """The JSON has the contract's keys, money as decimal strings, and the Q4 target from the CSV's wins."""
     config, env = maven
-    code, out = velocity(["--config", str(config), "forecast", "--as-of", AS_OF.isoformat(), "--format", "json",
-                          "--horizons", "30,60"], env=env)
+    code, out = velocity(["--config", str(config), "forecast", "--as-of", AS_OF.isoformat(),
+                          "--format", "json", "--horizons", "30,60"], env=env)
     assert code == 0, out
     data = json.loads(out)
     assert {"as_of", "currency", "method", "horizons", "accuracy"} <= set(data)
@@ -90,5 +91,5 @@ def test_json_contract(maven: tuple[Path, dict[str, str]], tmp_path: Path) -> No
 def test_bad_horizons_say_which(maven: tuple[Path, dict[str, str]]) -> None:
     """--horizons 30,0 exits 2 naming the bad part."""
     config, env = maven
-    code, out = velocity(["--config", str(config), "forecast", "--horizons", "30,0"], env=env)
+    code, _ = velocity(["--config", str(config), "forecast", "--horizons", "30,0"], env=env)
     assert code == 2
