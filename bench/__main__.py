@@ -33,6 +33,7 @@ from bench.measure import (
     ingest,
     interpreter_calibration_us,
     open_store,
+    forecast,
     recompute,
     resync,
     timed,
@@ -44,6 +45,8 @@ BUDGETS = {
     "ingest_deals_per_s_min": 50_000,
     "ingest_peak_rss_mb_max": 400,
     "recompute_s_max": 5.0,
+    "forecast_s_max": 30.0,
+    "forecast_peak_rss_mb_max": 400,
     "crm_ratio_to_floor_max": 1.2,
     "no_change_requests_max": 3,
 }
@@ -126,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["resync_1pct_incremental"] = resync(engine, catalog, pages,
                                                        changed=changed["incremental"], incremental=True)
             report["recompute"], velocity = recompute(engine)
+            report["forecast"] = forecast(engine)
             from bench.baseline import compare, pandas_velocity
 
             Rss.reset()
@@ -172,6 +176,8 @@ def _budgets(r: dict[str, Any]) -> dict[str, Any]:
         "ingest_peak_rss": r["ingest"]["peak_rss_mb"] < BUDGETS["ingest_peak_rss_mb_max"],
         "recompute_under_5s": r["recompute"]["total_s"] < BUDGETS["recompute_s_max"],
         "recompute_faster_than_baseline": r["recompute"]["total_s"] < r["baseline"]["seconds"],
+        "forecast_under_30s": r["forecast"]["seconds"] < BUDGETS["forecast_s_max"],
+        "forecast_peak_rss": r["forecast"]["peak_rss_mb"] < BUDGETS["forecast_peak_rss_mb_max"],
         "baseline_agrees_to_the_cent": r["baseline"]["agree_to_the_cent"],
     }
     for name, crm in r["crm"].items():
@@ -213,6 +219,9 @@ def _table(r: dict[str, Any]) -> str:
         ("   alone, for the record", f"hygiene {rec['hygiene_alone_s']} s, "
                                     f"stage waits {rec['stage_waits_alone_s']} s"),
         ("   velocity only", f"{rec['velocity_only_s']:.2f} s ({rec['scopes']} scopes)"),
+        ("3b. forecast + backtest", f"{r['forecast']['seconds']:.2f} s, peak RSS {r['forecast']['peak_rss_mb']} MB "
+                                    f"({r['forecast']['as_of_points']} as-of points, "
+                                    f"{r['forecast']['scored_points']} scored; method {r['forecast']['method']})"),
         ("4. pandas baseline", f"{base['seconds']:.2f} s, peak RSS {base['peak_rss_mb']} MB, "
                                f"agrees to the cent: {base['agree_to_the_cent']}"),
         ("   ours / baseline", f"velocity {r['ratios']['velocity_ours_over_baseline']}, "

@@ -113,9 +113,7 @@ def _velocities(engine: sa.Engine, settings: MetricsSettings, days: Sequence[dt.
     key = "" if scope.kind == "all" else f"{scope.source}/{scope.key}"
     wanted = set(days)
     out: dict[dt.date, Decimal | None] = {}
-    for report in rebuild_reports(engine, settings, min(days), max(days)):
-        if report.as_of not in wanted:
-            continue
+    for report in rebuild_reports(engine, settings, min(days), max(days), only=wanted):
         found = next((s for s in report.scopes if s.scope == scope.kind and s.key == key), None)
         out[report.as_of] = found.velocity.value if found is not None else Decimal(0)
     return out

@@ -12,12 +12,12 @@ point ``T`` on a weekly grid ending with the as-of date (``T = as_of - 7j``):
   by ``T+h`` (the conversion of deals not yet created at ``T``).
 
 Everything is "as known at T" with the rules of ``metrics.window`` and the
-history rebuild (``metrics.history``): every timestamp becomes its local day on
-a grid of days ending with the as-of date, in SQL (``history._day_index``: the
-half-open local midnights, exact to the second; after the as-of date it is
-"never"; before it, the negative number of days before it). A deal is open at
-``T`` when ``created <= T < ended`` (close day for
-won/lost, deletion day for deleted, never for open; archived deals are never
+history rebuild (``metrics.history``): SQL gives every timestamp as epoch
+seconds, and it becomes its local day on a grid of days ending with the as-of
+date by the half-open local midnights (:class:`_Days`, exact to the second;
+after the as-of date it is "never"; before the grid, the negative number of
+days before it). A deal is open at ``T`` when ``created <= T < ended`` (close
+day for won/lost, deletion day for deleted, never for open; archived deals are never
 open, and a close without a known time never happens). Its stage at ``T`` is the
 stage of its last stage event on or before ``T``; without events, its current
 stage from ``stage_entered_at`` on, and "unknown" before (age counted from the
@@ -25,16 +25,18 @@ creation).
 
 Nothing is held per deal: each deal adds a few ``+value``/``-value`` marks to
 difference arrays over the grid's points (one per stretch of points in one
-cell), and the sums are running totals of those marks. The deals arrive as a
+cell), and the sums are running totals of those marks; new deals are summed by
+creation day and by (creation day, days to the win). The deals arrive as a
 stream (``yield_per``), so memory does not grow with the store.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -43,7 +45,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-from sales_velocity.metrics.history import NEVER, _day_index
+from sales_velocity.metrics.history import NEVER
 from sales_velocity.metrics.movement import MovementScope
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.sql import EpochSeconds
@@ -134,27 +136,18 @@ def _scope_filter(scope: MovementScope) -> sa.ColumnElement[bool]:
     return sa.true()
 
 
-def _deal_query(first_day: dt.date, days: int, zone: ZoneInfo, scope: MovementScope) -> sa.Select[Any]:
-    """One row per deal that can matter on the grid, with its days on the grid and its stage events."""
+def _deal_query(first_day: dt.date, zone: ZoneInfo, scope: MovementScope) -> sa.Select[Any]:
+    """One row per deal that can matter on the grid: its times as epoch seconds, and its stage events."""
     d, e = deals_table.c, stage_events_table.c
     close = close_time()
     grid_start = sa.literal(day_start(first_day, zone), UTCDateTime())
-
-    grid_epoch = int(day_start(first_day, zone).timestamp())
-
-    def day(moment: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-        # before the grid: the (negative) number of whole days before it, so ages stay right
-        seconds = EpochSeconds(moment)
-        before = -((sa.literal(grid_epoch, sa.BigInteger()) - seconds + 86399) // 86400)
-        return sa.case((seconds < grid_epoch, before), else_=_day_index(seconds, first_day, days, zone))
-
     could_matter = sa.or_(
         sa.and_(d.status.in_(("won", "lost")), close >= grid_start),
         sa.and_(d.status == "open", sa.not_(d.archived)),
         sa.and_(d.status == "deleted", sa.not_(d.archived), d.deleted_at >= grid_start),
     )
     event_text = (
-        sa.cast(day(e.entered_at), sa.Text) + _FIELD + e.stage_id + _FIELD
+        sa.cast(EpochSeconds(e.entered_at), sa.Text) + _FIELD + e.stage_id + _FIELD
         + sa.func.coalesce(e.pipeline_id, "")
     )
     events = (
@@ -163,118 +156,234 @@ def _deal_query(first_day: dt.date, days: int, zone: ZoneInfo, scope: MovementSc
         .scalar_subquery()
     )
     ended = sa.case(
-        (d.status == "open", sa.literal(NEVER, sa.BigInteger())),
-        (d.status.in_(("won", "lost")), day(close)),
-        else_=day(d.deleted_at),
+        (d.status.in_(("won", "lost")), EpochSeconds(close)),
+        (d.status == "deleted", EpochSeconds(d.deleted_at)),
+        else_=sa.null(),
     )
     return (
         sa.select(
             d.source, d.pipeline_id, d.stage_id, d.status, d.archived, d.amount, d.currency,
-            sa.case((d.created_at.is_(None), -1), else_=day(d.created_at)).label("created"),
-            d.created_at.is_(None).label("no_created"),
-            ended.label("ended"),
-            day(d.stage_entered_at).label("stage_entered"),
-            events.label("events"),
+            EpochSeconds(d.created_at).label("created"), ended.label("ended"),
+            EpochSeconds(d.stage_entered_at).label("stage_entered"), events.label("events"),
         )
         .where(could_matter, _scope_filter(scope))
     )
 
 
-class _Marks:
-    """Difference arrays over the points: ``add(cell, lo, hi, v)`` adds ``v`` to points ``lo .. hi-1``."""
+class _Days:
+    """Epoch seconds -> grid day, by the local midnights (exact to the second, DST included).
 
-    def __init__(self, points: int) -> None:
-        self.points = points
-        self.marks: dict[Any, list[Any]] = {}
+    Before the grid: the negative number of whole days before it; from the day
+    after the as-of date on: :data:`NEVER`.
+    """
 
-    def add(self, key: Any, lo: int, hi: int, value: Any) -> None:
-        lo, hi = max(lo, 0), min(hi, self.points)
-        if lo >= hi:
-            return
-        row = self.marks.get(key)
-        if row is None:
-            row = self.marks[key] = [0] * (self.points + 1)
-        row[lo] += value
-        row[hi] -= value
+    def __init__(self, first_day: dt.date, days: int, zone: ZoneInfo) -> None:
+        self.starts = [int(day_start(first_day + dt.timedelta(days=n), zone).timestamp())
+                       for n in range(days + 1)]
+        self.first, self.end, self.days = self.starts[0], self.starts[-1], days
 
-    def totals(self) -> dict[Any, list[Any]]:
-        """The running sums: the value at each point."""
-        out = {}
-        for key, row in self.marks.items():
-            running, values = 0, []
-            for mark in row[:-1]:
-                running += mark
-                values.append(running)
-            out[key] = values
-        return out
-
-
-def _first_point_at_or_after(day: int, offset: int) -> int:
-    """The first point ``q`` with ``offset + 7q >= day``."""
-    return -((offset - day) // 7)
+    def __call__(self, seconds: int) -> int:
+        if seconds < self.first:
+            return -((self.first - seconds + 86399) // 86400)
+        if seconds >= self.end:
+            return NEVER
+        return bisect_right(self.starts, seconds) - 1
 
 
 def read_forecast_data(engine: sa.Engine, settings: MetricsSettings, as_of: dt.date, *, history_days: int,
                        horizons: Sequence[int], scope: MovementScope) -> ForecastData:
-    """Stream the deals of ``scope`` once; sum them on the grid of ``history_days`` days ending ``as_of``."""
+    """Stream the deals of ``scope`` once; sum them on the grid of ``history_days`` days ending ``as_of``.
+
+    Values are summed as integers of 1/10,000 of the base currency (each
+    converted amount rounded half up to that), so sums are exact and fast.
+    """
     zone = settings.zone
     days = history_days
     first_day = as_of - dt.timedelta(days=days - 1)
-    offset = (days - 1) % 7
-    points = (days - 1) // 7 + 1
     hs = tuple(sorted(set(horizons)))
-    data = ForecastData(first_day, days, points, offset, hs, [Decimal(0)] * days, [Decimal(0)] * days)
-    opened, counted = _Marks(points), _Marks(points)
-    won_marks = {h: _Marks(points) for h in hs}
-    new_marks = _Marks(points)
-    rates = settings.rates
+    acc = _Accumulator(days, hs, _Days(first_day, days, zone))
+    rates = {code: Decimal(rate) for code, rate in settings.rates.items()}
     base = settings.currency
+    probabilities: dict[tuple[str, str, str], Decimal] = {}
     with engine.connect() as conn:
         s = stages_table.c
         for row in conn.execute(sa.select(s.source, s.pipeline_id, s.external_id, s.probability)
                                 .where(s.probability.is_not(None))):
-            data.probabilities[(row.source, row.pipeline_id, row.external_id)] = Decimal(row.probability)
-        result = conn.execution_options(yield_per=5000).execute(
-            _deal_query(first_day, days, zone, scope))
+            probabilities[(row.source, row.pipeline_id, row.external_id)] = Decimal(row.probability)
+        result = conn.execution_options(yield_per=5000).execute(_deal_query(first_day, zone, scope))
         for row in result:
-            if row.amount is None:
-                data.left_out += 1
+            amount = row.amount
+            if amount is None:
+                acc.left_out += 1
                 continue
             code = (row.currency or base).upper()
-            if code == base:
-                value = Decimal(row.amount)
-            elif code in rates:
-                value = Decimal(row.amount) * rates[code]
-            else:
-                data.left_out += 1
-                continue
-            _add_deal(row, value, data, opened, counted, won_marks, new_marks)
-    data.open_value = opened.totals()
-    data.open_count = counted.totals()
-    data.won_within = {h: marks.totals() for h, marks in won_marks.items()}
-    new = new_marks.totals()
-    data.new_created = {h: new.get(("created", h), [Decimal(0)] * points) for h in hs}
-    data.new_won = {h: new.get(("won", h), [Decimal(0)] * points) for h in hs}
-    return data
+            if code != base:
+                rate = rates.get(code)
+                if rate is None:
+                    acc.left_out += 1
+                    continue
+                amount = amount * rate
+            acc.add(row, int((amount * SCALE).to_integral_value(ROUND_HALF_UP)))
+    return acc.finish(first_day, probabilities)
 
 
-def _visits(row: Any, start: int, end: int) -> list[tuple[str | None, str | None, int, int, int]]:
+SCALE = 10000
+"""Values are summed in 1/10,000 of the base currency."""
+
+
+class _Accumulator:
+    """The marks of every deal (see the module docstring), as integers of 1/:data:`SCALE`."""
+
+    def __init__(self, days: int, horizons: tuple[int, ...], to_day: _Days) -> None:
+        self.days, self.horizons, self.to_day = days, horizons, to_day
+        self.offset = (days - 1) % 7
+        self.points = (days - 1) // 7 + 1
+        self.won_by_day = [0] * days
+        self.created_by_day = [0] * days
+        self.won_lag: dict[tuple[int, int], int] = {}
+        self.open_value: dict[Cell, list[int]] = {}
+        self.open_count: dict[Cell, list[int]] = {}
+        self.won_within: dict[int, dict[Cell, list[int]]] = {h: {} for h in horizons}
+        self.won_deals = 0
+        self.first_created: int | None = None
+        self.left_out = 0
+        self.longest = max(horizons)
+
+    def _row(self, table: dict[Cell, list[int]], cell: Cell) -> list[int]:
+        row = table.get(cell)
+        if row is None:
+            row = table[cell] = [0] * (self.points + 1)
+        return row
+
+    def add(self, row: Any, value: int) -> None:
+        """One deal's marks."""
+        to_day, days, offset, points = self.to_day, self.days, self.offset, self.points
+        status = row.status
+        no_created = row.created is None
+        created = -1 if no_created else to_day(row.created)
+        if status == "open":
+            ended: int | None = NEVER
+        elif row.ended is None:
+            ended = None  # closed or deleted at an unknown time: never open, never won
+        else:
+            ended = to_day(row.ended)
+        won_day = ended if status == "won" and ended is not None and 0 <= ended < NEVER else None
+        if won_day is not None:
+            self.won_by_day[won_day] += value
+            self.won_deals += 1
+        if created < NEVER and (self.first_created is None or created < self.first_created):
+            self.first_created = created
+        if not no_created and 0 <= created < NEVER:
+            self.created_by_day[created] += value
+            if won_day is not None:
+                key = (created, min(max(won_day - created, 0), self.longest + 1))
+                self.won_lag[key] = self.won_lag.get(key, 0) + value
+        if row.archived or ended is None:
+            return
+        start = created if created > 0 else 0
+        end = ended if ended < days else days
+        if start >= end:
+            return
+        source = row.source
+        for pipeline, stage, entered, lo, hi in _visits(row, to_day, created, start, end):
+            for bucket in (0, 1, 2):
+                a = entered + AGE_BUCKETS[bucket]
+                if a < lo:
+                    a = lo
+                b = hi if bucket == 2 else min(hi, entered + AGE_BUCKETS[bucket + 1])
+                if a >= b:
+                    continue
+                q_lo, q_hi = -((offset - a) // 7), -((offset - b) // 7)
+                if q_hi > points:
+                    q_hi = points
+                if q_lo >= q_hi:
+                    continue
+                cell: Cell = (source, pipeline, stage, bucket)
+                opened = self._row(self.open_value, cell)
+                opened[q_lo] += value
+                opened[q_hi] -= value
+                counted = self._row(self.open_count, cell)
+                counted[q_lo] += 1
+                counted[q_hi] -= 1
+                if won_day is None:
+                    continue
+                for h in self.horizons:
+                    from_q = -((offset - won_day + h) // 7)
+                    if from_q < q_lo:
+                        from_q = q_lo
+                    if from_q < q_hi:
+                        won = self._row(self.won_within[h], cell)
+                        won[from_q] += value
+                        won[q_hi] -= value
+
+    def finish(self, first_day: dt.date, probabilities: dict[tuple[str, str, str], Decimal]) -> ForecastData:
+        """The running sums, in Decimal."""
+        points, offset = self.points, self.offset
+
+        def money(values: list[int]) -> list[Decimal]:
+            return [Decimal(v) / SCALE if v else Decimal(0) for v in values]
+
+        def running(row: list[int]) -> list[int]:
+            out, total = [], 0
+            for mark in row[:-1]:
+                total += mark
+                out.append(total)
+            return out
+
+        def point(day: int) -> int:
+            return max(-((offset - day) // 7), 0)
+
+        new_created: dict[int, list[Decimal]] = {}
+        new_won: dict[int, list[Decimal]] = {}
+        for h in self.horizons:  # created in (T, T+h], and won by T+h
+            created_marks = [0] * (points + 1)
+            won_marks = [0] * (points + 1)
+            for day, value in enumerate(self.created_by_day):
+                if value:
+                    lo, hi = point(day - h), min(point(day), points)
+                    if lo < hi:
+                        created_marks[lo] += value
+                        created_marks[hi] -= value
+            for (day, lag), value in self.won_lag.items():
+                if lag <= h:
+                    lo, hi = point(day + lag - h), min(point(day), points)
+                    if lo < hi:
+                        won_marks[lo] += value
+                        won_marks[hi] -= value
+            new_created[h] = money(running(created_marks))
+            new_won[h] = money(running(won_marks))
+        return ForecastData(
+            first_day, self.days, points, offset, self.horizons,
+            money(self.won_by_day), money(self.created_by_day),
+            won_deals=self.won_deals, first_created=self.first_created, left_out=self.left_out,
+            open_value={c: money(running(r)) for c, r in self.open_value.items()},
+            open_count={c: running(r) for c, r in self.open_count.items()},
+            won_within={h: {c: money(running(r)) for c, r in cells.items()}
+                        for h, cells in self.won_within.items()},
+            new_created=new_created, new_won=new_won, probabilities=probabilities,
+        )
+
+
+def _visits(row: Any, to_day: _Days, created: int, start: int,
+            end: int) -> list[tuple[str | None, str | None, int, int, int]]:
     """``(pipeline, stage, entered, from, to)``: each stretch of ``[start, end)`` spent in one stage."""
     events: list[tuple[int, str, str | None]] = []
     if row.events:
         for text in row.events.split(_SEP):
             when, event_stage, pipeline = text.split(_FIELD)
-            day = int(when)
+            day = to_day(int(when))
             if day < NEVER:  # after the as-of date: not known yet
                 events.append((day, event_stage, pipeline or row.pipeline_id))
         events.sort()
-    if not events and row.stage_entered is not None and row.stage_entered < NEVER:
-        events = [(row.stage_entered, row.stage_id, row.pipeline_id)]
-    out: list[tuple[str | None, str | None, int, int, int]] = []
+    elif row.stage_entered is not None:
+        entered = to_day(row.stage_entered)
+        if entered < NEVER:
+            events = [(entered, row.stage_id, row.pipeline_id)]
     stage: str | None = None
-    cursor, pipeline, entered = start, row.pipeline_id, start if row.no_created else row.created
+    out: list[tuple[str | None, str | None, int, int, int]] = []
+    cursor, pipeline, entered = start, row.pipeline_id, start if row.created is None else created
     for day, next_stage, next_pipeline in events:
-        boundary = max(day, start)
+        boundary = day if day > start else start
         if boundary >= end:
             break
         if boundary > cursor:
@@ -283,44 +392,3 @@ def _visits(row: Any, start: int, end: int) -> list[tuple[str | None, str | None
     if end > cursor:
         out.append((pipeline, stage, entered, cursor, end))
     return out
-
-
-def _add_deal(row: Any, value: Decimal, data: ForecastData, opened: _Marks, counted: _Marks,
-              won_marks: dict[int, _Marks], new_marks: _Marks) -> None:
-    """One deal's marks: won and created by day, open per cell, won within each horizon, new deals."""
-    ended = row.ended
-    created = row.created
-    won_day = ended if row.status == "won" and ended is not None and 0 <= ended < NEVER else None
-    if won_day is not None:
-        data.won_by_day[won_day] += value
-        data.won_deals += 1
-    known = -1 if row.no_created else created
-    if known < NEVER:
-        data.first_created = known if data.first_created is None else min(data.first_created, known)
-    if not row.no_created and 0 <= created < NEVER:
-        data.created_by_day[created] += value
-    offset = data.offset
-    point = _first_point_at_or_after
-    if not row.no_created and 0 <= created < NEVER:
-        for h in data.horizons:  # created in (T, T+h], and won by T+h
-            new_marks.add(("created", h), point(created - h, offset), point(created, offset), value)
-            if won_day is not None:
-                new_marks.add(("won", h), point(won_day - h, offset), point(created, offset), value)
-    if row.archived or ended is None:
-        return
-    start = max(created, 0)
-    end = min(ended, data.days)
-    if start >= end:
-        return
-    for pipeline, stage, entered, lo, hi in _visits(row, start, end):
-        for bucket, (age_lo, age_hi) in enumerate(zip(AGE_BUCKETS, (*AGE_BUCKETS[1:], NEVER), strict=True)):
-            a, b = max(lo, entered + age_lo), min(hi, entered + age_hi)
-            if a >= b:
-                continue
-            cell: Cell = (row.source, pipeline, stage, bucket)
-            q_lo, q_hi = point(a, offset), point(b, offset)
-            opened.add(cell, q_lo, q_hi, value)
-            counted.add(cell, q_lo, q_hi, 1)
-            if won_day is not None:
-                for h, marks in won_marks.items():
-                    marks.add(cell, max(q_lo, point(won_day - h, offset)), q_hi, value)

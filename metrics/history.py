@@ -36,7 +36,7 @@ import datetime as dt
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -236,10 +236,11 @@ def _read(engine: sa.Engine, queries: Sequence[sa.Select[Any]]) -> list[list[sa.
 
 
 def rebuild_reports(engine: sa.Engine, settings: MetricsSettings, first: dt.date,
-                    last: dt.date) -> list[VelocityReport]:
+                    last: dt.date, *, only: Collection[dt.date] | None = None) -> list[VelocityReport]:
     """The report of every day ``first .. last`` (``settings.window_days``), from one pass over the deals.
 
     Each report equals ``compute_velocity(engine, settings, day)``. Reads only.
+    With ``only``, just those days' reports (the forecast's weekly points).
 
     Raises:
         ValueError: ``first`` is after ``last``, or the range is longer than :data:`MAX_DAYS`.
@@ -275,6 +276,7 @@ def rebuild_reports(engine: sa.Engine, settings: MetricsSettings, first: dt.date
     return [
         report_from_groups(groups, labels, settings, first + dt.timedelta(days=n), window)
         for n, groups in enumerate(per_day)
+        if only is None or first + dt.timedelta(days=n) in only
     ]
 
 
