@@ -55,10 +55,12 @@ from sales_velocity.sync.store import UTCDateTime, deals_table, stage_events_tab
 __all__ = ["AGE_BUCKETS", "Cell", "ForecastData", "read_forecast_data"]
 
 AGE_BUCKETS = (0, 30, 90)
-"""Age-in-stage buckets (days): under 30, 30 to 89, 90 and more."""
+"""Age-in-stage buckets (days): under 30, 30 to 89, 90 and more (inlined in ``_Accumulator.add``)."""
 
 Cell = tuple[str, str | None, str | None, int]
 """(source, pipeline id, stage id or ``None`` for unknown, age bucket)."""
+Visit = tuple[str | None, str | None, int, int, int]
+"""(pipeline, stage, entered day, from day, to day): a stretch of days in one stage."""
 
 
 @dataclass
@@ -136,8 +138,11 @@ def _scope_filter(scope: MovementScope) -> sa.ColumnElement[bool]:
     return sa.true()
 
 
-def _deal_query(first_day: dt.date, zone: ZoneInfo, scope: MovementScope) -> sa.Select[Any]:
-    """One row per deal that can matter on the grid: its times as epoch seconds, and its stage events."""
+def _deal_query(first_day: dt.date, zone: ZoneInfo, scope: MovementScope, dialect: str) -> sa.Select[Any]:
+    """One row per deal that can matter on the grid: its times as epoch seconds, and its stage events.
+
+    The amount comes as an integer of 1/:data:`SCALE` units (SQLite stores it so).
+    """
     d, e = deals_table.c, stage_events_table.c
     close = close_time()
     grid_start = sa.literal(day_start(first_day, zone), UTCDateTime())
@@ -160,9 +165,15 @@ def _deal_query(first_day: dt.date, zone: ZoneInfo, scope: MovementScope) -> sa.
         (d.status == "deleted", EpochSeconds(d.deleted_at)),
         else_=sa.null(),
     )
+    if dialect == "sqlite":
+        units: sa.ColumnElement[Any] = sa.type_coerce(d.amount, sa.BigInteger())
+    else:
+        units = sa.cast(sa.func.round(sa.type_coerce(d.amount, sa.Numeric()) * SCALE), sa.BigInteger())
     return (
         sa.select(
-            d.source, d.pipeline_id, d.stage_id, d.status, d.archived, d.amount, d.currency,
+            d.source, d.pipeline_id, d.stage_id, d.status,
+            sa.case((d.archived, 1), else_=0).label("archived"),
+            units.label("units"), d.currency,
             EpochSeconds(d.created_at).label("created"), ended.label("ended"),
             EpochSeconds(d.stage_entered_at).label("stage_entered"), events.label("events"),
         )
@@ -210,20 +221,21 @@ def read_forecast_data(engine: sa.Engine, settings: MetricsSettings, as_of: dt.d
         for row in conn.execute(sa.select(s.source, s.pipeline_id, s.external_id, s.probability)
                                 .where(s.probability.is_not(None))):
             probabilities[(row.source, row.pipeline_id, row.external_id)] = Decimal(row.probability)
-        result = conn.execution_options(yield_per=5000).execute(_deal_query(first_day, zone, scope))
-        for row in result:
-            amount = row.amount
-            if amount is None:
+        query = _deal_query(first_day, zone, scope, conn.dialect.name)
+        add = acc.add
+        for row in conn.execution_options(yield_per=5000).execute(query):
+            units = row[5]
+            if units is None:
                 acc.left_out += 1
                 continue
-            code = (row.currency or base).upper()
-            if code != base:
-                rate = rates.get(code)
+            code = row[6]
+            if code is not None and code != base and code.upper() != base:
+                rate = rates.get(code.upper())
                 if rate is None:
                     acc.left_out += 1
                     continue
-                amount = amount * rate
-            acc.add(row, int((amount * SCALE).to_integral_value(ROUND_HALF_UP)))
+                units = int((units * rate).to_integral_value(ROUND_HALF_UP))
+            add(row, units)
     return acc.finish(first_day, probabilities)
 
 
@@ -241,32 +253,25 @@ class _Accumulator:
         self.won_by_day = [0] * days
         self.created_by_day = [0] * days
         self.won_lag: dict[tuple[int, int], int] = {}
-        self.open_value: dict[Cell, list[int]] = {}
-        self.open_count: dict[Cell, list[int]] = {}
-        self.won_within: dict[int, dict[Cell, list[int]]] = {h: {} for h in horizons}
+        self.cells: dict[Cell, list[list[int]]] = {}
+        """Per cell: open value marks, open count marks, then won-within marks per horizon."""
         self.won_deals = 0
         self.first_created: int | None = None
         self.left_out = 0
         self.longest = max(horizons)
 
-    def _row(self, table: dict[Cell, list[int]], cell: Cell) -> list[int]:
-        row = table.get(cell)
-        if row is None:
-            row = table[cell] = [0] * (self.points + 1)
-        return row
-
     def add(self, row: Any, value: int) -> None:
-        """One deal's marks."""
+        """One deal's marks (``row`` as selected by :func:`_deal_query`)."""
         to_day, days, offset, points = self.to_day, self.days, self.offset, self.points
-        status = row.status
-        no_created = row.created is None
-        created = -1 if no_created else to_day(row.created)
+        source, pipeline_id, stage_id, status, archived, _, _, created_s, ended_s, entered_s, events = row
+        no_created = created_s is None
+        created = -1 if no_created else to_day(created_s)
         if status == "open":
             ended: int | None = NEVER
-        elif row.ended is None:
+        elif ended_s is None:
             ended = None  # closed or deleted at an unknown time: never open, never won
         else:
-            ended = to_day(row.ended)
+            ended = to_day(ended_s)
         won_day = ended if status == "won" and ended is not None and 0 <= ended < NEVER else None
         if won_day is not None:
             self.won_by_day[won_day] += value
@@ -278,19 +283,28 @@ class _Accumulator:
             if won_day is not None:
                 key = (created, min(max(won_day - created, 0), self.longest + 1))
                 self.won_lag[key] = self.won_lag.get(key, 0) + value
-        if row.archived or ended is None:
+        if archived or ended is None:
             return
         start = created if created > 0 else 0
         end = ended if ended < days else days
         if start >= end:
             return
-        source = row.source
-        for pipeline, stage, entered, lo, hi in _visits(row, to_day, created, start, end):
-            for bucket in (0, 1, 2):
-                a = entered + AGE_BUCKETS[bucket]
-                if a < lo:
-                    a = lo
-                b = hi if bucket == 2 else min(hi, entered + AGE_BUCKETS[bucket + 1])
+        cells = self.cells
+        width = points + 1
+        won_from = None
+        if won_day is not None:
+            won_from = [-((offset - won_day + h) // 7) for h in self.horizons]
+        visits: list[Visit]
+        if events is None and entered_s is None:  # no stage known: one stretch from the creation
+            visits = [(pipeline_id, None, start if no_created else created, start, end)]
+        else:
+            visits = _visits(events, entered_s, stage_id, pipeline_id, to_day,
+                             start if no_created else created, start, end)
+        for pipeline, stage, entered, lo, hi in visits:
+            young, middle = entered + 30, entered + 90
+            for bucket, a, b in ((0, lo, young if young < hi else hi),
+                                 (1, young if young > lo else lo, middle if middle < hi else hi),
+                                 (2, middle if middle > lo else lo, hi)):
                 if a >= b:
                     continue
                 q_lo, q_hi = -((offset - a) // 7), -((offset - b) // 7)
@@ -299,20 +313,21 @@ class _Accumulator:
                 if q_lo >= q_hi:
                     continue
                 cell: Cell = (source, pipeline, stage, bucket)
-                opened = self._row(self.open_value, cell)
+                marks = cells.get(cell)
+                if marks is None:
+                    marks = cells[cell] = [[0] * width for _ in range(2 + len(self.horizons))]
+                opened, counted = marks[0], marks[1]
                 opened[q_lo] += value
                 opened[q_hi] -= value
-                counted = self._row(self.open_count, cell)
                 counted[q_lo] += 1
                 counted[q_hi] -= 1
-                if won_day is None:
+                if won_from is None:
                     continue
-                for h in self.horizons:
-                    from_q = -((offset - won_day + h) // 7)
+                for n, from_q in enumerate(won_from, 2):
                     if from_q < q_lo:
                         from_q = q_lo
                     if from_q < q_hi:
-                        won = self._row(self.won_within[h], cell)
+                        won = marks[n]
                         won[from_q] += value
                         won[q_hi] -= value
 
@@ -356,32 +371,38 @@ class _Accumulator:
             first_day, self.days, points, offset, self.horizons,
             money(self.won_by_day), money(self.created_by_day),
             won_deals=self.won_deals, first_created=self.first_created, left_out=self.left_out,
-            open_value={c: money(running(r)) for c, r in self.open_value.items()},
-            open_count={c: running(r) for c, r in self.open_count.items()},
-            won_within={h: {c: money(running(r)) for c, r in cells.items()}
-                        for h, cells in self.won_within.items()},
+            open_value={c: money(running(marks[0])) for c, marks in self.cells.items()},
+            open_count={c: running(marks[1]) for c, marks in self.cells.items()},
+            won_within={h: {c: money(running(marks[n])) for c, marks in self.cells.items()}
+                        for n, h in enumerate(self.horizons, 2)},
             new_created=new_created, new_won=new_won, probabilities=probabilities,
         )
 
 
-def _visits(row: Any, to_day: _Days, created: int, start: int,
-            end: int) -> list[tuple[str | None, str | None, int, int, int]]:
-    """``(pipeline, stage, entered, from, to)``: each stretch of ``[start, end)`` spent in one stage."""
-    events: list[tuple[int, str, str | None]] = []
-    if row.events:
-        for text in row.events.split(_SEP):
-            when, event_stage, pipeline = text.split(_FIELD)
+def _visits(joined: str | None, entered_s: int | None, stage_id: str | None, pipeline_id: str | None,
+            to_day: _Days, created: int, start: int, end: int) -> list[Visit]:
+    """``(pipeline, stage, entered, from, to)``: each stretch of ``[start, end)`` spent in one stage.
+
+    ``joined`` are the deal's stage events (epoch, stage, pipeline); without
+    any, its current stage from ``entered_s`` (``stage_entered_at``) on. Before
+    the first known stage the stage is unknown (``None``), entered at ``created``.
+    """
+    events: list[tuple[int, str | None, str | None]] = []
+    if joined:
+        for text in joined.split(_SEP):
+            when, event_stage, event_pipeline = text.split(_FIELD)
             day = to_day(int(when))
             if day < NEVER:  # after the as-of date: not known yet
-                events.append((day, event_stage, pipeline or row.pipeline_id))
+                events.append((day, event_stage, event_pipeline or pipeline_id))
         events.sort()
-    elif row.stage_entered is not None:
-        entered = to_day(row.stage_entered)
+    elif entered_s is not None:
+        entered = to_day(entered_s)
         if entered < NEVER:
-            events = [(entered, row.stage_id, row.pipeline_id)]
+            events = [(entered, stage_id, pipeline_id)]
     stage: str | None = None
-    out: list[tuple[str | None, str | None, int, int, int]] = []
-    cursor, pipeline, entered = start, row.pipeline_id, start if row.created is None else created
+    out: list[Visit] = []
+    pipeline: str | None = pipeline_id
+    cursor, entered = start, created
     for day, next_stage, next_pipeline in events:
         boundary = day if day > start else start
         if boundary >= end:
