@@ -193,6 +193,11 @@ def _budgets(r: dict[str, Any]) -> dict[str, Any]:
     return b
 
 
+def _forecast_row(f: dict[str, Any]) -> str:
+    return (f"{f['seconds']:.2f} s, peak RSS {f['peak_rss_mb']} MB ({f['as_of_points']} as-of points, "
+            f"{f['scored_points']} scored; method {f['method']})")
+
+
 def _table(r: dict[str, Any]) -> str:
     ing, rec, base = r["ingest"], r["recompute"], r["baseline"]
     rows = [
@@ -219,9 +224,7 @@ def _table(r: dict[str, Any]) -> str:
         ("   alone, for the record", f"hygiene {rec['hygiene_alone_s']} s, "
                                     f"stage waits {rec['stage_waits_alone_s']} s"),
         ("   velocity only", f"{rec['velocity_only_s']:.2f} s ({rec['scopes']} scopes)"),
-        ("3b. forecast + backtest", f"{r['forecast']['seconds']:.2f} s, peak RSS {r['forecast']['peak_rss_mb']} MB "
-                                    f"({r['forecast']['as_of_points']} as-of points, "
-                                    f"{r['forecast']['scored_points']} scored; method {r['forecast']['method']})"),
+        ("3b. forecast + backtest", _forecast_row(r["forecast"])),
         ("4. pandas baseline", f"{base['seconds']:.2f} s, peak RSS {base['peak_rss_mb']} MB, "
                                f"agrees to the cent: {base['agree_to_the_cent']}"),
         ("   ours / baseline", f"velocity {r['ratios']['velocity_ours_over_baseline']}, "
