@@ -138,7 +138,7 @@ class TargetStatus:
     def line(self) -> str:
         """One line for people."""
         if not self.needed:
-            return f"Target {self.period.label}: {self.period.target:,.2f} reached (won so far {self.won:,.2f})."
+            return f"Target {self.period.label}: {self.period.target:,.2f} reached (won {self.won:,.2f})."
         gap = "the forecast closes the gap" if self.closes_gap else "the forecast does not close the gap"
         per_day = "" if self.velocity_needed is None else f", {self.velocity_needed:,.2f} per day would"
         return (f"Target {self.period.label}: {self.period.target:,.2f}; won so far {self.won:,.2f}, "
