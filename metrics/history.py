@@ -271,8 +271,9 @@ def rebuild_reports(engine: sa.Engine, settings: MetricsSettings, first: dt.date
         delta[(row.source, row.pipeline_id, row.owner_id, row.currency)][row.day] += int(row.n)
 
     per_day: list[list[_Group]] = [[] for _ in range(count)]
+    wanted = None if only is None else {(day - first).days for day in only}
     for key in set(closed) | set(delta):
-        _slide(key, closed.get(key), amounts.get(key), delta.get(key), window, days, per_day)
+        _slide(key, closed.get(key), amounts.get(key), delta.get(key), window, days, per_day, wanted)
     return [
         report_from_groups(groups, labels, settings, first + dt.timedelta(days=n), window)
         for n, groups in enumerate(per_day)
@@ -281,8 +282,9 @@ def rebuild_reports(engine: sa.Engine, settings: MetricsSettings, first: dt.date
 
 
 def _slide(key: GroupKey, closed: list[tuple[int, ...] | None] | None, amounts: list[Decimal] | None,
-           delta: list[int] | None, window: int, days: int, per_day: list[list[_Group]]) -> None:
-    """One group's sums on each rebuilt day: the running open count and the window's sliding sums."""
+           delta: list[int] | None, window: int, days: int, per_day: list[list[_Group]],
+           wanted: set[int] | None = None) -> None:
+    """One group's sums on each rebuilt day (each ``wanted`` one): the running open count and sliding sums."""
     sums = [0] * 6
     amount = Decimal(0)
     open_now = 0
@@ -298,6 +300,8 @@ def _slide(key: GroupKey, closed: list[tuple[int, ...] | None] | None, amounts: 
                 sums = [a - b for a, b in zip(sums, leaving, strict=True)]
                 amount -= amounts[t - window]
         if t < window - 1 or not (open_now or sums[0] or sums[1]):
+            continue
+        if wanted is not None and t - window + 1 not in wanted:
             continue
         won, lost, no_amount, amount_deals, cycle_deals, cycle_seconds = sums
         per_day[t - window + 1].append(_Group(
