@@ -41,14 +41,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.functions import FunctionElement
 
 from sales_velocity.metrics.history import NEVER
 from sales_velocity.metrics.movement import MovementScope
 from sales_velocity.metrics.settings import MetricsSettings
-from sales_velocity.metrics.sql import EpochSeconds
+from sales_velocity.metrics.sql import EpochSeconds, JoinedText
 from sales_velocity.metrics.window import close_time, day_start
 from sales_velocity.sync.store import UTCDateTime, deals_table, stage_events_table, stages_table
 
@@ -104,26 +101,6 @@ class ForecastData:
         """Value created on grid days ``first .. last`` (clipped to the grid)."""
         first, last = max(first, 0), min(last, self.days - 1)
         return sum(self.created_by_day[first:last + 1], Decimal(0))
-
-
-class JoinedText(FunctionElement[Any]):
-    """SQL: the texts of a group joined with a separator (``group_concat`` / ``string_agg``)."""
-
-    type = sa.Text()
-    inherit_cache = True
-    name = "joined_text"
-
-
-@compiles(JoinedText)
-def _joined_default(element: JoinedText, compiler: SQLCompiler, **kw: Any) -> str:
-    text, sep = (compiler.process(arg, **kw) for arg in element.clauses)
-    return f"string_agg({text}, {sep})"
-
-
-@compiles(JoinedText, "sqlite")
-def _joined_sqlite(element: JoinedText, compiler: SQLCompiler, **kw: Any) -> str:
-    text, sep = (compiler.process(arg, **kw) for arg in element.clauses)
-    return f"group_concat({text}, {sep})"
 
 
 _SEP, _FIELD = "\x1e", "\x1f"
