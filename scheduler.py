@@ -47,6 +47,7 @@ from sales_velocity.kernel.probe import probe_endpoint
 from sales_velocity.kernel.schedule import ScheduleSettings, build_scheduler, serve
 from sales_velocity.metrics.drilldown import LEVERS, deal_lines, drill_down, resolve_scope
 from sales_velocity.metrics.drilldown_report import render_deals
+from sales_velocity.metrics.forecast_cli import forecast_text
 from sales_velocity.metrics.freshness import read_freshness
 from sales_velocity.metrics.history import fill_history, rebuild_snapshots
 from sales_velocity.metrics.job import run_metrics
@@ -445,6 +446,14 @@ def cmd_movement(ctx: Context, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_forecast(ctx: Context, args: argparse.Namespace) -> int:
+    """Print the won value expected in the next days, with its backtest accuracy (read-only)."""
+    engine = ctx.existing_engine()
+    ctx.out.write(forecast_text(engine, ctx.config.metrics, _as_of(ctx, args.as_of), horizons=args.horizons,
+                                scope=args.scope, fmt=args.format, backtest=args.backtest))
+    return EXIT_OK
+
+
 def cmd_export(ctx: Context, args: argparse.Namespace) -> int:
     """Write the stored deals as CSV or JSON lines to stdout."""
     engine = ctx.existing_engine()
@@ -757,6 +766,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "json", "csv"], default="table",
                    help="table for people (default), json or csv for machines")
     p.set_defaults(func=cmd_movement)
+    p = sub.add_parser("forecast", help="won value expected in the next 30/60/90 days, and its accuracy")
+    p.add_argument("--as-of", type=_date, help=as_of_help)
+    p.add_argument("--horizons", default="30,60,90", help="days ahead, comma-separated (default: 30,60,90)")
+    p.add_argument("--scope", default="all", help="all, pipeline:KEY or owner:KEY (KEY: source/id, id, name)")
+    p.add_argument("--backtest", action="store_true", help="list every scored backtest point instead")
+    p.add_argument("--format", choices=["table", "json", "csv"], default="table",
+                   help="table (default) or json; with --backtest json (default) or csv")
+    p.set_defaults(func=cmd_forecast)
     p = sub.add_parser("export", help="print the stored deals (read-only)")
     p.add_argument("--source", help="only this source's deals")
     p.add_argument("--format", choices=["csv", "json"], default="csv",

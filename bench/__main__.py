@@ -33,6 +33,7 @@ from bench.measure import (
     Rss,
     drilldown,
     driver_floor,
+    forecast,
     history_rebuild,
     ingest,
     interpreter_calibration_us,
@@ -49,6 +50,8 @@ BUDGETS = {
     "ingest_peak_rss_mb_max": 400,
     "recompute_s_max": 5.0,
     "history_rebuild_s_max": 60.0,
+    "forecast_s_max": 30.0,
+    "forecast_peak_rss_mb_max": 400,
     "crm_ratio_to_floor_max": 1.2,
     "no_change_requests_max": 3,
 }
@@ -133,6 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["recompute"], velocity = recompute(engine)
             report["history_rebuild"] = history_rebuild(engine)
             report["drilldown"] = drilldown(engine)
+            report["forecast"] = forecast(engine)
             from bench.baseline import compare, pandas_velocity
 
             Rss.reset()
@@ -184,6 +188,8 @@ def _budgets(r: dict[str, Any]) -> dict[str, Any]:
         "history_rebuild_90_days_under_60s":
             r["history_rebuild"]["seconds"] < BUDGETS["history_rebuild_s_max"],
         "history_rebuild_agrees_with_recompute": r["history_rebuild"]["last_day_agrees_with_recompute"],
+        "forecast_under_30s": r["forecast"]["seconds"] < BUDGETS["forecast_s_max"],
+        "forecast_peak_rss": r["forecast"]["peak_rss_mb"] < BUDGETS["forecast_peak_rss_mb_max"],
         "baseline_agrees_to_the_cent": r["baseline"]["agree_to_the_cent"],
     }
     for name, crm in r["crm"].items():
@@ -197,6 +203,11 @@ def _budgets(r: dict[str, Any]) -> dict[str, Any]:
             b[f"{name}_within_1.2x_floor"] = None
     b["note"] = "budgets are set for N=1,000,000 on SQLite; None = not measurable at this size"
     return b
+
+
+def _forecast_row(f: dict[str, Any]) -> str:
+    return (f"{f['seconds']:.2f} s, peak RSS {f['peak_rss_mb']} MB ({f['as_of_points']} as-of points, "
+            f"{f['scored_points']} scored; method {f['method']})")
 
 
 def _table(r: dict[str, Any]) -> str:
@@ -233,6 +244,7 @@ def _table(r: dict[str, Any]) -> str:
         ("3c. deals behind the levers", f"{r['drilldown']['seconds']:.2f} s for {r['drilldown']['lines']:,} "
                                         f"CSV lines ({r['drilldown']['csv_mb']} MB), RSS grew "
                                         f"{r['drilldown']['rss_growth_mb']} MB (streamed)"),
+        ("3d. forecast + backtest", _forecast_row(r["forecast"])),
         ("4. pandas baseline", f"{base['seconds']:.2f} s, peak RSS {base['peak_rss_mb']} MB, "
                                f"agrees to the cent: {base['agree_to_the_cent']}"),
         ("   ours / baseline", f"velocity {r['ratios']['velocity_ours_over_baseline']}, "

@@ -352,6 +352,26 @@ def drilldown(engine: sa.Engine) -> dict[str, Any]:
             "rss_before_mb": before, "rss_growth_mb": round(max(peak - before, 0.0), 1)}
 
 
+def forecast(engine: sa.Engine) -> dict[str, Any]:
+    """``velocity forecast`` as the command runs it: 30/60/90 days and its 52-week backtest (53 points).
+
+    One streamed pass over the deals (``metrics.forecast_data``) plus one history
+    rebuild for velocity x days at every point. Peak RSS of the phase.
+    """
+    from sales_velocity.metrics.forecast import compute_forecast
+
+    Rss.reset()
+    seconds, result = timed(lambda: compute_forecast(engine, SETTINGS, AS_OF))
+    return {
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": Rss.peak_mb(),
+        "as_of_points": len({p.as_of for p in result.backtest}),
+        "scored_points": len(result.backtest),
+        "method": result.method,
+        "wape": {m: None if a.wape is None else float(round(a.wape, 4)) for m, a in result.accuracy.items()},
+    }
+
+
 def workdir() -> tempfile.TemporaryDirectory[str]:
     """A scratch directory for the page file and SQLite stores."""
     return tempfile.TemporaryDirectory(prefix="velocity-bench-")

@@ -36,7 +36,7 @@ import datetime as dt
 import itertools
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -236,10 +236,12 @@ def _read(engine: sa.Engine, queries: Sequence[sa.Select[Any]]) -> list[list[sa.
 
 
 def rebuild_reports(engine: sa.Engine, settings: MetricsSettings, first: dt.date,
-                    last: dt.date, keep: Callable[[Any], bool] | None = None) -> list[VelocityReport]:
+                    last: dt.date, keep: Callable[[Any], bool] | None = None, *,
+                    only: Collection[dt.date] | None = None) -> list[VelocityReport]:
     """The report of every day ``first .. last`` (``settings.window_days``), from one pass over the deals.
 
     Each report equals ``compute_velocity(engine, settings, day, keep=keep)``. Reads only.
+    With ``only``, just those days' reports (the forecast's weekly points).
 
     Raises:
         ValueError: ``first`` is after ``last``, or the range is longer than :data:`MAX_DAYS`.
@@ -273,17 +275,20 @@ def rebuild_reports(engine: sa.Engine, settings: MetricsSettings, first: dt.date
         delta[(row.source, row.pipeline_id, row.owner_id, row.currency)][row.day] += int(row.n)
 
     per_day: list[list[_Group]] = [[] for _ in range(count)]
+    wanted = None if only is None else {(day - first).days for day in only}
     for key in set(closed) | set(delta):
-        _slide(key, closed.get(key), amounts.get(key), delta.get(key), window, days, per_day)
+        _slide(key, closed.get(key), amounts.get(key), delta.get(key), window, days, per_day, wanted)
     return [
         report_from_groups(groups, labels, settings, first + dt.timedelta(days=n), window)
         for n, groups in enumerate(per_day)
+        if only is None or first + dt.timedelta(days=n) in only
     ]
 
 
 def _slide(key: GroupKey, closed: list[tuple[int, ...] | None] | None, amounts: list[Decimal] | None,
-           delta: list[int] | None, window: int, days: int, per_day: list[list[_Group]]) -> None:
-    """One group's sums on each rebuilt day: the running open count and the window's sliding sums."""
+           delta: list[int] | None, window: int, days: int, per_day: list[list[_Group]],
+           wanted: set[int] | None = None) -> None:
+    """One group's sums on each rebuilt day (each ``wanted`` one): the running open count and sliding sums."""
     sums = [0] * 6
     amount = Decimal(0)
     open_now = 0
@@ -299,6 +304,8 @@ def _slide(key: GroupKey, closed: list[tuple[int, ...] | None] | None, amounts: 
                 sums = [a - b for a, b in zip(sums, leaving, strict=True)]
                 amount -= amounts[t - window]
         if t < window - 1 or not (open_now or sums[0] or sums[1]):
+            continue
+        if wanted is not None and t - window + 1 not in wanted:
             continue
         won, lost, no_amount, amount_deals, cycle_deals, cycle_seconds = sums
         per_day[t - window + 1].append(_Group(

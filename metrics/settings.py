@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from sales_velocity.kernel.config import TimeZoneName
+from sales_velocity.metrics.targets import TargetSettings
 
 __all__ = ["MetricsSettings", "WhatIfSettings"]
 
@@ -70,6 +71,9 @@ class MetricsSettings(BaseModel):
         description='Pipelines (names or ids) left out of "all" (e.g. ["Renewals"]); their own scope stays.',
     )
     what_if: WhatIfSettings = Field(default_factory=WhatIfSettings, description="What-if lever moves.")
+    targets: TargetSettings = Field(
+        default_factory=TargetSettings, description="Won value targets per month or quarter.",
+    )
     textfile: str | None = Field(
         default=None,
         description="Prometheus textfile (node-exporter collector) written after every run, sync and "

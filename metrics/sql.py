@@ -9,7 +9,7 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
 
-__all__ = ["ElapsedSeconds", "EpochSeconds", "elapsed_days"]
+__all__ = ["ElapsedSeconds", "EpochSeconds", "JoinedText", "elapsed_days"]
 
 
 class ElapsedSeconds(FunctionElement[Any]):
@@ -55,3 +55,23 @@ def _epoch_seconds_default(element: EpochSeconds, compiler: SQLCompiler, **kw: A
 def _epoch_seconds_sqlite(element: EpochSeconds, compiler: SQLCompiler, **kw: Any) -> str:
     (moment,) = (compiler.process(arg, **kw) for arg in element.clauses)
     return f"CAST(strftime('%s', {moment}) AS INTEGER)"
+
+
+class JoinedText(FunctionElement[Any]):
+    """SQL: the texts of a group joined with a separator (``group_concat`` / ``string_agg``)."""
+
+    type = sa.Text()
+    inherit_cache = True
+    name = "joined_text"
+
+
+@compiles(JoinedText)
+def _joined_default(element: JoinedText, compiler: SQLCompiler, **kw: Any) -> str:
+    text, sep = (compiler.process(arg, **kw) for arg in element.clauses)
+    return f"string_agg({text}, {sep})"
+
+
+@compiles(JoinedText, "sqlite")
+def _joined_sqlite(element: JoinedText, compiler: SQLCompiler, **kw: Any) -> str:
+    text, sep = (compiler.process(arg, **kw) for arg in element.clauses)
+    return f"group_concat({text}, {sep})"

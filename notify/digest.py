@@ -33,6 +33,8 @@ import sqlalchemy as sa
 
 from sales_velocity.metrics.concurrent import read_concurrently
 from sales_velocity.metrics.coverage import Coverage, read_coverage
+from sales_velocity.metrics.forecast import Forecast, compute_forecast
+from sales_velocity.metrics.forecast_view import forecast_json
 from sales_velocity.metrics.freshness import DEFAULT_MAX_AGE_HOURS, Freshness, read_freshness
 from sales_velocity.metrics.history import rebuild_reports
 from sales_velocity.metrics.hygiene import (
@@ -45,11 +47,12 @@ from sales_velocity.metrics.hygiene import (
 )
 from sales_velocity.metrics.job import load_history, snapshot_for
 from sales_velocity.metrics.leftovers import LeftOut, left_out
-from sales_velocity.metrics.movement import Movement, compute_movement, period_bounds
+from sales_velocity.metrics.movement import Movement, MovementScope, compute_movement, period_bounds
 from sales_velocity.metrics.movement_report import movement_data
 from sales_velocity.metrics.scope import DealFilter
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.stage_times import StageWait, stage_wait_times
+from sales_velocity.metrics.targets import periods_for
 from sales_velocity.metrics.velocity import (
     Levers,
     ScopeVelocity,
@@ -111,6 +114,8 @@ class Digest:
     """Fields a source does not provide, and the hygiene rules off for it."""
     left_out: LeftOut = field(default_factory=LeftOut)
     """What the levers left out (the footer)."""
+    forecast: Forecast | None = None
+    """The won value expected in the next 30/60/90 days and its targets (``metrics.forecast``), when asked."""
 
     @property
     def trustworthy(self) -> bool:
@@ -169,6 +174,7 @@ def build_digest(
     max_data_age_hours: int = DEFAULT_MAX_AGE_HOURS,
     freshness: Freshness | None = None,
     deal_filter: DealFilter | None = None,
+    forecast: bool = False,
 ) -> Digest:
     """Assemble the digest for ``as_of`` from the store.
 
@@ -179,6 +185,9 @@ def build_digest(
     already passes it in. ``deal_filter`` (a channel's scope, ``metrics.scope``)
     narrows velocity, trend, hygiene, waits and worst deals to its deals; a
     scope's trend is rebuilt from deal dates (snapshots are stored for "all").
+    With ``forecast`` it carries the forecast of all deals (and the targets of
+    ``[metrics.targets]`` containing ``as_of``); the notifier never asks for it
+    in a scoped digest.
     """
     window = metrics.window_days
     scoped = deal_filter is not None and (deal_filter.pipelines is not None or deal_filter.owners is not None)
@@ -224,6 +233,11 @@ def build_digest(
     if movement_days is not None and not scoped:
         since, until = period_bounds(None, as_of, today=as_of, zone=zone, days=movement_days)
         movement = compute_movement(engine, metrics, since=since, until=until)
+    outlook = None
+    if forecast:
+        everything = MovementScope()
+        outlook = compute_forecast(engine, metrics, as_of, scope=everything,
+                                   periods=periods_for(metrics.targets, everything, as_of))
     return Digest(
         as_of=as_of,
         currency=report.currency,
@@ -245,6 +259,7 @@ def build_digest(
         freshness=freshness,
         coverage=coverage,
         left_out=leftovers,
+        forecast=outlook,
     )
 
 
@@ -359,6 +374,7 @@ def digest_data(d: Digest) -> dict[str, Any]:
             },
         },
         "movement": None if d.movement is None else movement_data(d.movement),
+        "forecast": None if d.forecast is None else forecast_json(d.forecast),
         "worst_deals": [
             {
                 "source": s.source,

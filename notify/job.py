@@ -289,6 +289,7 @@ def _todays_digest(
         max_data_age_hours=notify.max_data_age_hours,
         freshness=freshness,
         deal_filter=None if deal_filter.is_everything else deal_filter,
+        forecast=notify.forecast and deal_filter.is_everything,
     )
     mover = biggest_mover(engine, d) if scope is None else None  # snapshots are unscoped
     message = _digest_message(d, notify, metrics, mover, scope.label if scope else "")

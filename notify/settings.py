@@ -62,6 +62,9 @@ class NotifySettings(BaseModel):
         "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
     ] = Field(default="monday", description="The day a week starts on, for movement = \"weekly\".")
     movement_days: int = Field(default=7, ge=1, le=92, description="Days the movement section covers.")
+    forecast: bool = Field(
+        default=True, description="One line per horizon: the won value expected in the next 30/60/90 days.",
+    )
     movement_top: int = Field(default=10, ge=0, le=100, description="Largest moves listed deal by deal.")
     max_data_age_hours: int = Field(
         default=26,

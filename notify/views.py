@@ -16,6 +16,7 @@ from sales_velocity.metrics.settings import WhatIfSettings
 from sales_velocity.metrics.velocity import ScopeVelocity
 from sales_velocity.notify.chart import sparkline
 from sales_velocity.notify.digest import LINEAR_LEVER, Digest
+from sales_velocity.notify.forecast_section import forecast_lines
 from sales_velocity.notify.formatting import Formatter, Texts
 from sales_velocity.notify.movement_section import movement_view
 from sales_velocity.notify.reminders import ReminderMessage
@@ -280,6 +281,7 @@ def digest_view(
         "movement": None if d.movement is None
         else movement_view(d.movement, t, f, days=movement_days, top=movement_top),
         "chart_alt": t("chart_alt", days=len(d.history)),
+        "forecast": [] if d.forecast is None else forecast_lines(d.forecast, t, f),
         **trust_view(d, t, f),
     }
 

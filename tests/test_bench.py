@@ -85,6 +85,9 @@ class TestEndToEnd:
         assert report["resync_1pct_full"]["updated"] == 20
         assert report["resync_1pct_incremental"]["seen"] == 20
         assert report["baseline"]["agree_to_the_cent"], report["baseline"]["problems"]
+        # three years of history: all 53 weekly points; the last five have no 30 days passed yet
+        assert report["forecast"]["as_of_points"] == 48
+        assert "forecast_under_30s" in report["budgets"]
         assert report["baseline"]["levers_identical"]
         assert report["baseline"]["scopes_compared"] > 40
         for name in ("hubspot", "pipedrive"):
@@ -113,4 +116,7 @@ class TestEndToEnd:
         assert report["store"] == "postgresql+psycopg"
         assert report["driver_floor"]["deals"] == 2000
         assert report["baseline"]["agree_to_the_cent"], report["baseline"]["problems"]
+        # three years of history: all 53 weekly points; the last five have no 30 days passed yet
+        assert report["forecast"]["as_of_points"] == 48
+        assert "forecast_under_30s" in report["budgets"]
         assert report["baseline"]["levers_identical"]
