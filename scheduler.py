@@ -58,10 +58,19 @@ from sales_velocity.notify.job import held_reason, preview_digest, run_notify
 from sales_velocity.notify.settings import NotifySettings, RemindersSettings, load_notify_settings
 from sales_velocity.sync.engine import SyncResult, sync_source
 from sales_velocity.sync.export import export_rows, write_export
+from sales_velocity.sync.interrupted import close_interrupted
 from sales_velocity.sync.lock import Lease, daily_lock, hold_all, source_lock
 from sales_velocity.sync.settings import StoreSettings, SyncSettings
 from sales_velocity.sync.status import last_digest, record_progress
-from sales_velocity.sync.store import check_schema, ensure_schema, make_engine, reading_only, upgrade
+from sales_velocity.sync.store import (
+    STORE_ERRORS,
+    check_schema,
+    ensure_schema,
+    make_engine,
+    reading_only,
+    store_error,
+    upgrade,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -284,24 +293,34 @@ def _select_sources(ctx: Context, names: Sequence[str]) -> list[Connector]:
 
 
 def run_sync(ctx: Context, names: Sequence[str] = (), *, full: bool = False) -> list[SyncResult]:
-    """Sync the selected sources one after another; a failing one does not stop the rest."""
+    """Sync the selected sources one after another; a failing one (even a store error) stops no other."""
     engine = ctx.ready_engine()
     results = []
     for connector in _select_sources(ctx, names):
-        with source_lock(engine, connector.name, holder=ctx.run_id) as lease:
-            if not lease:
-                results.append(_refused(connector.name, lease))
-                continue
-            with SyncProgress(connector.name) as bar:
-                if bar.enabled and hasattr(connector, "expected_deals"):
-                    bar.total(connector.expected_deals())
-                results.append(sync_source(engine, connector, full=full, run_id=ctx.run_id,
-                                           now=ctx.now, batch_size=ctx.config.sync.batch_size,
-                                           catalog_max_age=ctx.config.sync.catalog_max_age,
-                                           progress=_progress(engine, ctx.run_id, connector.name,
-                                                              lease.renew, bar),
-                                           redact=ctx.redactor.redact))
+        try:
+            results.append(_sync_one(ctx, engine, connector, full=full))
+        except STORE_ERRORS as exc:  # the store went away before the run's row was written
+            error = ctx.redactor.redact(str(store_error(exc)))
+            log.error("sync.store_failed", source=connector.name, error=error)
+            results.append(SyncResult(source=connector.name, status="failed", error=error))
     return results
+
+
+def _sync_one(ctx: Context, engine: sa.Engine, connector: Connector, *, full: bool) -> SyncResult:
+    """One source under its lock; ``running`` rows of earlier runs that died are closed first."""
+    with source_lock(engine, connector.name, holder=ctx.run_id) as lease:
+        if not lease:
+            return _refused(connector.name, lease)
+        close_interrupted(engine, connector.name, by=ctx.run_id, now=ctx.now())
+        with SyncProgress(connector.name) as bar:
+            if bar.enabled and hasattr(connector, "expected_deals"):
+                bar.total(connector.expected_deals())
+            return sync_source(engine, connector, full=full, run_id=ctx.run_id,
+                               now=ctx.now, batch_size=ctx.config.sync.batch_size,
+                               catalog_max_age=ctx.config.sync.catalog_max_age,
+                               progress=_progress(engine, ctx.run_id, connector.name,
+                                                  lease.renew, bar),
+                               redact=ctx.redactor.redact)
 
 
 def _refused(source: str, lease: Lease) -> SyncResult:

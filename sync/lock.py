@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_LEASE",
     "Lease",
     "LeaseHolder",
+    "advisory_key",
     "daily_lock",
     "hold_all",
     "holder_alive",
@@ -130,9 +131,12 @@ class Lease:
             )
 
 
-def _advisory_key(name: str) -> int:
-    """A stable signed 64-bit key for ``name``."""
+def advisory_key(name: str) -> int:
+    """A stable signed 64-bit key for ``name`` (the PostgreSQL advisory lock of ``name``)."""
     return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+_advisory_key = advisory_key
 
 
 def _read_holder(conn: sa.Connection, name: str) -> LeaseHolder | None:
@@ -208,8 +212,7 @@ def named_lock(engine: sa.Engine, name: str, *, holder: str, ttl: dt.timedelta =
                 yield Lease(engine, name, holder, held, ttl, clock)
             finally:
                 if held:
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
-                    conn.commit()
+                    _unlock(conn, name, key)
         return
     other: LeaseHolder | None = None
     try:
@@ -227,9 +230,29 @@ def named_lock(engine: sa.Engine, name: str, *, holder: str, ttl: dt.timedelta =
             yield lease
     finally:
         if held:
-            with engine.begin() as conn:
-                conn.execute(leases_table.delete().where(
-                    leases_table.c.name == name, leases_table.c.holder == holder))
+            _release(engine, name, holder)
+
+
+def _unlock(conn: sa.Connection, name: str, key: int) -> None:
+    """Release an advisory lock; a session the server dropped took its locks with it."""
+    try:
+        conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+        conn.commit()
+    except (sa.exc.DBAPIError, sa.exc.PendingRollbackError) as exc:
+        log.warning("lock.lost", lock=name, error=type(getattr(exc, "orig", exc)).__name__,
+                    note="the store dropped the session holding it; the lock went with it")
+        conn.invalidate()
+
+
+def _release(engine: sa.Engine, name: str, holder: str) -> None:
+    """Delete a lease row; if the store cannot be written, the lease expires (or its pid is seen dead)."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(leases_table.delete().where(
+                leases_table.c.name == name, leases_table.c.holder == holder))
+    except sa.exc.DBAPIError as exc:
+        log.warning("lock.not_released", lock=name, error=str(exc.orig).splitlines()[0] if exc.orig else "",
+                    note="taken over once it expires or this process is gone")
 
 
 def source_lock(engine: sa.Engine, source: str, *, holder: str,

@@ -45,6 +45,7 @@ from sqlalchemy import (
     event,
     false,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -53,6 +54,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from sales_velocity.kernel.errors import StoreError, StoreNotInitialisedError
 
 __all__ = [
+    "STORE_ERRORS",
     "Base",
     "DealChange",
     "DealRow",
@@ -89,6 +91,7 @@ __all__ = [
     "sources_table",
     "stage_events_table",
     "stages_table",
+    "store_error",
     "sync_rejects_table",
     "sync_runs_table",
     "sync_state_table",
@@ -339,7 +342,7 @@ class SyncRun(Base):
     full: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
-    status: Mapped[str] = mapped_column(String(10))  # running | ok | failed | skipped
+    status: Mapped[str] = mapped_column(String(20))  # running | ok | failed | interrupted
     seen: Mapped[int] = mapped_column(Integer, default=0)
     inserted: Mapped[int] = mapped_column(Integer, default=0)
     updated: Mapped[int] = mapped_column(Integer, default=0)
@@ -459,6 +462,24 @@ class ReminderState(Base):
 
 
 # --------------------------------------------------------------------------- engine
+
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.DBAPIError, sa_exc.PendingRollbackError, StoreError)
+"""What a store that went away (server restarted, connection killed, disk full) raises."""
+
+
+def store_error(error: BaseException) -> StoreError:
+    """A one-line ``StoreError`` for a driver error: its class and first line, never the SQL or values.
+
+    SQLAlchemy's own message carries the statement and its parameters (deal
+    titles, e-mail addresses); people and ``sync_runs.error`` get only this.
+    """
+    if isinstance(error, StoreError):
+        return error
+    orig = getattr(error, "orig", None) or error
+    text = (str(orig).strip().splitlines() or [""])[0]
+    return StoreError(f"store error: {type(orig).__name__}: {text}".rstrip(": "))
+
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
