@@ -245,11 +245,18 @@ class Context:
         return self._engine
 
     def existing_engine(self) -> sa.Engine:
-        """The engine of a store that already has the current schema; never creates or migrates it.
+        """The engine of a store that already has the current schema; never creates, migrates or writes it.
+
+        Called first in a command, it opens the store read-only (a SQLite file with
+        ``mode=ro``), so a read-only file, directory or mount can be read.
 
         Raises:
             StoreNotInitialisedError: nothing there yet (``velocity init`` creates it).
         """
+        if self._engine is None:
+            self._engine = make_engine(self.config.store.url, read_only=True)
+            log.info("store.url", url=_safe_url(self._engine), reason=self.config.store_reason,
+                     read_only=True)
         if not self._ready:
             check_schema(self.engine)
             self._ready = True
@@ -495,7 +502,14 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     """The one-shot job for cron and containers: sync, metrics, notify."""
     try:
         sync_code = _print_sync_results(ctx, run_sync(ctx, args.sources, full=args.full))
-        return max(sync_code, daily_step(ctx, _as_of(ctx, args.as_of), notify=not args.no_notify))
+        try:
+            daily_code = daily_step(ctx, _as_of(ctx, args.as_of), notify=not args.no_notify)
+        except STORE_ERRORS as exc:  # the sync summary is out; say what the daily step could not do
+            error = store_error(exc)
+            log.error("daily.store_failed", error=str(error))
+            ctx.print(f"daily step failed: {error}; the next run computes and sends today's messages")
+            daily_code = EXIT_FAILED
+        return max(sync_code, daily_code)
     finally:
         if ctx._ready:
             _write_metrics(ctx, args.metrics_file)
@@ -591,11 +605,15 @@ def _write_metrics(ctx: Context, option: str | None) -> None:
     from sales_velocity.sync.prometheus import write_textfile
 
     config = ctx.config
-    write_textfile(
-        ctx.engine, Path(target), sources=[s.name for s in config.sources],
-        channels=[c.settings.name for c in config.notify.channels],
-        window_days=config.metrics.window_days, now=ctx.now(),
-    )
+    try:
+        write_textfile(
+            ctx.engine, Path(target), sources=[s.name for s in config.sources],
+            channels=[c.settings.name for c in config.notify.channels],
+            window_days=config.metrics.window_days, now=ctx.now(),
+        )
+    except STORE_ERRORS as exc:  # the file keeps its last content; scrapers see it age
+        log.error("metrics.textfile_failed", path=str(target), error=str(store_error(exc)))
+        return
     log.info("metrics.textfile", path=str(target))
 
 
@@ -805,8 +823,8 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         except (ConfigError, UsageError, StoreNotInitialisedError) as exc:
             sys.stderr.write(redactor.redact(f"velocity: {_one_line(exc)}\n"))
             return EXIT_CONFIG
-        except StoreError as exc:
-            sys.stderr.write(redactor.redact(f"velocity: {exc}\n"))
+        except STORE_ERRORS as exc:  # StoreError, or the store went away mid-command
+            sys.stderr.write(redactor.redact(f"velocity: {store_error(exc)}\n"))
             return EXIT_FAILED
         except VelocityError as exc:
             log.error("command.failed", error=str(exc))
