@@ -478,7 +478,13 @@ def store_error(error: BaseException) -> StoreError:
     """
     if isinstance(error, StoreError):
         return error
-    orig = getattr(error, "orig", None) or error
+    cause: BaseException = error  # the first driver error: a failed rollback raises on top of it
+    link: BaseException | None = error
+    while link is not None:
+        if isinstance(link, sa_exc.DBAPIError):
+            cause = link
+        link = link.__context__
+    orig = getattr(cause, "orig", None) or cause
     text = (str(orig).strip().splitlines() or [""])[0]
     return StoreError(f"store error: {type(orig).__name__}: {text}".rstrip(": "))
 

@@ -1,4 +1,4 @@
-"""A sync killed with SIGKILL is not invisible: `status` and Prometheus say interrupted, the next sync closes it.
+"""A sync killed with SIGKILL shows: `status` and Prometheus say interrupted; the next sync closes it.
 
 Real processes: `velocity sync` against the fake HubSpot on loopback, stalled
 mid-pull by the fake and killed with SIGKILL; `status` and the next `sync` are
@@ -53,7 +53,7 @@ def samples(text: str) -> dict[tuple[str, str], float]:
 
 
 def test_a_killed_sync_is_interrupted_in_status_prometheus_and_the_store(tmp_path: Path, db_url: str) -> None:
-    """kill -9 mid-sync: status and the textfile say interrupted (not the previous ok); the next sync closes it."""
+    """SIGKILL mid-sync: status and the textfile say interrupted, not the last ok; the next sync closes it."""
     hubspot = FakeHubSpot()
     ids = hubspot.add_deals(300)
     stalled, release = threading.Event(), threading.Event()
@@ -72,8 +72,8 @@ def test_a_killed_sync_is_interrupted_in_status_prometheus_and_the_store(tmp_pat
             hubspot.modify(ids[:10], dealname="Renamed")
             stalled.set()
             env = {**os.environ, "VELOCITY_DATABASE_URL": db_url}
-            proc = subprocess.Popen([sys.executable, "-m", "sales_velocity.scheduler", "--config", str(config),
-                                     "sync"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            command = [sys.executable, "-m", "sales_velocity.scheduler", "--config", str(config), "sync"]
+            proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             engine = make_engine(db_url)
             runs = sync_runs_table.c
             deadline = time.monotonic() + 60
