@@ -218,7 +218,9 @@ def named_lock(engine: sa.Engine, name: str, *, holder: str, ttl: dt.timedelta =
     try:
         other = _try_lease(engine, name, holder, ttl, clock())
         held = other is None
-    except sa.exc.OperationalError as exc:  # e.g. database locked for longer than busy_timeout
+    except sa.exc.OperationalError as exc:  # database locked for longer than busy_timeout
+        if "locked" not in str(exc.orig):  # read-only, full, gone: a store error, not someone else's lock
+            raise
         log.warning("lock.unavailable", lock=name, error=str(exc.orig))
         held = False
     lease = Lease(engine, name, holder, held, ttl, clock, other)

@@ -206,3 +206,33 @@ def test_a_full_sqlite_store_during_notify_is_a_failed_run_not_a_crash(tmp_path:
     code, out = velocity("notify", "--as-of", "2026-11-26")
     assert code == 0, out
     assert "channel files: sent digest:2026-11-26" in out
+
+
+def test_a_read_only_sqlite_store_is_one_line_and_exit_1(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """A store refusing writes (SQLite query_only): `sync` says so in one line on stderr, exit 1, nothing skipped."""
+    shutil.copy(SEED, tmp_path / "seed.csv")
+    config = tmp_path / "velocity.toml"
+    config.write_text('timezone = "UTC"\n[[sources]]\nname = "seed"\nkind = "csv"\npath = "seed.csv"\n',
+                      encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'velocity.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    engine.dispose()
+
+    def refuse_writes(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA query_only = ON")
+
+    out = io.StringIO()
+    sa.event.listen(sa.Engine, "connect", refuse_writes)
+    try:
+        code = main(["--config", str(config), "sync"], env={"VELOCITY_DATABASE_URL": url}, out=out,
+                    now=lambda: NOW)
+    finally:
+        sa.event.remove(sa.Engine, "connect", refuse_writes)
+    err = capsys.readouterr().err
+    assert code == 1, out.getvalue()
+    assert "skipped" not in out.getvalue()
+    line = next(x for x in err.splitlines() if x.startswith("velocity: "))
+    assert "attempt to write a readonly database" in line
+    assert "Traceback" not in err
