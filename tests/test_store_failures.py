@@ -210,7 +210,7 @@ def test_a_full_sqlite_store_during_notify_is_a_failed_run_not_a_crash(tmp_path:
 
 def test_a_read_only_sqlite_store_is_one_line_and_exit_1(tmp_path: Path,
                                                          capsys: pytest.CaptureFixture[str]) -> None:
-    """A store refusing writes (SQLite query_only): `sync` says so in one line on stderr, exit 1, nothing skipped."""
+    """A store refusing writes (SQLite query_only): `sync` says so in one stderr line, exit 1, not skipped."""
     shutil.copy(SEED, tmp_path / "seed.csv")
     config = tmp_path / "velocity.toml"
     config.write_text('timezone = "UTC"\n[[sources]]\nname = "seed"\nkind = "csv"\npath = "seed.csv"\n',
