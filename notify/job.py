@@ -307,8 +307,8 @@ def run_notify(
             if plan is not None:
                 record_plan(conn, plan, now)
     except STORE_ERRORS as exc:  # e.g. disk full: nothing of today's is queued, the next run does it
-        for result in results.values():
-            result.skipped.clear()
+        for channel_result in results.values():
+            channel_result.skipped.clear()
         held = f"today's messages could not be queued ({store_error(exc)}); the next run queues them"
         log.error("notify.not_queued", error=str(store_error(exc)))
         out.write(f"nothing new sent: {held}\n")

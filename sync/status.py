@@ -169,21 +169,25 @@ def _source_status(conn: sa.Connection, name: str) -> SourceStatus:
     closed = int(conn.execute(
         sa.select(sa.func.count()).where(runs.c.source == name, runs.c.status == INTERRUPTED)
     ).scalar() or 0)
-    running = {"running_since": _aware(live[0].started_at) if live else None,
-               "running_seen": live[0].seen if live else 0,
-               "interrupted_runs": closed + len(dead)}
-    if dead and (last is None or _aware(dead[0][0].started_at) >= _aware(last.started_at)):
+    since = _aware(live[0].started_at) if live else None
+    so_far = live[0].seen if live else 0
+    count = closed + len(dead)
+    if dead:
         row, reason = dead[0]
-        return SourceStatus(name, _aware(row.started_at), INTERRUPTED, row.seen, error=reason,
-                            last_ok_at=last_ok, **running)
+        started = _aware(row.started_at)
+        newest = _aware(last.started_at) if last is not None else None
+        if started is not None and (newest is None or started >= newest):
+            return SourceStatus(name, started, INTERRUPTED, row.seen, error=reason, last_ok_at=last_ok,
+                                running_since=since, running_seen=so_far, interrupted_runs=count)
     if last is None:
-        return SourceStatus(name, **running)
+        return SourceStatus(name, running_since=since, running_seen=so_far, interrupted_runs=count)
     duration = None
     if last.finished_at is not None:
         duration = (last.finished_at - last.started_at).total_seconds()
     return SourceStatus(
         name, last.started_at, last.status, last.seen, last.inserted, last.updated,
-        last.deleted, last.rejected, duration, last.error, last_ok, **running)
+        last.deleted, last.rejected, duration, last.error, last_ok,
+        running_since=since, running_seen=so_far, interrupted_runs=count)
 
 
 def _aware(value: dt.datetime | str | None) -> dt.datetime | None:

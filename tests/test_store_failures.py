@@ -27,13 +27,24 @@ from sales_velocity.kernel.testing.fake_hubspot import FakeHubSpot
 from sales_velocity.kernel.testing.fake_pipedrive import FakePipedrive
 from sales_velocity.scheduler import main
 from sales_velocity.sync.store import make_engine, outbox_table, sync_runs_table, upgrade
-from sales_velocity.tests.test_concurrent_runs import seed_pipedrive
 
 PG_URL = os.environ.get("VELOCITY_TEST_DATABASE_URL", "")
 SEED = Path(__file__).parent / "fixtures" / "csv" / "seed_example.csv"
 NOW = dt.datetime(2026, 11, 26, 9, 0, tzinfo=dt.UTC)
 postgres_only = pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)],
                                         indirect=True)
+
+
+def seed_pipedrive(fake: FakePipedrive, count: int) -> None:
+    """``count`` deals 30 s apart, every seventh won or lost."""
+    fake.now = dt.datetime(2026, 10, 1, 8, 0, tzinfo=dt.UTC)
+    for n in range(count):
+        fake.advance(30)
+        deal = fake.add_deal(title=f"Deal {n}", value=100 * (1 + n % 50), stage_id=1 + n % 5,
+                             pipeline_id=1, owner_id=11 + n % 2)
+        if n % 7 == 0:
+            fake.update_deal(deal["id"], status="won" if n % 2 else "lost")
+    fake.advance(3600)
 
 
 @pytest.fixture
