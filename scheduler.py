@@ -318,7 +318,7 @@ def _sync_one(ctx: Context, engine: sa.Engine, connector: Connector, *, full: bo
     with source_lock(engine, connector.name, holder=ctx.run_id) as lease:
         if not lease:
             return _refused(connector.name, lease)
-        close_interrupted(engine, connector.name, by=ctx.run_id, now=ctx.now())
+        close_interrupted(engine, connector.name, by=ctx.run_id)
         with SyncProgress(connector.name) as bar:
             if bar.enabled and hasattr(connector, "expected_deals"):
                 bar.total(connector.expected_deals())

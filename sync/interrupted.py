@@ -86,7 +86,7 @@ def gone_reason(conn: sa.Connection, row: RunningRow) -> str | None:
     return None
 
 
-def close_interrupted(engine: sa.Engine, source: str, *, by: str, now: dt.datetime) -> int:
+def close_interrupted(engine: sa.Engine, source: str, *, by: str) -> int:
     """Close every ``running`` row of ``source`` as ``interrupted``; return how many.
 
     Call only while holding the source's sync lock (and before this run's own
