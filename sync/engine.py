@@ -332,18 +332,17 @@ def _close_run(engine: sa.Engine, conn: sa.Connection, run_pk: int, result: Sync
         conn.execute(runs.update().where(runs.c.id == run_pk).values(**values))
         conn.commit()
         return
-    except STORE_ERRORS as exc:
+    except STORE_ERRORS as exc:  # everything before was committed: the outcome stands as it is
         _rollback_quietly(conn)
-        first = store_error(exc)
-    values["error"] = values["error"] or str(first)
-    values["status"] = "failed"
+        log.warning("sync.close_retried", error=str(store_error(exc)))
     try:
         with engine.begin() as fresh:
             fresh.execute(runs.update().where(runs.c.id == run_pk).values(**values))
     except STORE_ERRORS as exc:
-        log.error("sync.run_not_closed", run_pk=run_pk, error=str(store_error(exc)))
-        values["error"] = f"{values['error']}; the run could not be recorded: {store_error(exc)}"
-    result.status, result.error = "failed", str(values["error"])
+        error = store_error(exc)
+        log.error("sync.run_not_closed", run_pk=run_pk, error=str(error))
+        result.status = "failed"
+        result.error = f"{result.error}; {error}" if result.error else f"not recorded: {error}"
 
 
 def _stage_events(

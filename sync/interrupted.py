@@ -65,7 +65,7 @@ def _lock_held(conn: sa.Connection, row: RunningRow) -> bool:
     """Whether the source's sync lock is held (on SQLite: by this row's run, not expired)."""
     name = f"sync:{row.source}"
     if conn.dialect.name == "postgresql":
-        key = advisory_key(name) & 0xFFFFFFFFFFFFFFFF
+        key = advisory_key(conn, name) & 0xFFFFFFFFFFFFFFFF
         held = conn.execute(sa.text(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
             "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "

@@ -1,7 +1,7 @@
 """One sync per source (and one daily run) at a time, across processes and hosts.
 
-* PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) on a
-  connection held for the duration; the server releases it when the process
+* PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``, keyed by
+  schema and name) on a connection held for the duration; the server releases it when the process
   dies, so a crash never leaves a stale lock.
 * SQLite (and anything else): a lease row in ``sync_leases`` naming its holder
   (run id, host, pid) with a short expiry (``DEFAULT_LEASE``, one minute). A
@@ -131,12 +131,14 @@ class Lease:
             )
 
 
-def advisory_key(name: str) -> int:
-    """A stable signed 64-bit key for ``name`` (the PostgreSQL advisory lock of ``name``)."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+def advisory_key(conn: sa.Connection, name: str) -> int:
+    """The signed 64-bit PostgreSQL advisory lock key of ``name`` in the connection's schema.
 
-
-_advisory_key = advisory_key
+    Advisory locks are per database; the schema is part of the key, so stores
+    in two schemas of one database never block each other's syncs.
+    """
+    schema = conn.execute(sa.select(sa.func.current_schema())).scalar() or ""
+    return int.from_bytes(hashlib.sha256(f"{schema}/{name}".encode()).digest()[:8], "big", signed=True)
 
 
 def _read_holder(conn: sa.Connection, name: str) -> LeaseHolder | None:
@@ -205,7 +207,7 @@ def named_lock(engine: sa.Engine, name: str, *, holder: str, ttl: dt.timedelta =
     """
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            key = _advisory_key(name)
+            key = advisory_key(conn, name)
             held = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
             conn.commit()
             try:
