@@ -62,10 +62,19 @@ from sales_velocity.notify.outbox import holder_id
 from sales_velocity.notify.settings import NotifySettings, RemindersSettings, load_notify_settings
 from sales_velocity.sync.engine import SyncResult, sync_source
 from sales_velocity.sync.export import export_rows, write_export
+from sales_velocity.sync.interrupted import close_interrupted
 from sales_velocity.sync.lock import Lease, daily_lock, hold_all, source_lock
 from sales_velocity.sync.settings import StoreSettings, SyncSettings
 from sales_velocity.sync.status import last_digest, record_progress
-from sales_velocity.sync.store import check_schema, ensure_schema, make_engine, reading_only, upgrade
+from sales_velocity.sync.store import (
+    STORE_ERRORS,
+    check_schema,
+    ensure_schema,
+    make_engine,
+    reading_only,
+    store_error,
+    upgrade,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 
@@ -240,11 +249,18 @@ class Context:
         return self._engine
 
     def existing_engine(self) -> sa.Engine:
-        """The engine of a store that already has the current schema; never creates or migrates it.
+        """The engine of a store that already has the current schema; never creates, migrates or writes it.
+
+        Called first in a command, it opens the store read-only (a SQLite file with
+        ``mode=ro``), so a read-only file, directory or mount can be read.
 
         Raises:
             StoreNotInitialisedError: nothing there yet (``velocity init`` creates it).
         """
+        if self._engine is None:
+            self._engine = make_engine(self.config.store.url, read_only=True)
+            log.info("store.url", url=_safe_url(self._engine), reason=self.config.store_reason,
+                     read_only=True)
         if not self._ready:
             check_schema(self.engine)
             self._ready = True
@@ -288,25 +304,35 @@ def _select_sources(ctx: Context, names: Sequence[str]) -> list[Connector]:
 
 
 def run_sync(ctx: Context, names: Sequence[str] = (), *, full: bool = False) -> list[SyncResult]:
-    """Sync the selected sources one after another; a failing one does not stop the rest."""
+    """Sync the selected sources one after another; a failing one (even a store error) stops no other."""
     engine = ctx.ready_engine()
     results = []
     for connector in _select_sources(ctx, names):
-        with source_lock(engine, connector.name, holder=ctx.run_id) as lease:
-            if not lease:
-                results.append(_refused(connector.name, lease))
-                continue
-            with SyncProgress(connector.name) as bar:
-                if bar.enabled and hasattr(connector, "expected_deals"):
-                    bar.total(connector.expected_deals())
-                results.append(sync_source(engine, connector, full=full, run_id=ctx.run_id,
-                                           now=ctx.now, batch_size=ctx.config.sync.batch_size,
-                                           catalog_max_age=ctx.config.sync.catalog_max_age,
-                                           deadline_s=ctx.config.sync.deadline_seconds,
-                                           progress=_progress(engine, ctx.run_id, connector.name,
-                                                              lease.renew, bar),
-                                           redact=ctx.redactor.redact))
+        try:
+            results.append(_sync_one(ctx, engine, connector, full=full))
+        except STORE_ERRORS as exc:  # the store went away before the run's row was written
+            error = ctx.redactor.redact(str(store_error(exc)))
+            log.error("sync.store_failed", source=connector.name, error=error)
+            results.append(SyncResult(source=connector.name, status="failed", error=error))
     return results
+
+
+def _sync_one(ctx: Context, engine: sa.Engine, connector: Connector, *, full: bool) -> SyncResult:
+    """One source under its lock; ``running`` rows of earlier runs that died are closed first."""
+    with source_lock(engine, connector.name, holder=ctx.run_id) as lease:
+        if not lease:
+            return _refused(connector.name, lease)
+        close_interrupted(engine, connector.name, by=ctx.run_id)
+        with SyncProgress(connector.name) as bar:
+            if bar.enabled and hasattr(connector, "expected_deals"):
+                bar.total(connector.expected_deals())
+            return sync_source(engine, connector, full=full, run_id=ctx.run_id,
+                               now=ctx.now, batch_size=ctx.config.sync.batch_size,
+                               catalog_max_age=ctx.config.sync.catalog_max_age,
+                               deadline_s=ctx.config.sync.deadline_seconds,
+                               progress=_progress(engine, ctx.run_id, connector.name,
+                                                  lease.renew, bar),
+                               redact=ctx.redactor.redact)
 
 
 def _refused(source: str, lease: Lease) -> SyncResult:
@@ -521,7 +547,14 @@ def cmd_run(ctx: Context, args: argparse.Namespace) -> int:
     """The one-shot job for cron and containers: sync, metrics, notify."""
     try:
         sync_code = _print_sync_results(ctx, run_sync(ctx, args.sources, full=args.full))
-        return max(sync_code, daily_step(ctx, _as_of(ctx, args.as_of), notify=not args.no_notify))
+        try:
+            daily_code = daily_step(ctx, _as_of(ctx, args.as_of), notify=not args.no_notify)
+        except STORE_ERRORS as exc:  # the sync summary is out; say what the daily step could not do
+            error = store_error(exc)
+            log.error("daily.store_failed", error=str(error))
+            ctx.print(f"daily step failed: {error}; the next run computes and sends today's messages")
+            daily_code = EXIT_FAILED
+        return max(sync_code, daily_code)
     finally:
         if ctx._ready:
             _write_metrics(ctx, args.metrics_file)
@@ -617,11 +650,15 @@ def _write_metrics(ctx: Context, option: str | None) -> None:
     from sales_velocity.sync.prometheus import write_textfile
 
     config = ctx.config
-    write_textfile(
-        ctx.engine, Path(target), sources=[s.name for s in config.sources],
-        channels=[c.settings.name for c in config.notify.channels],
-        window_days=config.metrics.window_days, now=ctx.now(),
-    )
+    try:
+        write_textfile(
+            ctx.engine, Path(target), sources=[s.name for s in config.sources],
+            channels=[c.settings.name for c in config.notify.channels],
+            window_days=config.metrics.window_days, now=ctx.now(),
+        )
+    except STORE_ERRORS as exc:  # the file keeps its last content; scrapers see it age
+        log.error("metrics.textfile_failed", path=str(target), error=str(store_error(exc)))
+        return
     log.info("metrics.textfile", path=str(target))
 
 
@@ -849,8 +886,8 @@ def main(argv: Sequence[str] | None = None, *, env: Mapping[str, str] | None = N
         except (ConfigError, UsageError, StoreNotInitialisedError) as exc:
             sys.stderr.write(redactor.redact(f"velocity: {_one_line(exc)}\n"))
             return EXIT_CONFIG
-        except StoreError as exc:
-            sys.stderr.write(redactor.redact(f"velocity: {exc}\n"))
+        except STORE_ERRORS as exc:  # StoreError, or the store went away mid-command
+            sys.stderr.write(redactor.redact(f"velocity: {store_error(exc)}\n"))
             return EXIT_FAILED
         except VelocityError as exc:
             log.error("command.failed", error=str(exc))

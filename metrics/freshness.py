@@ -116,10 +116,10 @@ def read_freshness(
             ).scalar())
             last = conn.execute(
                 sa.select(runs.status, runs.finished_at, runs.started_at, runs.error)
-                .where(runs.source == name, runs.status.in_(("ok", "failed")))
+                .where(runs.source == name, runs.status.in_(("ok", "failed", "interrupted")))
                 .order_by(runs.started_at.desc(), runs.id.desc()).limit(1)
             ).first()
-            failed = last is not None and last.status == "failed"
+            failed = last is not None and last.status != "ok"
             rows.append(SourceFreshness(
                 source=name,
                 last_ok_at=last_ok,

@@ -13,6 +13,8 @@
    can never go out as it is fails alone. A channel that is down (connection
    refused, no answer, 5xx) is left alone for the rest of this run, and the
    other channels go on.
+   A store error (the server restarted, the disk is full) fails that channel's
+   remaining messages, not the others.
 
 ``dry_run`` prints what would be sent and writes nothing.
 """
@@ -55,7 +57,7 @@ from sales_velocity.notify.slack_render import (
 from sales_velocity.notify.supersede import supersede_older
 from sales_velocity.notify.teams_card import digest_card, envelope, reminders_card
 from sales_velocity.notify.views import digest_view, reminders_view, render_digest, render_reminders
-from sales_velocity.sync.store import outbox_table
+from sales_velocity.sync.store import STORE_ERRORS, outbox_table, store_error
 
 __all__ = ["ChannelResult", "NotifyResult", "build_messages", "held_reason", "preview_digest", "run_notify"]
 
@@ -363,21 +365,33 @@ def run_notify(
         result = _dry_run(engine, channels, messages, results, out, only)
         result.held = held
         return result
-    with engine.begin() as conn:
-        for message in messages:
-            for channel in channels:
-                if not _for_channel(channel, message):
-                    continue
-                reason = _targets(channel, message)
-                if reason is None:
-                    outbox.enqueue(conn, _name(channel), message, now)
-                elif _takes(channel, message.kind):
-                    results[_name(channel)].skipped.append((message.key, reason))
-        if plan is not None:
-            record_plan(conn, plan, now)
+    try:
+        with engine.begin() as conn:
+            for message in messages:
+                for channel in channels:
+                    if not _for_channel(channel, message):
+                        continue
+                    reason = _targets(channel, message)
+                    if reason is None:
+                        outbox.enqueue(conn, _name(channel), message, now)
+                    elif _takes(channel, message.kind):
+                        results[_name(channel)].skipped.append((message.key, reason))
+            if plan is not None:
+                record_plan(conn, plan, now)
+    except STORE_ERRORS as exc:  # e.g. disk full: nothing of today's is queued, the next run does it
+        for channel_result in results.values():
+            channel_result.skipped.clear()
+        held = f"today's messages could not be queued ({store_error(exc)}); the next run queues them"
+        log.error("notify.not_queued", error=str(store_error(exc)))
+        out.write(f"nothing new sent: {held}\n")
     kinds: tuple[str, ...] = (only,) if only else ("digest", "reminders")
     for channel in channels:
-        _deliver(engine, channel, results[_name(channel)], kinds, now, holder=holder, redact=redact)
+        try:
+            _deliver(engine, channel, results[_name(channel)], kinds, now, holder=holder, redact=redact)
+        except STORE_ERRORS as exc:  # one reconnect was tried (pool_pre_ping); the next channel goes on
+            error = str(store_error(exc))
+            log.error("notify.store_failed", channel=_name(channel), error=error)
+            results[_name(channel)].failed.append(("the rest of its messages", error))
     return NotifyResult(list(results.values()), held=held)
 
 

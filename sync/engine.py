@@ -23,8 +23,11 @@
    contain as ``deleted`` (never deleting rows).
 
 A ``RemoteError`` (or any other exception) ends the pull with status
-``failed``; what was committed before stays. One source failing never raises out
-of ``sync_source``: the caller decides what the run's exit code is.
+``failed``; what was committed before stays. A store error (the server restarted,
+the connection was killed, the disk is full) fails the source the same way, and
+the run's row is closed on a fresh connection (``pool_pre_ping`` reconnects once).
+One source failing never raises out of ``sync_source`` once its run row is
+written: the caller decides what the run's exit code is.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ from sales_velocity.sync.deadline import bounded
 from sales_velocity.sync.fields import FieldTracker, declared_fields, declares_fields, record_fields
 from sales_velocity.sync.rows import RowEncoder
 from sales_velocity.sync.store import (
+    STORE_ERRORS,
     deals_table,
+    store_error,
     sync_rejects_table,
     sync_runs_table,
     sync_state_table,
@@ -331,9 +336,63 @@ def _keep_written(conn: sa.Connection, writing: bool) -> None:
     the transaction may be broken and is rolled back to the last commit.
     """
     if writing:
-        conn.rollback()
-    else:
+        _rollback_quietly(conn)
+        return
+    try:
         conn.commit()
+    except STORE_ERRORS:  # the store went away too: what was not committed is pulled again next time
+        _rollback_quietly(conn)
+
+
+def _rollback_quietly(conn: sa.Connection) -> None:
+    """Roll back after a store error; a connection the server dropped is invalidated instead."""
+    try:
+        conn.rollback()
+    except STORE_ERRORS:
+        conn.invalidate()
+
+
+def _finish(conn: sa.Connection, writer: _Writer, connector: Connector, kind: str, clock: Clock) -> None:
+    """After a pull that ended well: the deals after the last checkpoint, a stale catalog, the fields."""
+    writer.flush()  # deals after the last checkpoint have no durable cursor: keep them anyway
+    conn.commit()
+    if writer.known is not None and writer.known.stale:
+        refresh_catalog(conn, connector, kind, clock())
+        conn.commit()
+    record_fields(conn, writer.source, seen=writer.fields.seen if writer.fields else frozenset(),
+                  declared=declared_fields(connector), now=clock())
+    conn.commit()
+
+
+def _close_run(engine: sa.Engine, conn: sa.Connection, run_pk: int, result: SyncResult, clock: Clock,
+               *, drop_seen: bool) -> None:
+    """Write how the run ended; after a store error, once more on a fresh connection (``pool_pre_ping``).
+
+    When even that fails the row stays ``running`` and ``velocity status`` shows it
+    ``interrupted`` once this process is gone; the error is in ``result``.
+    """
+    runs = sync_runs_table
+    values = {"finished_at": clock(), "status": result.status, "seen": result.seen,
+              "inserted": result.inserted, "updated": result.updated, "unchanged": result.unchanged,
+              "deleted": result.deleted, "rejected": result.rejected, "error": result.error}
+    try:
+        if drop_seen:
+            seen_t.drop(conn, checkfirst=True)
+            conn.commit()
+        conn.execute(runs.update().where(runs.c.id == run_pk).values(**values))
+        conn.commit()
+        return
+    except STORE_ERRORS as exc:  # everything before was committed: the outcome stands as it is
+        _rollback_quietly(conn)
+        log.warning("sync.close_retried", error=str(store_error(exc)))
+    try:
+        with engine.begin() as fresh:
+            fresh.execute(runs.update().where(runs.c.id == run_pk).values(**values))
+    except STORE_ERRORS as exc:
+        error = store_error(exc)
+        log.error("sync.run_not_closed", run_pk=run_pk, error=str(error))
+        result.status = "failed"
+        result.error = f"{result.error}; {error}" if result.error else f"not recorded: {error}"
 
 
 def _stage_events(
@@ -440,36 +499,25 @@ def sync_source(
             except RemoteError as exc:
                 _keep_written(conn, writing)
                 result.status, result.error = "failed", str(exc)
-            except Exception as exc:  # a bug or a store failure must not stop other sources
+            except STORE_ERRORS as exc:  # the store went away (restart, killed connection, disk full)
+                _rollback_quietly(conn)
+                result.status, result.error = "failed", str(store_error(exc))
+                log.error("sync.store_failed", error=result.error)
+            except Exception as exc:  # a bug must not stop other sources
                 _keep_written(conn, writing)
                 result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
                 log.exception("sync.crashed")
             else:
-                # deals after the last checkpoint have no durable cursor: keep them anyway
-                writer.flush()
-                conn.commit()
-                if writer.known is not None and writer.known.stale:
-                    refresh_catalog(conn, connector, kind, clock())
-                    conn.commit()
-                record_fields(conn, source, seen=writer.fields.seen if writer.fields else frozenset(),
-                              declared=declared_fields(connector), now=clock())
-                conn.commit()
-            if writer.track_seen:
-                seen_t.drop(conn, checkfirst=True)
-                conn.commit()
+                try:
+                    _finish(conn, writer, connector, kind, clock)
+                except STORE_ERRORS as exc:
+                    _rollback_quietly(conn)
+                    result.status, result.error = "failed", str(store_error(exc))
+                    log.error("sync.store_failed", error=result.error)
             if result.error is not None and redact is not None:
                 result.error = redact(result.error)
             result.duration_s = round(time.perf_counter() - started, 3)
-            runs = sync_runs_table
-            conn.execute(
-                runs.update().where(runs.c.id == run_pk).values(
-                    finished_at=clock(), status=result.status, seen=result.seen,
-                    inserted=result.inserted, updated=result.updated,
-                    unchanged=result.unchanged, deleted=result.deleted,
-                    rejected=result.rejected, error=result.error,
-                )
-            )
-            conn.commit()
+            _close_run(engine, conn, run_pk, result, clock, drop_seen=writer.track_seen)
         if interrupted:
             log.warning("sync.interrupted", source=source, run_id=run_id, seen=result.seen)
             raise KeyboardInterrupt

@@ -1,7 +1,7 @@
 """One sync per source (and one daily run) at a time, across processes and hosts.
 
-* PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) on a
-  connection held for the duration; the server releases it when the process
+* PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``, keyed by
+  schema and name) on a connection held for the duration; the server releases it when the process
   dies, so a crash never leaves a stale lock.
 * SQLite (and anything else): a lease row in ``sync_leases`` naming its holder
   (run id, host, pid) with a short expiry (``DEFAULT_LEASE``, one minute). A
@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_LEASE",
     "Lease",
     "LeaseHolder",
+    "advisory_key",
     "daily_lock",
     "hold_all",
     "holder_alive",
@@ -130,9 +131,14 @@ class Lease:
             )
 
 
-def _advisory_key(name: str) -> int:
-    """A stable signed 64-bit key for ``name``."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+def advisory_key(conn: sa.Connection, name: str) -> int:
+    """The signed 64-bit PostgreSQL advisory lock key of ``name`` in the connection's schema.
+
+    Advisory locks are per database; the schema is part of the key, so stores
+    in two schemas of one database never block each other's syncs.
+    """
+    schema = conn.execute(sa.select(sa.func.current_schema())).scalar() or ""
+    return int.from_bytes(hashlib.sha256(f"{schema}/{name}".encode()).digest()[:8], "big", signed=True)
 
 
 def _read_holder(conn: sa.Connection, name: str) -> LeaseHolder | None:
@@ -201,21 +207,22 @@ def named_lock(engine: sa.Engine, name: str, *, holder: str, ttl: dt.timedelta =
     """
     if engine.dialect.name == "postgresql":
         with engine.connect() as conn:
-            key = _advisory_key(name)
+            key = advisory_key(conn, name)
             held = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
             conn.commit()
             try:
                 yield Lease(engine, name, holder, held, ttl, clock)
             finally:
                 if held:
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
-                    conn.commit()
+                    _unlock(conn, name, key)
         return
     other: LeaseHolder | None = None
     try:
         other = _try_lease(engine, name, holder, ttl, clock())
         held = other is None
-    except sa.exc.OperationalError as exc:  # e.g. database locked for longer than busy_timeout
+    except sa.exc.OperationalError as exc:  # database locked for longer than busy_timeout
+        if "locked" not in str(exc.orig):  # read-only, full, gone: a store error, not someone else's lock
+            raise
         log.warning("lock.unavailable", lock=name, error=str(exc.orig))
         held = False
     lease = Lease(engine, name, holder, held, ttl, clock, other)
@@ -227,9 +234,29 @@ def named_lock(engine: sa.Engine, name: str, *, holder: str, ttl: dt.timedelta =
             yield lease
     finally:
         if held:
-            with engine.begin() as conn:
-                conn.execute(leases_table.delete().where(
-                    leases_table.c.name == name, leases_table.c.holder == holder))
+            _release(engine, name, holder)
+
+
+def _unlock(conn: sa.Connection, name: str, key: int) -> None:
+    """Release an advisory lock; a session the server dropped took its locks with it."""
+    try:
+        conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+        conn.commit()
+    except (sa.exc.DBAPIError, sa.exc.PendingRollbackError) as exc:
+        log.warning("lock.lost", lock=name, error=type(getattr(exc, "orig", exc)).__name__,
+                    note="the store dropped the session holding it; the lock went with it")
+        conn.invalidate()
+
+
+def _release(engine: sa.Engine, name: str, holder: str) -> None:
+    """Delete a lease row; if the store cannot be written, the lease expires (or its pid is seen dead)."""
+    try:
+        with engine.begin() as conn:
+            conn.execute(leases_table.delete().where(
+                leases_table.c.name == name, leases_table.c.holder == holder))
+    except sa.exc.DBAPIError as exc:
+        log.warning("lock.not_released", lock=name, error=str(exc.orig).splitlines()[0] if exc.orig else "",
+                    note="taken over once it expires or this process is gone")
 
 
 def source_lock(engine: sa.Engine, source: str, *, holder: str,

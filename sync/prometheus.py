@@ -2,7 +2,9 @@
 
 ``run``, ``schedule`` and ``status`` write it when ``[metrics] textfile`` or
 ``--metrics-file`` names a file. It holds, per source, the last sync (start,
-success, counts, rejected rows) and whether one is in progress; per channel,
+success, counts, rejected rows), whether one is in progress, and syncs that
+never finished (``velocity_sync_last_run_interrupted``, ``velocity_sync_interrupted_runs``:
+a ``running`` row whose process is gone; ``last_run_ok`` is 0 then); per channel,
 what waits in the outbox; when the digest was last sent; the latest velocity
 snapshot per scope with its four levers; and the build. The file is written
 atomically (a temporary file renamed), so a scrape never reads half of it.
@@ -60,6 +62,10 @@ def _status_gauges(status: Status, gauge: Callable[..., Gauge]) -> None:
     running = gauge("velocity_sync_in_progress", "1 while a sync of the source is running", ["source"])
     running_seen = gauge("velocity_sync_in_progress_deals", "Deals the running sync has read so far",
                          ["source"])
+    interrupted = gauge("velocity_sync_last_run_interrupted",
+                        "1 when the last sync never finished (its process died mid-sync)", ["source"])
+    interrupted_runs = gauge("velocity_sync_interrupted_runs",
+                             "Syncs of the source that never finished (their process died)", ["source"])
     for s in status.sources:
         if s.started_at is not None:
             last_run.labels(s.source).set(s.started_at.timestamp())
@@ -71,6 +77,8 @@ def _status_gauges(status: Status, gauge: Callable[..., Gauge]) -> None:
         rejected.labels(s.source).set(s.rejected)
         running.labels(s.source).set(1 if s.running_since is not None else 0)
         running_seen.labels(s.source).set(s.running_seen)
+        interrupted.labels(s.source).set(1 if s.status == "interrupted" else 0)
+        interrupted_runs.labels(s.source).set(s.interrupted_runs)
     pending = gauge("velocity_outbox_pending_messages", "Messages not yet delivered", ["channel"])
     unknown = gauge("velocity_outbox_unknown_messages", "Messages of uncertain delivery", ["channel"])
     for c in status.channels:

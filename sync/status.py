@@ -14,6 +14,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from sales_velocity.kernel.schedule import cron_trigger
+from sales_velocity.sync.interrupted import INTERRUPTED, RunningRow, gone_reason, running_rows
 from sales_velocity.sync.store import outbox_table, sync_runs_table
 
 __all__ = ["ChannelStatus", "DigestSent", "SourceStatus", "Status", "collect_status", "last_digest",
@@ -39,6 +40,8 @@ class SourceStatus:
     """Start of a sync still in progress (its ``sync_runs`` row says ``running``)."""
     running_seen: int = 0
     """Deals that sync has read so far (updated after each committed batch)."""
+    interrupted_runs: int = 0
+    """Syncs of the source that never finished (their process died): closed or found so."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,34 +115,10 @@ def collect_status(
     now: dt.datetime,
 ) -> Status:
     """Read the last run per source and the outbox state per channel; compute next fire times."""
-    runs = sync_runs_table
     out: list[SourceStatus] = []
     with engine.connect() as conn:
         for name in sources:
-            last = conn.execute(
-                sa.select(runs).where(runs.c.source == name, runs.c.status != "running")
-                .order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(1)
-            ).first()
-            last_ok = conn.execute(
-                sa.select(sa.func.max(runs.c.finished_at))
-                .where(runs.c.source == name, runs.c.status == "ok")
-            ).scalar()
-            running = conn.execute(
-                sa.select(runs.c.started_at, runs.c.seen)
-                .where(runs.c.source == name, runs.c.status == "running")
-                .order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(1)
-            ).first()
-            since, so_far = (_aware(running.started_at), int(running.seen or 0)) if running else (None, 0)
-            if last is None:
-                out.append(SourceStatus(name, running_since=since, running_seen=so_far))
-                continue
-            duration = None
-            if last.finished_at is not None:
-                duration = (last.finished_at - last.started_at).total_seconds()
-            out.append(SourceStatus(
-                name, last.started_at, last.status, last.seen, last.inserted, last.updated,
-                last.deleted, last.rejected, duration, last.error, _aware(last_ok),
-                running_since=since, running_seen=so_far))
+            out.append(_source_status(conn, name))
         box = outbox_table
         channel_states = []
         for channel in channels:
@@ -169,6 +148,48 @@ def collect_status(
                   last_digest(engine, channels))
 
 
+def _source_status(conn: sa.Connection, name: str) -> SourceStatus:
+    """The last run of one source; a ``running`` row whose holder is gone counts as ``interrupted``."""
+    runs = sync_runs_table
+    live: list[RunningRow] = []
+    dead: list[tuple[RunningRow, str]] = []
+    for row in running_rows(conn, name):
+        reason = gone_reason(conn, row)
+        if reason is None:
+            live.append(row)
+        else:
+            dead.append((row, reason))
+    last = conn.execute(
+        sa.select(runs).where(runs.c.source == name, runs.c.status != "running")
+        .order_by(runs.c.started_at.desc(), runs.c.id.desc()).limit(1)
+    ).first()
+    last_ok = _aware(conn.execute(
+        sa.select(sa.func.max(runs.c.finished_at)).where(runs.c.source == name, runs.c.status == "ok")
+    ).scalar())
+    closed = int(conn.execute(
+        sa.select(sa.func.count()).where(runs.c.source == name, runs.c.status == INTERRUPTED)
+    ).scalar() or 0)
+    since = _aware(live[0].started_at) if live else None
+    so_far = live[0].seen if live else 0
+    count = closed + len(dead)
+    if dead:
+        row, reason = dead[0]
+        started = _aware(row.started_at)
+        newest = _aware(last.started_at) if last is not None else None
+        if started is not None and (newest is None or started >= newest):
+            return SourceStatus(name, started, INTERRUPTED, row.seen, error=reason, last_ok_at=last_ok,
+                                running_since=since, running_seen=so_far, interrupted_runs=count)
+    if last is None:
+        return SourceStatus(name, running_since=since, running_seen=so_far, interrupted_runs=count)
+    duration = None
+    if last.finished_at is not None:
+        duration = (last.finished_at - last.started_at).total_seconds()
+    return SourceStatus(
+        name, last.started_at, last.status, last.seen, last.inserted, last.updated,
+        last.deleted, last.rejected, duration, last.error, last_ok,
+        running_since=since, running_seen=so_far, interrupted_runs=count)
+
+
 def _aware(value: dt.datetime | str | None) -> dt.datetime | None:
     """Aggregates over UTCDateTime come back raw on SQLite; make them aware UTC."""
     if value is None:
@@ -196,11 +217,16 @@ def render_status(status: Status) -> str:
                 lines.append(f"  {s.source:<{width}}  never synced")
             continue
         took = f" in {s.duration_s:.1f}s" if s.duration_s is not None else ""
-        lines.append(
-            f"  {s.source:<{width}}  {s.status:<7} {_when(s.started_at, zone)}{took}: "
-            f"{s.seen} seen, {s.inserted} new, {s.updated} changed, {s.deleted} deleted, "
-            f"{s.rejected} rejected"
-        )
+        if s.status == INTERRUPTED:
+            lines.append(f"  {s.source:<{width}}  {s.status} {_when(s.started_at, zone)}: "
+                         f"{s.seen} seen before it stopped; the next sync re-reads from the last "
+                         "committed checkpoint")
+        else:
+            lines.append(
+                f"  {s.source:<{width}}  {s.status:<7} {_when(s.started_at, zone)}{took}: "
+                f"{s.seen} seen, {s.inserted} new, {s.updated} changed, {s.deleted} deleted, "
+                f"{s.rejected} rejected"
+            )
         if s.error:
             lines.append(f"  {'':<{width}}  error: {s.error}")
         if s.status != "ok":

@@ -18,6 +18,7 @@ The schema is created by Alembic (``sync/migrations``); ``upgrade`` runs it.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -45,6 +46,7 @@ from sqlalchemy import (
     event,
     false,
 )
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -53,6 +55,7 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 from sales_velocity.kernel.errors import StoreError, StoreNotInitialisedError
 
 __all__ = [
+    "STORE_ERRORS",
     "Base",
     "DealChange",
     "DealRow",
@@ -72,6 +75,7 @@ __all__ = [
     "UTCDateTime",
     "VelocitySnapshot",
     "check_schema",
+    "create_private",
     "deal_changes_table",
     "deals_table",
     "ensure_schema",
@@ -89,6 +93,7 @@ __all__ = [
     "sources_table",
     "stage_events_table",
     "stages_table",
+    "store_error",
     "sync_rejects_table",
     "sync_runs_table",
     "sync_state_table",
@@ -339,7 +344,7 @@ class SyncRun(Base):
     full: Mapped[bool] = mapped_column(Boolean, default=False)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
-    status: Mapped[str] = mapped_column(String(10))  # running | ok | failed | skipped
+    status: Mapped[str] = mapped_column(String(20))  # running | ok | failed | interrupted
     seen: Mapped[int] = mapped_column(Integer, default=0)
     inserted: Mapped[int] = mapped_column(Integer, default=0)
     updated: Mapped[int] = mapped_column(Integer, default=0)
@@ -460,11 +465,39 @@ class ReminderState(Base):
 
 # --------------------------------------------------------------------------- engine
 
+STORE_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.DBAPIError, sa_exc.PendingRollbackError, StoreError)
+"""What a store that went away (server restarted, connection killed, disk full) raises."""
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+
+def store_error(error: BaseException) -> StoreError:
+    """A one-line ``StoreError`` for a driver error: its class and first line, never the SQL or values.
+
+    SQLAlchemy's own message carries the statement and its parameters (deal
+    titles, e-mail addresses); people and ``sync_runs.error`` get only this.
+    """
+    if isinstance(error, StoreError):
+        return error
+    cause: BaseException = error  # the first driver error: a failed rollback raises on top of it
+    link: BaseException | None = error
+    while link is not None:
+        if isinstance(link, sa_exc.DBAPIError):
+            cause = link
+        link = link.__context__
+    orig = getattr(cause, "orig", None) or cause
+    text = (str(orig).strip().splitlines() or [""])[0]
+    return StoreError(f"store error: {type(orig).__name__}: {text}".rstrip(": "))
+
+
+
+def make_engine(url: str, *, read_only: bool = False, **kwargs: Any) -> Engine:
     """Create an engine; SQLite gets WAL, a busy timeout and foreign keys.
 
-    ``postgresql://`` URLs are routed to psycopg 3.
+    ``postgresql://`` URLs are routed to psycopg 3. ``read_only`` (``status``,
+    ``report``, ``export``): a SQLite file is opened with ``mode=ro`` and nothing
+    is ever written, not even the journal mode, so a read-only file, directory
+    or mount can be read; where SQLite cannot even keep its shared-memory index
+    beside it (a read-only directory), the file is read as ``immutable``.
     """
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
@@ -472,10 +505,73 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         kwargs.setdefault("connect_args", {}).setdefault("timeout", 30)
     kwargs.setdefault("pool_pre_ping", True)  # one reconnect after a server restart
     engine = create_engine(url, **kwargs)
-    if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_on_connect)
-        event.listen(engine, "begin", _sqlite_begin)
+    if engine.dialect.name != "sqlite":
+        return engine
+    path = _sqlite_file(engine)
+    if read_only and path is not None:
+        engine.dispose()
+        engine = create_engine(url, creator=lambda: _connect_read_only(path), **kwargs)
+        event.listen(engine, "connect", _sqlite_on_connect_read_only)
+        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN"))
+        return engine
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _sqlite_file(engine: Engine) -> Path | None:
+    """The SQLite database file of ``engine`` (``None`` for memory and ``file:`` URI databases)."""
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _connect_read_only(path: Path) -> Any:
+    """``mode=ro``; ``immutable`` where SQLite cannot create its ``-shm`` file (a read-only directory)."""
+    import sqlite3
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(path.resolve()))}?mode=ro"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30, check_same_thread=False)
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        if os.access(path.parent, os.W_OK):
+            raise
+    # Nobody can write beside the file, so nobody is writing it: read it as it is.
+    return sqlite3.connect(uri + "&immutable=1", uri=True, timeout=30, check_same_thread=False)
+
+
+def _sqlite_on_connect_read_only(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
+    dbapi_conn.isolation_level = None
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA cache_size=-65536")
+    cursor.execute("PRAGMA temp_store=MEMORY")
+    cursor.close()
+
+
+def create_private(engine: Engine) -> None:
+    """Before SQLite creates a store: its directories 0700 and its file 0600 (WAL and SHM follow the file).
+
+    Only what does not exist yet is created; an existing file keeps its mode.
+    """
+    path = _sqlite_file(engine) if engine.dialect.name == "sqlite" else None
+    if path is None or path.exists():
+        return
+    missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700)
+    previous = os.umask(0o077)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:  # another process created it first
+        pass
+    finally:
+        os.umask(previous)
 
 
 _deferred_reads: ContextVar[bool] = ContextVar("velocity_deferred_reads", default=False)
@@ -545,6 +641,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     from sqlalchemy import func, select
 
     if engine.dialect.name != "postgresql":
+        create_private(engine)
         command.upgrade(_alembic_config(engine), revision)
         return
     with engine.connect() as conn:
@@ -578,6 +675,7 @@ def ensure_schema(engine: Engine) -> tuple[str | None, str | None] | None:
     """
     from sqlalchemy.exc import SQLAlchemyError
 
+    create_private(engine)
     try:
         current, head = schema_revision(engine)
     except SQLAlchemyError as exc:

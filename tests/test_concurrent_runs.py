@@ -1,7 +1,10 @@
 """Two and four `velocity run` processes at once on one store, against the fake HubSpot and Pipedrive.
 
-Each must end with a complete store, one digest per channel built when no sync
-was in progress, and one reminder per owner; none may fail with "database is locked".
+Each must end with a complete store (every deal, with the CRM's status), one
+digest per channel built after every sync that started before it had finished
+and counting every open deal of both CRMs, and one reminder per owner; none may
+fail with "database is locked". Runs once on SQLite and once on PostgreSQL (a
+schema of its own) with ``VELOCITY_TEST_DATABASE_URL``.
 """
 
 from __future__ import annotations
@@ -81,6 +84,16 @@ send = ["digest", "reminders"]
     return config
 
 
+def open_at(status: str, closed: str | None, end: dt.datetime) -> bool:
+    """Open at ``end``: open now, or closed at a time not before ``end``."""
+    if status == "open":
+        return True
+    if not closed:
+        return False
+    moment = dt.datetime.fromisoformat(closed.replace("Z", "+00:00"))
+    return (moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)) >= end
+
+
 def spawn_run(config: Path, db_url: str) -> subprocess.Popen[str]:
     """`velocity run` in a process of its own."""
     env = {**os.environ, "VELOCITY_DATABASE_URL": db_url}
@@ -110,17 +123,36 @@ def test_runs_at_once_end_with_a_complete_store_and_one_message_each(
                                       sync_runs_table.c.finished_at)).all()
         box = conn.execute(sa.select(outbox_table.c.channel, outbox_table.c.kind, outbox_table.c.recipient,
                                      outbox_table.c.dedupe_key, outbox_table.c.created_at,
-                                     outbox_table.c.status)).all()
+                                     outbox_table.c.status, outbox_table.c.payload)).all()
+        stored = {(row.source, row.external_id): row.status for row in conn.execute(
+            sa.select(deals_table.c.source, deals_table.c.external_id, deals_table.c.status))}
     engine.dispose()
     assert counts == {"hubspot": HUBSPOT_DEALS, "pipedrive": len(pipedrive.deals)}
+    assert {key: status for (source, key), status in stored.items() if source == "hubspot"} == {
+        key: status for key, (status, _stage) in hubspot.expected().items()}
+    assert {key: status for (source, key), status in stored.items() if source == "pipedrive"} == {
+        str(deal_id): deal["status"] for deal_id, deal in pipedrive.deals.items()}
     assert {r.status for r in runs} == {"ok"}
+    assert all(r.finished_at is not None for r in runs), "no sync is left running"
     digests = Counter(r.channel for r in box if r.kind == "digest")
     assert digests == {"files-a": 1, "files-b": 1}
+    # counted in plain Python from the fakes: deals open at the end of today (UTC), i.e. open now
+    # or closed at a time after today (HubSpot's closedate may lie ahead)
+    tomorrow = dt.datetime.combine(dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1), dt.time(),
+                                   dt.UTC)
+    expected = hubspot.expected()
+    open_deals = sum(open_at(status, deal.props.get("closedate"), tomorrow) for deal in hubspot.deals.values()
+                     if (status := expected[str(deal.id)][0]) != "deleted")
+    open_deals += sum(open_at(deal["status"], deal.get("close_time"), tomorrow)
+                      for deal in pipedrive.deals.values())
     for row in box:
         if row.kind != "digest":
             continue
-        mid_sync = [r for r in runs if r.started_at < row.created_at < r.finished_at]
-        assert not mid_sync, f"the digest was built while a sync was running: {mid_sync}"
+        not_done = [r for r in runs if r.started_at < row.created_at and not r.finished_at <= row.created_at]
+        assert not not_done, f"the digest was built before these syncs finished: {not_done}"
+        overall = row.payload["data"]["overall"]
+        assert overall["opportunities"] == str(open_deals), "the digest was built from the complete store"
+        assert overall["undefined_reason"] is None
     reminders = Counter((r.channel, r.dedupe_key.split(":")[2]) for r in box if r.kind == "reminders")
     assert reminders, "the fakes' deals have stalled ones: reminders are expected"
     assert set(reminders.values()) == {1}, reminders

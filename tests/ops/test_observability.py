@@ -12,6 +12,7 @@ import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from sales_velocity.scheduler import main
+from sales_velocity.sync.lock import source_lock
 from sales_velocity.sync.prometheus import package_version
 from sales_velocity.sync.store import make_engine, sync_runs_table
 
@@ -94,8 +95,9 @@ class TestStatus:
             conn.execute(sa.insert(sync_runs_table).values(
                 run_id="other", source="seed", full=False, status="running", seen=148_000,
                 started_at=dt.datetime(2026, 11, 26, 7, 50, tzinfo=dt.UTC)))
+        with source_lock(engine, "seed", holder="other"):  # that process holds the source's lock
+            code, out = velocity(["--config", str(path), "status"], env, now=NOW + dt.timedelta(hours=1))
         engine.dispose()
-        code, out = velocity(["--config", str(path), "status"], env, now=NOW + dt.timedelta(hours=1))
         assert code == 0
         assert "seed  running since 2026-11-26 07:50, 148,000 deals so far" in out
         assert "seed  ok" in out  # the last finished sync is still shown

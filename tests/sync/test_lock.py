@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import threading
+import uuid
+from urllib.parse import quote
 
+import pytest
 import sqlalchemy as sa
 
 from sales_velocity.sync.lock import DEFAULT_LEASE, named_lock, source_lock
-from sales_velocity.sync.store import leases_table
+from sales_velocity.sync.store import leases_table, make_engine
 
 T0 = dt.datetime(2026, 11, 26, 7, 0, tzinfo=dt.UTC)
 
@@ -76,3 +80,26 @@ class TestLeases:
         assert expires == T0 + dt.timedelta(minutes=20) + DEFAULT_LEASE
         with sqlite_store.connect() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(leases_table)).scalar() == 0
+
+
+@pytest.mark.parametrize("db_url", [pytest.param("postgres", marks=pytest.mark.postgres)], indirect=True)
+def test_stores_in_two_schemas_of_one_database_do_not_block_each_other(db_url: str) -> None:
+    """PostgreSQL advisory locks are per database: the schema is in the key, so each store locks its own."""
+    other_schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = make_engine(os.environ["VELOCITY_TEST_DATABASE_URL"])
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{other_schema}"'))
+    first = make_engine(db_url)
+    second = make_engine(db_url.split("?options=")[0] + "?options=" + quote(f"-csearch_path={other_schema}"))
+    try:
+        with source_lock(first, "hubspot", holder="a") as a, source_lock(second, "hubspot", holder="b") as b:
+            assert a
+            assert b, "a store in another schema is not held by this one's sync"
+            with source_lock(first, "hubspot", holder="c") as c:
+                assert not c, "within one store the lock still holds"
+    finally:
+        first.dispose()
+        second.dispose()
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{other_schema}" CASCADE'))
+        admin.dispose()
