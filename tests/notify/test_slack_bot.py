@@ -312,7 +312,7 @@ class TestOutbox:
         second = run_notify(seeded_sqlite, notify, reminders, METRICS, as_of=AS_OF, now=NOW,
                             out=io.StringIO())
         server.close()
-        assert first.channels[0].unknown == [f"digest:{AS_OF.isoformat()}"]
+        assert [key for key, _ in first.channels[0].uncertain] == [f"digest:{AS_OF.isoformat()}"]
         assert len(seen) == 1
         assert second.sent == []
         with seeded_sqlite.connect() as conn:
