@@ -132,14 +132,14 @@ class TestRedirects:
         assert TOKEN not in message
 
     def test_webhook_key_never_reaches_another_host(self, recorder: Server) -> None:
-        """A webhook POST redirected (307) to another host fails; the key and the body stay home."""
+        """A webhook POST redirected (307) to another host fails, not followed; the key and body stay home."""
         with Server(redirect_to(lambda: recorder.url, status=307)).running() as hop:
             settings = WebhookSettings.model_validate({
                 "name": "hook", "kind": "webhook", "url": hop.url + "/in",
                 "headers": {"X-Api-Key": KEY}, "max_attempts": 1})
             message = Message(kind="digest", key="digest:2026-11-26", subject="s", text="t",
                               markdown="m", html="<p>h</p>", slack={}, data={})
-            with pytest.raises(DeliveryError, match="redirected to another host"):
+            with pytest.raises(DeliveryError, match=r"redirected \(HTTP 307\); configure the final URL"):
                 WebhookChannel(settings).send(message)
             assert hop.seen[0][1]["x-api-key"] == KEY
         assert recorder.seen == []
