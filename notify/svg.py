@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from xml.sax.saxutils import escape, quoteattr
 
-__all__ = ["Bar", "Step", "bars", "bridge", "line"]
+__all__ = ["Bar", "BandPoint", "Step", "band", "bars", "bridge", "line"]
 
 INK = "#111827"
 MUTED = "#6b7280"
@@ -25,6 +25,7 @@ LINE = "#2563eb"
 RISE = "#047857"
 FALL = "#b91c1c"
 TOTAL = "#475569"
+BAND = "#bfdbfe"
 FONT = "font-family=\"-apple-system, 'Segoe UI', Helvetica, Arial, sans-serif\""
 
 
@@ -200,5 +201,88 @@ def bridge(steps: Sequence[Step], *, label: str, width: int = 360, max_width: in
         out.append(f'<text x="{width - right + 6}" y="{y0 + 17}" fill="{INK}"{weight}>'
                    f"{escape(s.text)}</text>")
         out.append("</g>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class BandPoint:
+    """One day of a forecast-vs-actual chart: the forecast, its range (``None``: none yet), the actual."""
+
+    day: dt.date
+    forecast: Decimal
+    actual: Decimal
+    low: Decimal | None = None
+    high: Decimal | None = None
+
+
+def band(
+    points: Sequence[BandPoint],
+    *,
+    label: str,
+    value_text: Callable[[Decimal], str],
+    day_text: Callable[[dt.date], str],
+    width: int = 560,
+    height: int = 220,
+    max_width: int = 720,
+) -> str:
+    """Forecast (dashed) and actual (solid) lines over days, the forecast's range as a band behind them.
+
+    The value axis runs from zero to a round top above every value and range;
+    the first point sits on the left edge of the plot, the last on the right.
+    The band is drawn only over runs of days that have a range. Each element
+    carries ``data-series`` (``forecast``, ``actual``, ``range``) so a reader
+    (or a test) can tell them apart without the colour.
+    """
+    values = [v for p in points for v in (p.forecast, p.actual, p.high) if v is not None]
+    high = _nice_top(max(values, default=Decimal(0)))
+    ticks = [(high * i / 4, value_text(high * i / 4)) for i in range(5)]
+    left = max(36, 10 + 7 * max(len(text) for _, text in ticks))
+    right, top, bottom = 12, 10, 24
+    first = points[0].day if points else None
+    last = points[-1].day if points else None
+    span = max(1, (last - first).days) if first and last else 1
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def x(day: dt.date) -> float:
+        assert first is not None  # noqa: S101 - only called with points
+        return left + plot_w * (day - first).days / span
+
+    def y(value: Decimal) -> float:
+        return top + plot_h * (1 - float(value / high))
+
+    out = _open(width, height, label, max_width)
+    for tick, text in ticks:
+        ty = y(tick)
+        out.append(f'<line x1="{left}" x2="{width - right}" y1="{_n(ty)}" y2="{_n(ty)}" stroke="{GRID}"/>')
+        out.append(f'<text x="{left - 6}" y="{_n(ty + 4)}" text-anchor="end" fill="{MUTED}">'
+                   f"{escape(text)}</text>")
+    if first is not None and last is not None:
+        middle = first + dt.timedelta(days=span // 2)
+        for day, anchor in ((first, "start"), (middle, "middle"), (last, "end")):
+            if anchor == "middle" and span < 4:
+                continue
+            out.append(f'<text x="{_n(x(day))}" y="{height - 6}" text-anchor="{anchor}" fill="{MUTED}">'
+                       f"{escape(day_text(day))}</text>")
+    runs: list[list[BandPoint]] = [[]]
+    for p in points:
+        if p.low is None or p.high is None:
+            if runs[-1]:
+                runs.append([])
+            continue
+        runs[-1].append(p)
+    for run in (r for r in runs if r):
+        upper = [f"{_n(x(p.day))},{_n(y(p.high))}" for p in run if p.high is not None]
+        lower = [f"{_n(x(p.day))},{_n(y(p.low))}" for p in reversed(run) if p.low is not None]
+        out.append(f'<polygon data-series="range" points="{" ".join(upper + lower)}" fill="{BAND}" '
+                   'fill-opacity="0.7" stroke="none"/>')
+    for series, dash, colour in (("forecast", ' stroke-dasharray="6 4"', LINE), ("actual", "", INK)):
+        steps = []
+        for i, p in enumerate(points):
+            value = p.forecast if series == "forecast" else p.actual
+            steps.append(f"{'M' if i == 0 else 'L'}{_n(x(p.day))} {_n(y(value))}")
+        if steps:
+            out.append(f'<path data-series="{series}" d="{" ".join(steps)}" fill="none" stroke="{colour}" '
+                       f'stroke-width="2"{dash} stroke-linejoin="round" stroke-linecap="round"/>')
     out.append("</svg>")
     return "".join(out)
