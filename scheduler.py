@@ -408,8 +408,9 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
         window = args.window_days
         metrics = c.metrics.model_copy(update={"window_days": window}) if window else c.metrics
         engine = ctx.existing_engine()
-        with reading_only():  # the forecast section follows [notify] forecast, as the digest's lines do
-            extra = [forecast_section(engine, metrics, as_of, locale=c.notify.locale)] if c.notify.forecast else []
+        with reading_only():  # [notify] forecast switches the section, as it does the digest's lines
+            extra = [forecast_section(engine, metrics, as_of, locale=c.notify.locale)] if c.notify.forecast \
+                else []
             text = build_html_report(
                 engine, metrics, c.reminders, as_of=as_of, now=ctx.now(),
                 locale=c.notify.locale,

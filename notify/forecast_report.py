@@ -94,7 +94,8 @@ def _accuracy_rows(forecast: Forecast, t: Texts, f: Formatter) -> list[list[str]
         name = _method(t, method)
         if method == forecast.method:
             name = t("report_forecast_default", method=name)
-        rows.append([name, f.number(a.points), f.share(a.wape), _signed_share(f, a.bias), f.share(a.coverage)])
+        rows.append([name, f.number(a.points), f.share(a.wape), _signed_share(f, a.bias),
+                     f.share(a.coverage)])
     return rows
 
 
@@ -147,5 +148,5 @@ def forecast_section(engine: sa.Engine, metrics: MetricsSettings, as_of: dt.date
                      horizons: Sequence[int] = (30, 60, 90)) -> ReportSection:
     """The forecast of all deals on ``as_of`` as a report section placed after the trend (reads only)."""
     forecast = compute_forecast(engine, metrics, as_of, horizons=horizons)
-    return ReportSection("forecast", texts(locale)("forecast_heading"), render_forecast_section(forecast, locale),
-                         after="trend")
+    body = render_forecast_section(forecast, locale)
+    return ReportSection("forecast", texts(locale)("forecast_heading"), body, after="trend")

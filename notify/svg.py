@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from xml.sax.saxutils import escape, quoteattr
 
-__all__ = ["Bar", "BandPoint", "Step", "band", "bars", "bridge", "line"]
+__all__ = ["BandPoint", "Bar", "Step", "band", "bars", "bridge", "line"]
 
 INK = "#111827"
 MUTED = "#6b7280"
