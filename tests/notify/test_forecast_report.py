@@ -72,7 +72,7 @@ def chart(html: str) -> ET.Element:
     """The section's SVG, parsed."""
     found = re.search(r"<svg .*?</svg>", html, re.S)
     assert found is not None
-    return ET.fromstring(found.group(0))
+    return ET.fromstring(found.group(0))  # noqa: S314 - our own output, not untrusted
 
 
 def coordinates(path: ET.Element) -> list[tuple[float, float]]:
@@ -93,7 +93,7 @@ def test_section_golden(history, locale: str) -> None:
 
 
 def test_chart_points_are_the_backtest_points(history) -> None:
-    """One chart point per scored 30-day as-of point; the first and last map to their forecast and won value."""
+    """One chart point per scored 30-day as-of point; the first and last map to their forecast and actual."""
     forecast, rows = history
     svg = chart(render_forecast_section(forecast, "en"))
     paths = {p.attrib["data-series"]: coordinates(p) for p in svg.iter(f"{SVG}path")}
@@ -106,7 +106,8 @@ def test_chart_points_are_the_backtest_points(history) -> None:
     assert [p.as_of for p in mine] == days
     assert len(paths["forecast"]) == len(paths["actual"]) == 48
     # the value axis, read back from the SVG: the gridline labelled 0 and the top one with its label
-    lines = [(float(g.attrib["y1"]), float(g.attrib["x1"]), float(g.attrib["x2"])) for g in svg.iter(f"{SVG}line")]
+    lines = [(float(g.attrib["y1"]), float(g.attrib["x1"]), float(g.attrib["x2"]))
+             for g in svg.iter(f"{SVG}line")]
     labels = [t.text or "" for t in svg.iter(f"{SVG}text")][:5]
     (zero_y, left, right), (top_y, _, _) = lines[0], lines[-1]
     assert money(labels[0]) == 0
@@ -125,7 +126,7 @@ def test_chart_points_are_the_backtest_points(history) -> None:
 
 
 def test_band_starts_once_eight_errors_are_known(history) -> None:
-    """The range band covers the points with 8 earlier passed forecasts: from the 13th point on (36 points)."""
+    """The range band covers the points with 8 earlier passed forecasts: from the 13th point on (36)."""
     forecast, _ = history
     svg = chart(render_forecast_section(forecast, "en"))
     (band,) = svg.iter(f"{SVG}polygon")
@@ -136,7 +137,8 @@ def test_band_starts_once_eight_errors_are_known(history) -> None:
     xs = [x for x, _ in coordinates(next(p for p in svg.iter(f"{SVG}path")))]
     assert corners[0][0] == xs[12]
     assert corners[35][0] == xs[-1]
-    assert all(top <= bottom for (_, top), (_, bottom) in zip(corners[:36], reversed(corners[36:]), strict=True))
+    upper, lower = corners[:36], list(reversed(corners[36:]))
+    assert all(high <= low for (_, high), (_, low) in zip(upper, lower, strict=True))  # y grows downwards
 
 
 def test_crm_baseline_listed_when_the_crm_has_probabilities(history) -> None:
@@ -155,8 +157,8 @@ def test_no_method_beats_persistence_is_said(sqlite_store: sa.Engine) -> None:
     forecast = compute_forecast(sqlite_store, NOK, AS_OF)
     assert forecast.beats_persistence is False
     html = render_forecast_section(forecast, "en")
-    assert ('<p class="note"><strong>No method beats persistence on this data: simply expecting the value won '
-            "in the last days again did as well as deal by deal or better.</strong></p>") in html
+    assert ('<p class="note"><strong>No method beats persistence on this data: simply expecting the value '
+            "won in the last days again did as well as deal by deal or better.</strong></p>") in html
     assert "The CRM has no stage probabilities, so there is no CRM weighted baseline." in html
     nb = render_forecast_section(forecast, "nb")
     assert "Ingen metode slår «som sist» på disse dataene" in nb
@@ -180,10 +182,10 @@ def test_notify_forecast_false_leaves_the_section_out(tmp_path: Path) -> None:
     code, _, target = demo_report(tmp_path)
     assert code == 0
     html = target.read_text(encoding="utf-8")
-    assert html.index('<section id="trend">') < html.index('<section id="forecast">') < html.index('id="pipelines"')
+    assert html.index('id="trend"') < html.index('<section id="forecast">') < html.index('id="pipelines"')
     config = tmp_path / "config.toml"
-    config.write_text(config.read_text(encoding="utf-8").replace('[notify]\n', '[notify]\nforecast = false\n'),
-                      encoding="utf-8")
+    text = config.read_text(encoding="utf-8")
+    config.write_text(text.replace("[notify]\n", "[notify]\nforecast = false\n", 1), encoding="utf-8")
     out = tmp_path / "off.html"
     assert main(["--config", str(config), "report", "--format", "html", "--output", str(out)], env={},
                 out=io.StringIO(), now=lambda: CLI_NOW) == 0
