@@ -25,7 +25,7 @@ from decimal import Decimal
 
 import jinja2
 import sqlalchemy as sa
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from sales_velocity.metrics.backtest import calibrated_range, errors_known_at
 from sales_velocity.metrics.forecast import MIN_POINTS, MIN_WON, Forecast, compute_forecast
@@ -103,8 +103,13 @@ def render_forecast_section(forecast: Forecast, locale: str) -> str:
     """The section's body: escaped HTML for :class:`notify.html_report.ReportSection`."""
     t, f = texts(locale), Formatter(locale, forecast.currency)
     method = _method(t, forecast.method)
+
+    def nowrap(value: Decimal | None, before: str = "") -> str:  # "<wbr>": a phone may break after the dash
+        return f'{before}<span class="nowrap">{escape(f.money(value))}</span>'
+
     horizons = [(t("report_forecast_next", days=h.days), f.money(h.expected),
-                 t("report_forecast_range", low=f.money(h.low), high=f.money(h.high))
+                 Markup(t("report_forecast_range", low=nowrap(h.low),  # noqa: S704 - each part escaped
+                          high=nowrap(h.high, "<wbr>")))
                  if h.low is not None and h.high is not None else t("report_forecast_no_range"))
                 for h in forecast.horizons]
     notes = []

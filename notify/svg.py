@@ -222,9 +222,9 @@ def band(
     label: str,
     value_text: Callable[[Decimal], str],
     day_text: Callable[[dt.date], str],
-    width: int = 560,
-    height: int = 220,
-    max_width: int = 720,
+    width: int = 440,
+    height: int = 210,
+    max_width: int = 640,
 ) -> str:
     """Forecast (dashed) and actual (solid) lines over days, the forecast's range as a band behind them.
 
