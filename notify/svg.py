@@ -56,33 +56,26 @@ def _open(width: int, height: int, label: str, max_width: int) -> list[str]:
     ]
 
 
-def line(
-    points: Sequence[tuple[dt.date, Decimal | None]],
+def _axes(
+    high: Decimal,
+    days: Sequence[dt.date],
     *,
     label: str,
     value_text: Callable[[Decimal], str],
     day_text: Callable[[dt.date], str],
-    width: int = 400,
-    height: int = 190,
-    max_width: int = 640,
-) -> str:
-    """A line over days from zero to a round top; ``None`` breaks the line.
+    width: int,
+    height: int,
+    max_width: int,
+) -> tuple[list[str], Callable[[dt.date], float], Callable[[Decimal], float]]:
+    """The opening of a chart over days with a value axis 0..``high``: its parts and the x and y scales.
 
-    Args:
-        points: ``(day, value)`` by day.
-        label: What the chart shows (its title and accessible name).
-        value_text: Formats an axis value (money, a rate, days).
-        day_text: Formats a day on the time axis (first, middle, last day).
-        width: The view box width (the chart scales to its box).
-        height: The view box height.
-        max_width: The widest the chart is drawn, in CSS pixels.
+    Five gridlines with their values on the left, the first, middle and last
+    day below; the first day sits on the left edge of the plot, the last on
+    the right.
     """
-    defined = [v for _, v in points if v is not None]
-    high = _nice_top(max(defined, default=Decimal(0)))
     ticks = [(high * i / 4, value_text(high * i / 4)) for i in range(5)]
     left = max(36, 10 + 7 * max(len(text) for _, text in ticks))  # room for the longest axis label
     right, top, bottom = 12, 10, 24
-    days = [d for d, _ in points]
     first, last = (min(days), max(days)) if days else (None, None)
     span = max(1, (last - first).days) if first and last else 1
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -107,6 +100,34 @@ def line(
                 continue
             out.append(f'<text x="{_n(x(day))}" y="{height - 6}" text-anchor="{anchor}" fill="{MUTED}">'
                        f"{escape(day_text(day))}</text>")
+    return out, x, y
+
+
+def line(
+    points: Sequence[tuple[dt.date, Decimal | None]],
+    *,
+    label: str,
+    value_text: Callable[[Decimal], str],
+    day_text: Callable[[dt.date], str],
+    width: int = 400,
+    height: int = 190,
+    max_width: int = 640,
+) -> str:
+    """A line over days from zero to a round top; ``None`` breaks the line.
+
+    Args:
+        points: ``(day, value)`` by day.
+        label: What the chart shows (its title and accessible name).
+        value_text: Formats an axis value (money, a rate, days).
+        day_text: Formats a day on the time axis (first, middle, last day).
+        width: The view box width (the chart scales to its box).
+        height: The view box height.
+        max_width: The widest the chart is drawn, in CSS pixels.
+    """
+    defined = [v for _, v in points if v is not None]
+    high = _nice_top(max(defined, default=Decimal(0)))
+    out, x, y = _axes(high, [d for d, _ in points], label=label, value_text=value_text, day_text=day_text,
+                      width=width, height=height, max_width=max_width)
     path: list[str] = []
     pen_up = True
     for day, value in points:
@@ -224,7 +245,7 @@ def band(
     day_text: Callable[[dt.date], str],
     width: int = 440,
     height: int = 210,
-    max_width: int = 640,
+    max_width: int = 560,
 ) -> str:
     """Forecast (dashed) and actual (solid) lines over days, the forecast's range as a band behind them.
 
@@ -236,34 +257,8 @@ def band(
     """
     values = [v for p in points for v in (p.forecast, p.actual, p.high) if v is not None]
     high = _nice_top(max(values, default=Decimal(0)))
-    ticks = [(high * i / 4, value_text(high * i / 4)) for i in range(5)]
-    left = max(36, 10 + 7 * max(len(text) for _, text in ticks))
-    right, top, bottom = 12, 10, 24
-    first = points[0].day if points else None
-    last = points[-1].day if points else None
-    span = max(1, (last - first).days) if first and last else 1
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def x(day: dt.date) -> float:
-        assert first is not None  # noqa: S101 - only called with points
-        return left + plot_w * (day - first).days / span
-
-    def y(value: Decimal) -> float:
-        return top + plot_h * (1 - float(value / high))
-
-    out = _open(width, height, label, max_width)
-    for tick, text in ticks:
-        ty = y(tick)
-        out.append(f'<line x1="{left}" x2="{width - right}" y1="{_n(ty)}" y2="{_n(ty)}" stroke="{GRID}"/>')
-        out.append(f'<text x="{left - 6}" y="{_n(ty + 4)}" text-anchor="end" fill="{MUTED}">'
-                   f"{escape(text)}</text>")
-    if first is not None and last is not None:
-        middle = first + dt.timedelta(days=span // 2)
-        for day, anchor in ((first, "start"), (middle, "middle"), (last, "end")):
-            if anchor == "middle" and span < 4:
-                continue
-            out.append(f'<text x="{_n(x(day))}" y="{height - 6}" text-anchor="{anchor}" fill="{MUTED}">'
-                       f"{escape(day_text(day))}</text>")
+    out, x, y = _axes(high, [p.day for p in points], label=label, value_text=value_text, day_text=day_text,
+                      width=width, height=height, max_width=max_width)
     runs: list[list[BandPoint]] = [[]]
     for p in points:
         if p.low is None or p.high is None:
