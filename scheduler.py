@@ -427,17 +427,21 @@ def cmd_report(ctx: Context, args: argparse.Namespace) -> int:
     """Print the velocity table (or JSON/CSV, or the HTML page) computed from the store; or --output FILE."""
     as_of = _as_of(ctx, args.as_of)
     if args.format == "html":
+        from sales_velocity.notify.forecast_report import forecast_section
         from sales_velocity.notify.html_report import build_html_report
 
         c = ctx.config
         window = args.window_days
         metrics = c.metrics.model_copy(update={"window_days": window}) if window else c.metrics
-        with reading_only():
+        engine = ctx.existing_engine()
+        with reading_only():  # [notify] forecast switches the section, as it does the digest's lines
+            extra = [forecast_section(engine, metrics, as_of, locale=c.notify.locale)] if c.notify.forecast \
+                else []
             text = build_html_report(
-                ctx.existing_engine(), metrics, c.reminders, as_of=as_of, now=ctx.now(),
+                engine, metrics, c.reminders, as_of=as_of, now=ctx.now(),
                 locale=c.notify.locale,
                 sources=[s.name for s in c.sources], max_data_age_hours=c.notify.max_data_age_hours,
-                movement_days=c.notify.movement_days, top_deals=c.notify.top_deals)
+                movement_days=c.notify.movement_days, top_deals=c.notify.top_deals, extra_sections=extra)
     else:
         text = _report_text(ctx, as_of, args.window_days, args.format)
     if args.output:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from xml.sax.saxutils import escape, quoteattr
 
-__all__ = ["Bar", "Step", "bars", "bridge", "line"]
+__all__ = ["BandPoint", "Bar", "Step", "band", "bars", "bridge", "line"]
 
 INK = "#111827"
 MUTED = "#6b7280"
@@ -25,6 +25,7 @@ LINE = "#2563eb"
 RISE = "#047857"
 FALL = "#b91c1c"
 TOTAL = "#475569"
+BAND = "#bfdbfe"
 FONT = "font-family=\"-apple-system, 'Segoe UI', Helvetica, Arial, sans-serif\""
 
 
@@ -55,33 +56,26 @@ def _open(width: int, height: int, label: str, max_width: int) -> list[str]:
     ]
 
 
-def line(
-    points: Sequence[tuple[dt.date, Decimal | None]],
+def _axes(
+    high: Decimal,
+    days: Sequence[dt.date],
     *,
     label: str,
     value_text: Callable[[Decimal], str],
     day_text: Callable[[dt.date], str],
-    width: int = 400,
-    height: int = 190,
-    max_width: int = 640,
-) -> str:
-    """A line over days from zero to a round top; ``None`` breaks the line.
+    width: int,
+    height: int,
+    max_width: int,
+) -> tuple[list[str], Callable[[dt.date], float], Callable[[Decimal], float]]:
+    """The opening of a chart over days with a value axis 0..``high``: its parts and the x and y scales.
 
-    Args:
-        points: ``(day, value)`` by day.
-        label: What the chart shows (its title and accessible name).
-        value_text: Formats an axis value (money, a rate, days).
-        day_text: Formats a day on the time axis (first, middle, last day).
-        width: The view box width (the chart scales to its box).
-        height: The view box height.
-        max_width: The widest the chart is drawn, in CSS pixels.
+    Five gridlines with their values on the left, the first, middle and last
+    day below; the first day sits on the left edge of the plot, the last on
+    the right.
     """
-    defined = [v for _, v in points if v is not None]
-    high = _nice_top(max(defined, default=Decimal(0)))
     ticks = [(high * i / 4, value_text(high * i / 4)) for i in range(5)]
     left = max(36, 10 + 7 * max(len(text) for _, text in ticks))  # room for the longest axis label
     right, top, bottom = 12, 10, 24
-    days = [d for d, _ in points]
     first, last = (min(days), max(days)) if days else (None, None)
     span = max(1, (last - first).days) if first and last else 1
     plot_w, plot_h = width - left - right, height - top - bottom
@@ -106,6 +100,34 @@ def line(
                 continue
             out.append(f'<text x="{_n(x(day))}" y="{height - 6}" text-anchor="{anchor}" fill="{MUTED}">'
                        f"{escape(day_text(day))}</text>")
+    return out, x, y
+
+
+def line(
+    points: Sequence[tuple[dt.date, Decimal | None]],
+    *,
+    label: str,
+    value_text: Callable[[Decimal], str],
+    day_text: Callable[[dt.date], str],
+    width: int = 400,
+    height: int = 190,
+    max_width: int = 640,
+) -> str:
+    """A line over days from zero to a round top; ``None`` breaks the line.
+
+    Args:
+        points: ``(day, value)`` by day.
+        label: What the chart shows (its title and accessible name).
+        value_text: Formats an axis value (money, a rate, days).
+        day_text: Formats a day on the time axis (first, middle, last day).
+        width: The view box width (the chart scales to its box).
+        height: The view box height.
+        max_width: The widest the chart is drawn, in CSS pixels.
+    """
+    defined = [v for _, v in points if v is not None]
+    high = _nice_top(max(defined, default=Decimal(0)))
+    out, x, y = _axes(high, [d for d, _ in points], label=label, value_text=value_text, day_text=day_text,
+                      width=width, height=height, max_width=max_width)
     path: list[str] = []
     pen_up = True
     for day, value in points:
@@ -200,5 +222,62 @@ def bridge(steps: Sequence[Step], *, label: str, width: int = 360, max_width: in
         out.append(f'<text x="{width - right + 6}" y="{y0 + 17}" fill="{INK}"{weight}>'
                    f"{escape(s.text)}</text>")
         out.append("</g>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class BandPoint:
+    """One day of a forecast-vs-actual chart: the forecast, its range (``None``: none yet), the actual."""
+
+    day: dt.date
+    forecast: Decimal
+    actual: Decimal
+    low: Decimal | None = None
+    high: Decimal | None = None
+
+
+def band(
+    points: Sequence[BandPoint],
+    *,
+    label: str,
+    value_text: Callable[[Decimal], str],
+    day_text: Callable[[dt.date], str],
+    width: int = 440,
+    height: int = 210,
+    max_width: int = 560,
+) -> str:
+    """Forecast (dashed) and actual (solid) lines over days, the forecast's range as a band behind them.
+
+    The value axis runs from zero to a round top above every value and range;
+    the first point sits on the left edge of the plot, the last on the right.
+    The band is drawn only over runs of days that have a range. Each element
+    carries ``data-series`` (``forecast``, ``actual``, ``range``) so a reader
+    (or a test) can tell them apart without the colour.
+    """
+    values = [v for p in points for v in (p.forecast, p.actual, p.high) if v is not None]
+    high = _nice_top(max(values, default=Decimal(0)))
+    out, x, y = _axes(high, [p.day for p in points], label=label, value_text=value_text, day_text=day_text,
+                      width=width, height=height, max_width=max_width)
+    runs: list[list[BandPoint]] = [[]]
+    for p in points:
+        if p.low is None or p.high is None:
+            if runs[-1]:
+                runs.append([])
+            continue
+        runs[-1].append(p)
+    for run in (r for r in runs if r):
+        upper = [f"{_n(x(p.day))},{_n(y(p.high))}" for p in run if p.high is not None]
+        lower = [f"{_n(x(p.day))},{_n(y(p.low))}" for p in reversed(run) if p.low is not None]
+        out.append(f'<polygon data-series="range" points="{" ".join(upper + lower)}" fill="{BAND}" '
+                   'fill-opacity="0.7" stroke="none"/>')
+    for series, dash, colour in (("forecast", ' stroke-dasharray="6 4"', LINE), ("actual", "", INK)):
+        steps = []
+        for i, p in enumerate(points):
+            value = p.forecast if series == "forecast" else p.actual
+            steps.append(f"{'M' if i == 0 else 'L'}{_n(x(p.day))} {_n(y(value))}")
+        if steps:
+            out.append(f'<path data-series="{series}" d="{" ".join(steps)}" fill="none" stroke="{colour}" '
+                       f'stroke-width="2"{dash} stroke-linejoin="round" stroke-linecap="round"/>')
     out.append("</svg>")
     return "".join(out)

@@ -71,16 +71,30 @@ def look(browser: Any, page_file: Path, width: int, shot: str) -> dict[str, Any]
               "page": page}
 
 
-@pytest.fixture(scope="module")
-def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The demo's HTML report (config.example.toml, pinned clock) written with --output."""
-    tmp = tmp_path_factory.mktemp("demo")
-    shutil.copy(ROOT / "config.example.toml", tmp / "config.toml")
+def demo_report(tmp: Path, locale: str = "en") -> Path:
+    """Run the demo (config.example.toml in ``locale``, pinned clock) and write its HTML report."""
+    config = (ROOT / "config.example.toml").read_text(encoding="utf-8")
+    config = config.replace('locale = "en"', f'locale = "{locale}"', 1)
+    (tmp / "config.toml").write_text(config, encoding="utf-8")
     shutil.copytree(ROOT / "connectors" / "demo", tmp / "connectors" / "demo")
     for args in (["run"], ["report", "--format", "html", "--output", str(tmp / "report.html")]):
         out = io.StringIO()
         assert main(["--config", str(tmp / "config.toml"), *args], env={}, out=out, now=lambda: NOW) == 0
     return tmp / "report.html"
+
+
+@pytest.fixture(scope="module")
+def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The demo's HTML report (config.example.toml, pinned clock) written with --output."""
+    return demo_report(tmp_path_factory.mktemp("demo"))
+
+
+@pytest.fixture(scope="module")
+def report_file_nb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same report in Norwegian (longer words: the forecast section's tables must still fit)."""
+    path = demo_report(tmp_path_factory.mktemp("demo_nb"), "nb")
+    assert '<html lang="nb">' in path.read_text(encoding="utf-8")
+    return path
 
 
 @pytest.fixture
@@ -110,7 +124,41 @@ def test_report_renders_clean(browser: Any, report_file: Path, width: int) -> No
         widest = page.evaluate("Math.max(...[...document.querySelectorAll('svg')]"
                                ".map(s => s.getBoundingClientRect().right))")
         assert widest <= width
-        assert page.locator("svg").count() >= 8  # velocity, 4 levers, 2 pipelines' waits, the bridge
+        assert page.locator("svg").count() >= 9  # velocity, 4 levers, the forecast, 2 waits, the bridge
+    finally:
+        page.close()
+
+
+@pytest.mark.parametrize("locale", ["en", "nb"])
+@pytest.mark.parametrize("width", WIDTHS)
+def test_forecast_section_fits(browser: Any, report_file: Path, report_file_nb: Path, width: int,
+                               locale: str) -> None:
+    """The forecast section (tables, chart, legend) fits a phone and a desktop in both locales, unscrolled."""
+    seen = look(browser, report_file if locale == "en" else report_file_nb, width,
+                "report" if locale == "en" else "report_nb")
+    page = seen.pop("page")
+    try:
+        assert seen["errors"] == []
+        assert seen["scroll_width"] <= seen["inner_width"]
+        section = page.locator("#forecast")
+        assert section.count() == 1
+        box = section.bounding_box()
+        assert box is not None
+        assert box["x"] >= 0
+        assert box["x"] + box["width"] <= width
+        # nothing inside sticks out of the section, and the table wrappers never need to scroll sideways
+        right = page.evaluate("Math.max(...[...document.querySelectorAll('#forecast *')]"
+                              ".map(e => e.getBoundingClientRect().right))")
+        assert right <= box["x"] + box["width"]
+        scrolls = page.evaluate("[...document.querySelectorAll('#forecast .scroll')]"
+                                ".map(e => [e.scrollWidth, e.clientWidth])")
+        assert len(scrolls) == 2  # the horizons and the accuracy table
+        assert all(scroll <= client for scroll, client in scrolls)
+        chart = page.locator("#forecast svg")
+        assert chart.count() == 1
+        assert chart.locator("path[data-series=forecast]").count() == 1
+        assert chart.locator("path[data-series=actual]").count() == 1
+        section.screenshot(path=str(OUTPUT / f"forecast_{locale}_{width}.png"))
     finally:
         page.close()
 
