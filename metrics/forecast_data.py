@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from sales_velocity.metrics.history import NEVER
 from sales_velocity.metrics.movement import MovementScope
 from sales_velocity.metrics.settings import MetricsSettings
-from sales_velocity.metrics.sql import EpochSeconds, JoinedText
+from sales_velocity.metrics.sql import EpochSeconds, JoinedText, small_page_cache
 from sales_velocity.metrics.window import close_time, day_start
 from sales_velocity.sync.store import UTCDateTime, deals_table, stage_events_table, stages_table
 
@@ -193,7 +193,7 @@ def read_forecast_data(engine: sa.Engine, settings: MetricsSettings, as_of: dt.d
     rates = {code: Decimal(rate) for code, rate in settings.rates.items()}
     base = settings.currency
     probabilities: dict[tuple[str, str, str], Decimal] = {}
-    with engine.connect() as conn:
+    with engine.connect() as conn, small_page_cache(conn):
         s = stages_table.c
         for row in conn.execute(sa.select(s.source, s.pipeline_id, s.external_id, s.probability)
                                 .where(s.probability.is_not(None))):

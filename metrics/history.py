@@ -48,7 +48,7 @@ import structlog
 from sales_velocity.metrics.concurrent import can_read_concurrently, read_concurrently
 from sales_velocity.metrics.job import has_snapshots, missed_days, snapshot_rows
 from sales_velocity.metrics.settings import MetricsSettings
-from sales_velocity.metrics.sql import EpochSeconds
+from sales_velocity.metrics.sql import EpochSeconds, small_page_cache
 from sales_velocity.metrics.velocity import VelocityReport, cycle_seconds, report_from_groups, scope_labels
 from sales_velocity.metrics.window import close_time, day_start
 from sales_velocity.sync.store import UTCDateTime, deals_table, snapshots_table
@@ -227,7 +227,7 @@ def _fold(engine: sa.Engine, queries: Sequence[sa.Select[Any]],
     """Run each query (side by side where the store allows) and hand its rows, as they stream, to its fold."""
     def reader(query: sa.Select[Any], fold: Callable[[Any], None]) -> Callable[[], None]:
         def read() -> None:
-            with engine.connect() as conn:
+            with engine.connect() as conn, small_page_cache(conn):
                 for row in conn.execution_options(yield_per=2000).execute(query):
                     fold(row)
         return read
