@@ -33,6 +33,7 @@ from sales_velocity.metrics.backtest import (
     errors_known_at,
     score,
 )
+from sales_velocity.metrics.concurrent import read_concurrently
 from sales_velocity.metrics.forecast_data import ForecastData, read_forecast_data
 from sales_velocity.metrics.forecast_methods import (
     BASELINES,
@@ -153,11 +154,17 @@ def compute_forecast(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
     all_hs = tuple(sorted(set(hs) | set(extra_horizons)))
     longest_period = max(((as_of - p.first).days + 1 for p in periods), default=0)
     history_days = max(7 * (BACKTEST_POINTS - 1 + TRAINING_POINTS) + max(all_hs) + 7, longest_period)
+    # The deal scan and the history rebuild (velocity at every candidate point; the
+    # rebuild's reports do not depend on its range) are independent: on two
+    # connections side by side, each one's SQL runs while the other's Python does.
+    candidates = [as_of - dt.timedelta(days=7 * k) for k in range(BACKTEST_POINTS)]
     with reading_only():
-        data = read_forecast_data(engine, settings, as_of, history_days=history_days, horizons=all_hs,
-                                  scope=scope)
-        points = _backtest_points(data, settings)
-        velocities = _velocities(engine, settings, [data.date_of(q) for q in points] or [as_of], scope)
+        data, velocities = read_concurrently(engine, [
+            lambda: read_forecast_data(engine, settings, as_of, history_days=history_days, horizons=all_hs,
+                                       scope=scope),
+            lambda: _velocities(engine, settings, candidates, scope),
+        ])
+    points = _backtest_points(data, settings)
     model = DealModel(data)
     last = data.points - 1
     last_day = data.days - 1

@@ -45,7 +45,7 @@ import sqlalchemy as sa
 from sales_velocity.metrics.history import NEVER
 from sales_velocity.metrics.movement import MovementScope
 from sales_velocity.metrics.settings import MetricsSettings
-from sales_velocity.metrics.sql import EpochSeconds, JoinedText
+from sales_velocity.metrics.sql import EpochSeconds, JoinedText, small_page_cache
 from sales_velocity.metrics.window import close_time, day_start
 from sales_velocity.sync.store import UTCDateTime, deals_table, stage_events_table, stages_table
 
@@ -193,7 +193,7 @@ def read_forecast_data(engine: sa.Engine, settings: MetricsSettings, as_of: dt.d
     rates = {code: Decimal(rate) for code, rate in settings.rates.items()}
     base = settings.currency
     probabilities: dict[tuple[str, str, str], Decimal] = {}
-    with engine.connect() as conn:
+    with engine.connect() as conn, small_page_cache(conn):
         s = stages_table.c
         for row in conn.execute(sa.select(s.source, s.pipeline_id, s.external_id, s.probability)
                                 .where(s.probability.is_not(None))):
@@ -236,10 +236,14 @@ class _Accumulator:
         self.first_created: int | None = None
         self.left_out = 0
         self.longest = max(horizons)
+        self.qceil = [-((self.offset - a) // 7) for a in range(days + 1)]
+        """Grid day ``a`` (0 .. ``days``) -> the first point on or after it (``points`` after the last)."""
+        self.stretches: dict[tuple[str, str | None, str | None], list[list[list[int]] | None]] = {}
+        """(source, pipeline, stage) -> the marks of its three age buckets (the same lists as ``cells``)."""
 
     def add(self, row: Any, value: int) -> None:
         """One deal's marks (``row`` as selected by :func:`_deal_query`)."""
-        to_day, days, offset, points = self.to_day, self.days, self.offset, self.points
+        to_day, days, offset = self.to_day, self.days, self.offset
         source, pipeline_id, stage_id, status, archived, _, _, created_s, ended_s, entered_s, events = row
         no_created = created_s is None
         created = -1 if no_created else to_day(created_s)
@@ -266,33 +270,46 @@ class _Accumulator:
         end = ended if ended < days else days
         if start >= end:
             return
-        cells = self.cells
-        width = points + 1
+        qc = self.qceil
         won_from = None
         if won_day is not None:
             won_from = [-((offset - won_day + h) // 7) for h in self.horizons]
-        visits: list[Visit]
-        if events is None and entered_s is None:  # no stage known: one stretch from the creation
-            visits = [(pipeline_id, None, start if no_created else created, start, end)]
+        first_entered = start if no_created else created
+        visits: Sequence[Visit]
+        if events is None:  # the common case, inlined: no stage events, at most the current stage
+            visits = ((pipeline_id, None, first_entered, start, end),)
+            if entered_s is not None:
+                entered_day = to_day(entered_s)
+                if entered_day < NEVER:
+                    boundary = entered_day if entered_day > start else start
+                    if boundary < end:
+                        now_in = (pipeline_id, stage_id, entered_day, boundary, end)
+                        visits = ((now_in,) if boundary == start
+                                  else ((pipeline_id, None, first_entered, start, boundary), now_in))
         else:
-            visits = _visits(events, entered_s, stage_id, pipeline_id, to_day,
-                             start if no_created else created, start, end)
+            visits = _visits(events, entered_s, stage_id, pipeline_id, to_day, first_entered, start, end)
+        stretches = self.stretches
         for pipeline, stage, entered, lo, hi in visits:
+            stage_key = (source, pipeline, stage)
+            buckets = stretches.get(stage_key)
+            if buckets is None:
+                buckets = stretches[stage_key] = [None, None, None]
             young, middle = entered + 30, entered + 90
-            for bucket, a, b in ((0, lo, young if young < hi else hi),
-                                 (1, young if young > lo else lo, middle if middle < hi else hi),
-                                 (2, middle if middle > lo else lo, hi)):
+            for bucket in (0, 1, 2):
+                if bucket == 0:
+                    a, b = lo, (young if young < hi else hi)
+                elif bucket == 1:
+                    a, b = (young if young > lo else lo), (middle if middle < hi else hi)
+                else:
+                    a, b = (middle if middle > lo else lo), hi
                 if a >= b:
                     continue
-                q_lo, q_hi = -((offset - a) // 7), -((offset - b) // 7)
-                if q_hi > points:
-                    q_hi = points
+                q_lo, q_hi = qc[a], qc[b]
                 if q_lo >= q_hi:
                     continue
-                cell: Cell = (source, pipeline, stage, bucket)
-                marks = cells.get(cell)
+                marks = buckets[bucket]
                 if marks is None:
-                    marks = cells[cell] = [[0] * width for _ in range(2 + len(self.horizons))]
+                    marks = buckets[bucket] = self._new_cell((source, pipeline, stage, bucket))
                 opened, counted = marks[0], marks[1]
                 opened[q_lo] += value
                 opened[q_hi] -= value
@@ -307,6 +324,11 @@ class _Accumulator:
                         won = marks[n]
                         won[from_q] += value
                         won[q_hi] -= value
+
+    def _new_cell(self, cell: Cell) -> list[list[int]]:
+        """The (zero) marks of a cell seen for the first time, kept in first-seen order."""
+        marks = self.cells[cell] = [[0] * (self.points + 1) for _ in range(2 + len(self.horizons))]
+        return marks
 
     def finish(self, first_day: dt.date, probabilities: dict[tuple[str, str, str], Decimal]) -> ForecastData:
         """The running sums, in Decimal."""

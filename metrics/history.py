@@ -48,7 +48,7 @@ import structlog
 from sales_velocity.metrics.concurrent import can_read_concurrently, read_concurrently
 from sales_velocity.metrics.job import has_snapshots, missed_days, snapshot_rows
 from sales_velocity.metrics.settings import MetricsSettings
-from sales_velocity.metrics.sql import EpochSeconds
+from sales_velocity.metrics.sql import EpochSeconds, small_page_cache
 from sales_velocity.metrics.velocity import VelocityReport, cycle_seconds, report_from_groups, scope_labels
 from sales_velocity.metrics.window import close_time, day_start
 from sales_velocity.sync.store import UTCDateTime, deals_table, snapshots_table
@@ -222,17 +222,22 @@ def _queries(first_day: dt.date, days: int, zone: ZoneInfo) -> tuple[sa.Select[A
     return ends, starts
 
 
-def _read(engine: sa.Engine, queries: Sequence[sa.Select[Any]]) -> list[list[sa.Row[Any]]]:
-    def reader(query: sa.Select[Any]) -> Callable[[], list[sa.Row[Any]]]:
-        def read() -> list[sa.Row[Any]]:
-            with engine.connect() as conn:
-                return list(conn.execute(query))
+def _fold(engine: sa.Engine, queries: Sequence[sa.Select[Any]],
+          folds: Sequence[Callable[[Any], None]]) -> None:
+    """Run each query (side by side where the store allows) and hand its rows, as they stream, to its fold."""
+    def reader(query: sa.Select[Any], fold: Callable[[Any], None]) -> Callable[[], None]:
+        def read() -> None:
+            with engine.connect() as conn, small_page_cache(conn):
+                for row in conn.execution_options(yield_per=2000).execute(query):
+                    fold(row)
         return read
 
-    calls = [reader(q) for q in queries]
+    calls = [reader(q, f) for q, f in zip(queries, folds, strict=True)]
     if can_read_concurrently(engine):
-        return read_concurrently(engine, calls)
-    return [call() for call in calls]
+        read_concurrently(engine, calls)
+    else:
+        for call in calls:
+            call()
 
 
 def rebuild_reports(engine: sa.Engine, settings: MetricsSettings, first: dt.date,
@@ -256,23 +261,33 @@ def rebuild_reports(engine: sa.Engine, settings: MetricsSettings, first: dt.date
     days = count + window - 1
     with engine.connect() as conn:
         labels = scope_labels(conn)
-    end_rows, start_rows = _read(engine, _queries(grid_first, days, settings.zone))
-    if keep is not None:
-        end_rows = [row for row in end_rows if keep(row)]
-        start_rows = [row for row in start_rows if keep(row)]
-
     closed: dict[GroupKey, list[tuple[int, ...] | None]] = defaultdict(lambda: [None] * days)
     amounts: dict[GroupKey, list[Decimal]] = defaultdict(lambda: [Decimal(0)] * days)
     delta: dict[GroupKey, list[int]] = defaultdict(lambda: [0] * days)
-    for row in end_rows:
+    starts: dict[GroupKey, list[int]] = defaultdict(lambda: [0] * days)
+
+    def fold_end(row: Any) -> None:
+        if keep is not None and not keep(row):
+            return
         key: GroupKey = (row.source, row.pipeline_id, row.owner_id, row.currency)
         if row.won or row.lost:
             closed[key][row.day] = (int(row.won), int(row.lost), int(row.no_amount), int(row.amount_deals),
                                     int(row.cycle_deals), int(row.cycle_seconds or 0))
             amounts[key][row.day] = Decimal(row.amount_sum or 0)
         delta[key][row.day] -= int(row.ended)
-    for row in start_rows:
-        delta[(row.source, row.pipeline_id, row.owner_id, row.currency)][row.day] += int(row.n)
+
+    def fold_start(row: Any) -> None:
+        if keep is None or keep(row):
+            starts[(row.source, row.pipeline_id, row.owner_id, row.currency)][row.day] += int(row.n)
+
+    # Rows are folded as they stream (never listed); ends and starts fill separate sums
+    # because the two queries may run side by side.
+    _fold(engine, _queries(grid_first, days, settings.zone), (fold_end, fold_start))
+    for key, added in starts.items():
+        line = delta[key]
+        for day, n in enumerate(added):
+            if n:
+                line[day] += n
 
     per_day: list[list[_Group]] = [[] for _ in range(count)]
     wanted = None if only is None else {(day - first).days for day in only}
