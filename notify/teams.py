@@ -24,19 +24,16 @@ from collections.abc import Callable
 from typing import Any, ClassVar, TextIO
 
 import requests
-import structlog
 from pydantic import Field, SecretStr, field_validator
-from urllib3.exceptions import MaxRetryError, NewConnectionError
 
 from sales_velocity.kernel.errors import DeliveryError
 from sales_velocity.kernel.http import new_session
 from sales_velocity.notify.channels import ChannelSettings
+from sales_velocity.notify.delivery import post_at_most_once
 from sales_velocity.notify.message import Message
-from sales_velocity.notify.slack_bot import DeliveryUnknownError
 
 __all__ = ["TeamsChannel", "TeamsSettings"]
 
-log = structlog.get_logger(__name__)
 
 
 class TeamsSettings(ChannelSettings):
@@ -55,18 +52,6 @@ class TeamsSettings(ChannelSettings):
         if not value.get_secret_value().startswith(("https://", "http://")):
             raise ValueError("must be an http(s) URL")
         return value
-
-
-def _not_sent(exc: requests.RequestException) -> bool:
-    """Whether the request failed before anything was sent (no connection was made)."""
-    if isinstance(exc, requests.ConnectTimeout):
-        return True
-    if isinstance(exc, requests.ConnectionError):
-        reason = exc.args[0] if exc.args else None
-        if isinstance(reason, MaxRetryError):
-            reason = reason.reason
-        return isinstance(reason, NewConnectionError)
-    return False
 
 
 class TeamsChannel:
@@ -104,43 +89,10 @@ class TeamsChannel:
         self._post(payload)
 
     def _post(self, payload: dict[str, Any]) -> None:
+        """One POST under the notifier's at-most-once rule (``notify.delivery``)."""
         s = self.settings
-        for attempt in range(1, s.max_attempts + 1):
-            last = attempt == s.max_attempts
-            try:
-                response = self._session.post(
-                    s.webhook_url.get_secret_value(),
-                    json=payload,
-                    timeout=(min(10.0, s.timeout_seconds), s.timeout_seconds),
-                )
-            except requests.RequestException as exc:
-                if not _not_sent(exc):
-                    raise DeliveryUnknownError(
-                        f"{self._what()}: no answer after posting ({type(exc).__name__}); it may have "
-                        "arrived, "
-                        "so it is not posted again",
-                        channel_down=True,
-                    ) from None
-                if last:
-                    raise DeliveryError(
-                        f"{self._what()}: cannot connect ({type(exc).__name__})", channel_down=True
-                    ) from None
-                self._sleep(min(30.0, 2.0 ** (attempt - 1)))
-                continue
-            if response.status_code < 300:
-                return
-            retry_after = response.headers.get("Retry-After")
-            wait = float(retry_after) if retry_after and retry_after.replace(".", "", 1).isdigit() else None
-            if response.status_code in (429, 503) and wait is not None and not last:
-                if wait > s.max_retry_after_seconds:
-                    break
-                log.warning(
-                    "notify.teams.retry_after", channel=s.name, status=response.status_code, retry_after=wait
-                )
-                self._sleep(wait)
-                continue
-            reason = f"{self._what()}: HTTP {response.status_code}: {response.text[:200]}"
-            raise DeliveryError(
-                reason, channel_down=response.status_code >= 500 or response.status_code == 429
-            )
-        raise DeliveryError(f"{self._what()}: throttled beyond max_retry_after_seconds", channel_down=True)
+        post_at_most_once(
+            self._session, s.webhook_url.get_secret_value(), what=self._what(), payload=payload,
+            headers={}, timeout=(min(10.0, s.timeout_seconds), s.timeout_seconds),
+            max_attempts=s.max_attempts, sleep=self._sleep, max_delay=s.max_retry_after_seconds,
+        )
