@@ -42,12 +42,12 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from sales_velocity.metrics.history import NEVER
+from sales_velocity.metrics.history import NEVER, matters_from
 from sales_velocity.metrics.movement import MovementScope
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.sql import EpochSeconds, JoinedText, small_page_cache
 from sales_velocity.metrics.window import close_time, day_start
-from sales_velocity.sync.store import UTCDateTime, deals_table, stage_events_table, stages_table
+from sales_velocity.sync.store import deals_table, stage_events_table, stages_table
 
 __all__ = ["AGE_BUCKETS", "Cell", "ForecastData", "read_forecast_data"]
 
@@ -122,12 +122,7 @@ def _deal_query(first_day: dt.date, zone: ZoneInfo, scope: MovementScope, dialec
     """
     d, e = deals_table.c, stage_events_table.c
     close = close_time()
-    grid_start = sa.literal(day_start(first_day, zone), UTCDateTime())
-    could_matter = sa.or_(
-        sa.and_(d.status.in_(("won", "lost")), close >= grid_start),
-        sa.and_(d.status == "open", sa.not_(d.archived)),
-        sa.and_(d.status == "deleted", sa.not_(d.archived), d.deleted_at >= grid_start),
-    )
+    could_matter = matters_from(first_day, zone)
     event_text = (
         sa.cast(EpochSeconds(e.entered_at), sa.Text) + _FIELD + e.stage_id + _FIELD
         + sa.func.coalesce(e.pipeline_id, "")

@@ -155,6 +155,21 @@ def _day_index(seconds: sa.ColumnElement[Any], first_day: dt.date, days: int,
 # --------------------------------------------------------------------------- the pass
 
 
+def matters_from(first_day: dt.date, zone: ZoneInfo) -> sa.ColumnElement[bool]:
+    """SQL: the deals that can count on a day grid starting ``first_day``.
+
+    Closed at or after the grid's first local midnight, open (not archived), or
+    deleted at or after it; every other deal left the pipeline before the grid.
+    """
+    d = deals_table.c
+    grid_start = sa.literal(day_start(first_day, zone), UTCDateTime())
+    return sa.or_(
+        sa.and_(d.status.in_(("won", "lost")), close_time() >= grid_start),
+        sa.and_(d.status == "open", sa.not_(d.archived)),
+        sa.and_(d.status == "deleted", sa.not_(d.archived), d.deleted_at >= grid_start),
+    )
+
+
 def _queries(first_day: dt.date, days: int, zone: ZoneInfo) -> tuple[sa.Select[Any], sa.Select[Any]]:
     """Two grouped statements over the deals that can matter on the grid.
 
@@ -166,12 +181,7 @@ def _queries(first_day: dt.date, days: int, zone: ZoneInfo) -> tuple[sa.Select[A
     """
     d = deals_table.c
     close = close_time()
-    grid_start = sa.literal(day_start(first_day, zone), UTCDateTime())
-    could_matter = sa.or_(
-        sa.and_(d.status.in_(("won", "lost")), close >= grid_start),
-        sa.and_(d.status == "open", sa.not_(d.archived)),
-        sa.and_(d.status == "deleted", sa.not_(d.archived), d.deleted_at >= grid_start),
-    )
+    could_matter = matters_from(first_day, zone)
     # epoch seconds once per deal (OFFSET 0 keeps both planners from inlining them into every use)
     timed = (
         sa.select(*(d[k] for k in _KEYS), d.status, d.archived, d.amount,

@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sales_velocity.kernel.testing.fake_hubspot import FakeHubSpot
 from sales_velocity.kernel.testing.fake_pipedrive import FakePipedrive
 from sales_velocity.sync.store import deals_table, make_engine, outbox_table, sync_runs_table, upgrade
+from tests.crm_sources import hubspot_source, pipedrive_source
 
 HUBSPOT_DEALS = 2500
 PIPEDRIVE_DEALS = 1100
@@ -57,20 +58,7 @@ def write_config(tmp_path: Path, hubspot: FakeHubSpot, pipedrive: FakePipedrive,
     config = tmp_path / "velocity.toml"
     config.write_text(f"""
 timezone = "UTC"
-[[sources]]
-name = "hubspot"
-kind = "hubspot"
-access_token = "{hubspot.token}"
-base_url = "{hubspot.url}"
-requests_per_10s = 1000
-search_requests_per_second = 50
-[[sources]]
-name = "pipedrive"
-kind = "pipedrive"
-api_token = "{pipedrive.token}"
-company_domain = "acme"
-base_url = "{pipedrive_url}"
-[[notify.channels]]
+{hubspot_source(hubspot)}{pipedrive_source(pipedrive, pipedrive_url)}[[notify.channels]]
 kind = "file"
 name = "files-a"
 path = "out-a"

@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from sales_velocity.kernel.testing.fake_hubspot import FakeHubSpot
 from sales_velocity.sync.store import make_engine, sync_runs_table
+from tests.crm_sources import hubspot_source
 
 
 def hubspot_config(tmp_path: Path, hubspot: FakeHubSpot) -> Path:
@@ -28,14 +29,7 @@ def hubspot_config(tmp_path: Path, hubspot: FakeHubSpot) -> Path:
     config = tmp_path / "velocity.toml"
     config.write_text(f"""
 timezone = "UTC"
-[[sources]]
-name = "hubspot"
-kind = "hubspot"
-access_token = "{hubspot.token}"
-base_url = "{hubspot.url}"
-requests_per_10s = 1000
-search_requests_per_second = 50
-""", encoding="utf-8")
+{hubspot_source(hubspot)}""", encoding="utf-8")
     return config
 
 

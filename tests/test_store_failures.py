@@ -28,6 +28,7 @@ from sales_velocity.kernel.testing.fake_hubspot import FakeHubSpot
 from sales_velocity.kernel.testing.fake_pipedrive import FakePipedrive
 from sales_velocity.scheduler import main
 from sales_velocity.sync.store import make_engine, outbox_table, sync_runs_table, upgrade
+from tests.crm_sources import hubspot_source, pipedrive_source
 
 PG_URL = os.environ.get("VELOCITY_TEST_DATABASE_URL", "")
 SEED = Path(__file__).parent / "fixtures" / "csv" / "seed_example.csv"
@@ -102,20 +103,7 @@ def test_connections_killed_mid_sync_fail_that_source_only(
     config = tmp_path / "velocity.toml"
     config.write_text(f"""
 timezone = "UTC"
-[[sources]]
-name = "hubspot"
-kind = "hubspot"
-access_token = "{hubspot.token}"
-base_url = "{hubspot.url}"
-requests_per_10s = 1000
-search_requests_per_second = 50
-[[sources]]
-name = "pipedrive"
-kind = "pipedrive"
-api_token = "{pipedrive.token}"
-company_domain = "acme"
-base_url = "{pipedrive_url}"
-[[notify.channels]]
+{hubspot_source(hubspot)}{pipedrive_source(pipedrive, pipedrive_url)}[[notify.channels]]
 kind = "file"
 name = "files"
 path = "out"
