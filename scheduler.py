@@ -323,6 +323,8 @@ def _sync_one(ctx: Context, engine: sa.Engine, connector: Connector, *, full: bo
         if not lease:
             return _refused(connector.name, lease)
         close_interrupted(engine, connector.name, by=ctx.run_id)
+        if callable(use_clock := getattr(connector, "use_clock", None)):
+            use_clock(ctx.now)  # "today" for date-shifting sources is the run's own clock
         with SyncProgress(connector.name) as bar:
             if bar.enabled and hasattr(connector, "expected_deals"):
                 bar.total(connector.expected_deals())

@@ -196,6 +196,15 @@ class CsvFeedConnector:
         self._catalog: tuple[tuple[int, int], _Catalog] | None = None
         self._provided: frozenset[str] | None = None
 
+    def use_clock(self, now: Callable[[], dt.datetime]) -> None:
+        """Take "today" (for ``rebase_dates_from``) from the run's clock, in the feed's time zone.
+
+        The scheduler hands every connector that has this method the clock of its
+        run, so a pinned clock (``main(now=...)``, tests) pins the demo's rebase too.
+        """
+        zone = ZoneInfo(self.settings.timezone)
+        self._today = lambda: now().astimezone(zone).date()
+
     # ------------------------------------------------------------------ plumbing
 
     def _error(self, message: str) -> CsvFeedError:
