@@ -54,6 +54,9 @@ BUDGETS = {
     "forecast_peak_rss_mb_max": 400,
     "crm_ratio_to_floor_max": 1.2,
     "no_change_requests_max": 3,
+    "csv_first_sync_over_read_csv_max": 2.0,
+    "csv_resync_1pct_over_read_csv_max": 1.0,
+    "csv_peak_rss_mb_max": 400,
 }
 
 
@@ -85,6 +88,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--floor-deals", type=_count(0), default=None,
                         help="deals stored by the bare driver for the ingest floor "
                              "(default min(N, 200,000)); 0 skips")
+    parser.add_argument("--csv-deals", type=_count(0), default=None,
+                        help="deals in the CSV export of part 6 (default N); 0 skips")
     parser.add_argument("--trace-deals", type=_count(0), default=None,
                         help="deals ingested under tracemalloc (default min(N, 100,000)); 0 skips")
     return parser.parse_args(argv)
@@ -137,6 +142,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["history_rebuild"] = history_rebuild(engine)
             report["drilldown"] = drilldown(engine)
             report["forecast"] = forecast(engine)
+            csv_deals = args.deals if args.csv_deals is None else min(args.csv_deals, args.deals)
+            if csv_deals:
+                from bench.csv_part import csv_part
+
+                source = pages
+                if csv_deals < args.deals:
+                    source = work / "csv-pages.pkl"
+                    changed_csv = write_pages(source, csv_deals, args.seed, args.page_size)
+                else:
+                    changed_csv = changed
+                report["csv"] = csv_part(args.store, work, source, changed_csv["full"])  # before pandas
             from bench.baseline import compare, pandas_velocity
 
             Rss.reset()
@@ -171,6 +187,8 @@ def _ratios(r: dict[str, Any]) -> dict[str, Any]:
     if "driver_floor" in r:
         ingest_us = 1e6 / r["ingest"]["deals_per_s"]
         out["ingest_over_driver_floor"] = round(ingest_us / r["driver_floor"]["us_per_deal"], 2)
+    if "csv" in r:
+        out.update({f"csv_{k}": v for k, v in r["csv"]["ratios"].items()})
     for name, crm in r["crm"].items():
         if isinstance(crm, dict) and "full" in crm:
             out[f"{name}_sync_over_rate_limit_floor"] = crm["full"]["ratio_to_floor"]
@@ -192,6 +210,14 @@ def _budgets(r: dict[str, Any]) -> dict[str, Any]:
         "forecast_peak_rss": r["forecast"]["peak_rss_mb"] < BUDGETS["forecast_peak_rss_mb_max"],
         "baseline_agrees_to_the_cent": r["baseline"]["agree_to_the_cent"],
     }
+    if "csv" in r:
+        c = r["csv"]
+        b["csv_first_sync_within_2x_read_csv"] = (
+            c["ratios"]["first_sync_over_read_csv"] <= BUDGETS["csv_first_sync_over_read_csv_max"])
+        b["csv_resync_1pct_within_1x_read_csv"] = (
+            c["ratios"]["resync_1pct_over_read_csv"] <= BUDGETS["csv_resync_1pct_over_read_csv_max"])
+        b["csv_peak_rss"] = max(c[k]["peak_rss_mb"] for k in ("first_sync", "resync_1pct", "floor")) < (
+            BUDGETS["csv_peak_rss_mb_max"])
     for name, crm in r["crm"].items():
         if isinstance(crm, dict) and "full" in crm:
             ratio = crm["full"]["ratio_to_floor"]
@@ -250,6 +276,16 @@ def _table(r: dict[str, Any]) -> str:
         ("   ours / baseline", f"velocity {r['ratios']['velocity_ours_over_baseline']}, "
                               f"recompute {r['ratios']['recompute_ours_over_baseline']}"),
     ]
+    if "csv" in r:
+        c = r["csv"]
+        rows.append((f"6. CSV export ({c['rows']:,} rows, {c['file_mb']} MB)",
+                     f"pandas.read_csv {c['pandas_read_csv']['seconds']} s; first sync "
+                     f"{c['first_sync']['seconds']} s ({c['ratios']['first_sync_over_read_csv']}x), "
+                     f"1 % re-sync "
+                     f"{c['resync_1pct']['seconds']} s ({c['ratios']['resync_1pct_over_read_csv']}x), "
+                     f"bulk floor {c['floor']['seconds']} s ({c['ratios']['floor_over_read_csv']}x); "
+                     f"peak RSS "
+                     f"{c['first_sync']['peak_rss_mb']} / {c['resync_1pct']['peak_rss_mb']} MB"))
     for name, crm in r["crm"].items():
         if not isinstance(crm, dict) or "full" not in crm:
             reason = crm.get("reason") if isinstance(crm, dict) else crm

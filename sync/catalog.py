@@ -52,12 +52,16 @@ class KnownCatalog:
 
     def check(self, deal: Deal) -> None:
         """Mark the catalog stale when ``deal`` refers to something it does not know."""
+        self.check_ids(deal.pipeline, deal.stage, deal.owner)
+
+    def check_ids(self, pipeline: str | None, stage: str | None, owner: str | None) -> None:
+        """Mark the catalog stale when a deal's pipeline, stage or owner id is not known."""
         if self.stale:
             return
         if (
-            (deal.pipeline is not None and deal.pipeline not in self.pipelines)
-            or (deal.stage is not None and (deal.pipeline or "", deal.stage) not in self.stages)
-            or (deal.owner is not None and deal.owner not in self.owners)
+            (pipeline is not None and pipeline not in self.pipelines)
+            or (stage is not None and (pipeline or "", stage) not in self.stages)
+            or (owner is not None and owner not in self.owners)
         ):
             self.stale = True
 

@@ -1,9 +1,10 @@
 """Field changes of deals: compare the stored row with the incoming one, record what moved.
 
-The sync engine calls this module with a small hook (``sync.engine``): for every
-changed deal of a batch it hands over the stored row's tracked columns (read by
-the batch's one ``SELECT``) and the newly encoded row, and :meth:`ChangeRecorder.compare`
-returns one ``deal_changes`` row per tracked field that differs. A deal seen for
+The sync engine records changes set-based (``sync.staging``: one ``INSERT .. SELECT``
+per batch of the stored row against the staged one, with the rules below);
+:meth:`ChangeRecorder.compare` is the same comparison for one deal in Python, for
+a stored row's tracked columns and a newly encoded row: one ``deal_changes`` row
+per tracked field that differs. A deal seen for
 the first time records nothing (its creation date says when it was added), and a
 deal whose content hash did not change is never compared, so a full re-pull of
 unchanged data records nothing.

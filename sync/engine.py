@@ -6,19 +6,25 @@
 2. refreshes the source's pipelines, stages and owners when they are due
    (``sync.catalog``: first sync, ``full``, too old, or a deal refers to an
    unknown one);
-3. streams ``connector.deals(since)`` (``since`` = the stored cursor, or ``None``
-   for a full pull) and writes deals in batches: one ``SELECT`` of the batch's
-   current hashes, then one upsert of the new and changed rows only, so a re-sync
-   of unchanged data writes nothing (rows are encoded by ``sync.rows``);
+3. streams ``connector.batches(since)`` where the connector offers it (Arrow
+   tables, as the CSV feed does), else ``connector.deals(since)`` (``since`` = the
+   stored cursor, or ``None`` for a full pull), and writes deals batch by batch
+   (``_Writer.write_batch``, the per-batch write function): records are turned
+   into an Arrow batch (``sync.batch``), unchanged deals (same content hash) are
+   left alone, the rest go through a staging table and a few set-based
+   statements (``sync.staging``), so a re-sync of unchanged data writes nothing;
 4. adds a ``deal_stage_events`` row for every stage a deal enters (the CRM's own
    dates where it provides them, else as observed), and a ``deal_changes`` row
-   for every tracked field that changed (``sync.changes``: stored row vs new row);
+   for every tracked field that changed (stored row vs staged row, dated as
+   ``sync.changes`` dates them);
 5. at each ``Checkpoint`` writes the pending deals *and* the cursor in one
    transaction, so a crash re-pulls from the last committed checkpoint and never
-   skips. A checkpoint commits when ``COMMIT_EVERY`` deals or ``COMMIT_INTERVAL_S``
-   seconds have gone by since the last commit (pages from a rate-limited CRM
-   commit one by one; a fast feed does not pay for a commit per page), and when
-   the connector fails, everything up to its last checkpoint is committed;
+   skips. A checkpoint is held back (never written before its deals) while fewer
+   than ``batch_size`` deals are buffered and no commit is due, and commits when
+   ``COMMIT_EVERY`` deals or ``COMMIT_INTERVAL_S`` seconds have gone by since the
+   last commit (pages from a rate-limited CRM commit one by one; a fast feed is
+   written in large batches), and when the connector fails, everything up to its
+   last checkpoint is committed;
 6. after a ``complete`` checkpoint, marks the source's deals that the pull did not
    contain as ``deleted`` (never deleting rows).
 
@@ -39,18 +45,21 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
+import pyarrow as pa
 import sqlalchemy as sa
 import structlog
 
 from sales_velocity.connectors.base import Checkpoint, Connector, Deal, Rejected
 from sales_velocity.kernel.errors import RemoteError
+from sales_velocity.sync.batch import deals_to_batch, is_batch
 from sales_velocity.sync.catalog import KnownCatalog, catalog_due, dialect_insert, load_known, refresh_catalog
-from sales_velocity.sync.changes import ChangeRecorder, changes_from_select
+from sales_velocity.sync.changes import changes_from_select
 from sales_velocity.sync.deadline import bounded
 from sales_velocity.sync.fields import FieldTracker, declared_fields, declares_fields, record_fields
 from sales_velocity.sync.rows import RowEncoder
+from sales_velocity.sync.staging import Stager
 from sales_velocity.sync.store import (
     STORE_ERRORS,
     deals_table,
@@ -67,7 +76,7 @@ log = structlog.get_logger(__name__)
 Clock = Callable[[], dt.datetime]
 SyncStatus = Literal["ok", "failed", "skipped"]
 
-DEFAULT_BATCH_SIZE = 2000
+DEFAULT_BATCH_SIZE = 10_000
 COMMIT_EVERY = 10_000
 """Deals written since the last commit after which a checkpoint commits."""
 COMMIT_INTERVAL_S = 1.0
@@ -139,11 +148,16 @@ class _Writer:
         self.known: KnownCatalog | None = None
         """Set when the catalog was not refreshed: deals referring to new ids refresh it."""
         self.encoder = RowEncoder(conn.dialect.name)
-        self.changes = ChangeRecorder(self.encoder, source, run_pk)
+        self.stager = Stager(conn, source, run_pk)
         self.fields: FieldTracker | None = None
         """Set for connectors that do not declare their fields: the sync observes them."""
         self.uncommitted = 0
         self.committed_at = time.monotonic()
+        self.pending: Checkpoint | None = None
+        """A checkpoint held back until more deals are buffered (see ``checkpoint``)."""
+        self.covered: dict[str, Deal] = {}
+        """The buffered deals the held-back checkpoint covers."""
+        self.defer = False
 
     def commit(self) -> None:
         """Commit what is written (deals, and the cursor of the last checkpoint)."""
@@ -153,12 +167,13 @@ class _Writer:
         if self.progress is not None:  # after the commit: the hook may write through another connection
             self.progress(self.result.seen)
 
-    def commit_due(self) -> bool:
-        """Whether enough work or time has passed since the last commit."""
-        return (self.uncommitted >= COMMIT_EVERY
+    def commit_due(self, pending: int = 0) -> bool:
+        """Whether enough work (``pending`` deals not yet written included) or time has passed."""
+        return (self.uncommitted + pending >= COMMIT_EVERY
                 or time.monotonic() - self.committed_at >= COMMIT_INTERVAL_S)
 
-    def add(self, item: Deal | Rejected) -> None:
+    def add(self, item: Deal | Rejected | pa.Table | pa.RecordBatch) -> None:
+        """Take one stream item: a deal (buffered), a rejected record, or a columnar batch."""
         if isinstance(item, Rejected):
             self.rejects.append(item)
             if item.external_id:  # still in the source, just unreadable: not a deletion
@@ -168,6 +183,18 @@ class _Writer:
                 self.result.rejects.append(item)
                 log.warning("sync.rejected", where=item.where, reason=item.reason)
             return
+        if is_batch(item):
+            table = item if isinstance(item, pa.Table) else pa.Table.from_batches([item])
+            self.flush()  # the deals before it first: a later version wins
+            if len(table):
+                self.result.seen += len(table)
+                self.uncommitted += len(table)
+                self._write_isolated(table)
+                if self.commit_due():
+                    self.commit()
+            return
+        if not isinstance(item, Deal):
+            raise TypeError(f"not a stream item: {type(item).__name__}")
         if self.fields is not None:
             self.fields.see(item)
         if item.external_id in self.deals:  # a later version in the same batch wins
@@ -180,7 +207,7 @@ class _Writer:
                 self.commit()
 
     def flush(self) -> None:
-        """Write buffered deals, stage events and rejects (the caller commits)."""
+        """Write buffered deals (as one batch) and rejects (the caller commits)."""
         if self.rejects:
             self.conn.execute(
                 sync_rejects_table.insert(),
@@ -195,7 +222,7 @@ class _Writer:
             self.conn.exec_driver_sql(self.encoder.insert_seen_sql,
                                       [(key,) for key in self.rejected_ids])
             self.rejected_ids = []
-        if not self.deals:
+        if not self.deals or self.defer:
             return
         batch = self.deals
         self.deals = {}
@@ -204,48 +231,52 @@ class _Writer:
                 self.flush()  # write the rejects of the rows the store refused
             return
         self.uncommitted += len(batch)
-        conn, enc = self.conn, self.encoder
-        ids = list(batch)
-        if self.track_seen:
-            conn.exec_driver_sql(enc.insert_seen_sql, [(key,) for key in ids])
-        existing = {
-            row[0]: row
-            for row in conn.exec_driver_sql(enc.existing_sql(len(ids), self.changes.tracked_sql()),
-                                            enc.existing_params(self.source, ids))
-        }
+        self.write_batch(deals_to_batch(list(batch.values())))
+
+    def write_batch(self, table: pa.Table) -> None:
+        """Write one batch of deals set-based (``sync.staging``); the caller commits.
+
+        New and changed deals are upserted, unchanged ones left alone; stage
+        events and field changes are added; the ids are noted for delete detection.
+        """
         now = self.now()
-        now_value = enc.timestamp(now)
-        rows: list[tuple[Any, ...]] = []
-        events: list[tuple[Any, ...]] = []
-        changes: list[tuple[Any, ...]] = []
-        for key, deal in batch.items():
-            row, digest = enc.deal(deal)
-            old = existing.get(key)
-            if old is not None and old[1] == digest:
-                self.result.unchanged += 1
-                continue
-            deleted_at = None
-            if deal.status == "deleted":
-                deleted_at = (old[3] if old is not None else None) or now_value
-            rows.append((*row, digest, now_value, now_value, deleted_at))
-            if old is None:
-                self.result.inserted += 1
-            else:
-                self.result.updated += 1
-                changes.extend(self.changes.compare(old[4:], row, deal, now))
-            events.extend(
-                enc.event(deal, stage, entered_at, observed)
-                for stage, entered_at, observed in _stage_events(
-                    deal, None if old is None else old[2], now)
-            )
-            if self.known is not None:
-                self.known.check(deal)
-        if rows:
-            conn.exec_driver_sql(enc.upsert_deals_sql, rows)
-        if events:
-            conn.exec_driver_sql(enc.insert_events_sql, events)
-        if changes:
-            conn.exec_driver_sql(self.changes.insert_sql, changes)
+        counts, refs = self.stager.write(table, now, self.encoder.timestamp(now),
+                                         refs=self.known is not None and not self.known.stale)
+        if self.track_seen:
+            self.stager.mark_seen()
+        self.result.inserted += counts.inserted
+        self.result.updated += counts.updated
+        self.result.unchanged += counts.unchanged
+        if self.known is not None:
+            for pipeline, stage, owner in zip(*(refs[c].to_pylist() for c in refs.column_names),
+                                              strict=True):
+                self.known.check_ids(pipeline, stage, owner)
+
+    def _write_isolated(self, table: pa.Table) -> None:
+        """Write a columnar batch in a savepoint; a batch the store refuses is halved down to its bad rows.
+
+        The rows the store refuses become ``Rejected`` with the store's reason, as
+        ``_isolate_bad_rows`` does for buffered records.
+        """
+        result = self.result
+        counts = (result.inserted, result.updated, result.unchanged)
+        try:
+            with self.conn.begin_nested():
+                self.write_batch(table)
+            return
+        except STORE_DATA_ERRORS as exc:
+            error = exc
+        result.inserted, result.updated, result.unchanged = counts
+        if len(table) == 1:
+            key = str(table["external_id"][0].as_py())
+            reason = str(getattr(error, "orig", None) or error).splitlines()[0][:300]
+            log.warning("sync.row_refused", external_id=key, error=reason)
+            result.seen -= 1
+            self.add(Rejected(f"deal {key}", f"the store refused it: {reason}", key))
+            return
+        half = len(table) // 2
+        self._write_isolated(table.slice(0, half))
+        self._write_isolated(table.slice(half))
 
     def _isolate_bad_rows(self, batch: dict[str, Deal]) -> bool:
         """Write ``batch`` in a savepoint; on a data error, bisect it and reject the rows refused.
@@ -289,8 +320,30 @@ class _Writer:
         return True
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
-        """Write what is buffered and the cursor in one transaction; commit it when due."""
-        self.flush()
+        """Write what is buffered and the cursor in one transaction; commit it when due.
+
+        While fewer than ``batch_size`` deals are buffered and no commit is due, a
+        checkpoint is held back (with a note of the deals it covers) and written
+        with a later one, so a fast feed is written in large batches; the cursor is
+        never written before the deals it covers.
+        """
+        self.pending = checkpoint
+        self.defer = (not checkpoint.complete and checkpoint.failure is None
+                      and len(self.deals) < self.batch_size and not self.commit_due(len(self.deals)))
+        if self.defer:
+            self.covered = dict(self.deals)
+        try:
+            self.flush()
+        finally:
+            deferred, self.defer = self.defer, False
+        if deferred:
+            return
+        self._write_checkpoint(checkpoint)
+        if checkpoint.complete or self.commit_due():
+            self.commit()
+
+    def _write_checkpoint(self, checkpoint: Checkpoint) -> None:
+        self.pending, self.covered = None, {}
         if checkpoint.failure is not None:  # read to the end, but not good: a failed sync
             self.result.status, self.result.error = "failed", checkpoint.failure
         if checkpoint.complete and self.track_seen:
@@ -305,8 +358,20 @@ class _Writer:
                 set_={"cursor": stmt.excluded.cursor, "updated_at": stmt.excluded.updated_at},
             )
         )
-        if checkpoint.complete or self.commit_due():
-            self.commit()
+
+    def finish(self) -> None:
+        """At the end of the stream: write every buffered deal and a held-back checkpoint."""
+        self.flush()
+        if self.pending is not None:
+            self._write_checkpoint(self.pending)
+
+    def keep_covered(self) -> None:
+        """After a connector failure: write a held-back checkpoint with the deals it covers."""
+        if self.pending is None:
+            return
+        self.deals = self.covered
+        self.flush()
+        self._write_checkpoint(self.pending)
 
     def _mark_missing_deleted(self) -> int:
         now = self.now()
@@ -328,17 +393,20 @@ class _Writer:
         return int(result.rowcount or 0)
 
 
-def _keep_written(conn: sa.Connection, writing: bool) -> None:
+def _keep_written(conn: sa.Connection, writing: bool, writer: _Writer | None = None) -> None:
     """After a failed pull: commit what the writer wrote, unless the writer itself failed.
 
     When the connector fails, the open transaction holds only whole writes (deals
-    and the cursor of the last checkpoint), so it is kept; when a write failed,
-    the transaction may be broken and is rolled back to the last commit.
+    and the cursor of the last checkpoint), so it is kept, with a held-back
+    checkpoint and the deals it covers; when a write failed, the transaction may
+    be broken and is rolled back to the last commit.
     """
     if writing:
         _rollback_quietly(conn)
         return
     try:
+        if writer is not None:
+            writer.keep_covered()
         conn.commit()
     except STORE_ERRORS:  # the store went away too: what was not committed is pulled again next time
         _rollback_quietly(conn)
@@ -354,7 +422,7 @@ def _rollback_quietly(conn: sa.Connection) -> None:
 
 def _finish(conn: sa.Connection, writer: _Writer, connector: Connector, kind: str, clock: Clock) -> None:
     """After a pull that ended well: the deals after the last checkpoint, a stale catalog, the fields."""
-    writer.flush()  # deals after the last checkpoint have no durable cursor: keep them anyway
+    writer.finish()  # deals after the last checkpoint have no durable cursor: keep them anyway
     conn.commit()
     if writer.known is not None and writer.known.stale:
         refresh_catalog(conn, connector, kind, clock())
@@ -365,7 +433,7 @@ def _finish(conn: sa.Connection, writer: _Writer, connector: Connector, kind: st
 
 
 def _close_run(engine: sa.Engine, conn: sa.Connection, run_pk: int, result: SyncResult, clock: Clock,
-               *, drop_seen: bool) -> None:
+               *, drop_seen: bool, stager: Stager | None = None) -> None:
     """Write how the run ended; after a store error, once more on a fresh connection (``pool_pre_ping``).
 
     When even that fails the row stays ``running`` and ``velocity status`` shows it
@@ -378,6 +446,8 @@ def _close_run(engine: sa.Engine, conn: sa.Connection, run_pk: int, result: Sync
     try:
         if drop_seen:
             seen_t.drop(conn, checkfirst=True)
+            if stager is not None:
+                stager.drop()
             conn.commit()
         conn.execute(runs.update().where(runs.c.id == run_pk).values(**values))
         conn.commit()
@@ -393,22 +463,6 @@ def _close_run(engine: sa.Engine, conn: sa.Connection, run_pk: int, result: Sync
         log.error("sync.run_not_closed", run_pk=run_pk, error=str(error))
         result.status = "failed"
         result.error = f"{result.error}; {error}" if result.error else f"not recorded: {error}"
-
-
-def _stage_events(
-    deal: Deal, old_stage: str | None, now: dt.datetime
-) -> list[tuple[str, dt.datetime, bool]]:
-    """(stage, entered_at, observed) for a new or changed deal: the CRM's history, else the change seen."""
-    if deal.stage_history:
-        return [(v.stage, v.entered_at, False) for v in deal.stage_history]
-    if deal.stage is None or deal.stage == old_stage:
-        return []
-    if deal.stage_entered_at is not None:
-        return [(deal.stage, deal.stage_entered_at, False)]
-    if old_stage is None and deal.created_at is not None:
-        # first sight of a deal: it has been in its stage at least since creation
-        return [(deal.stage, deal.created_at, True)]
-    return [(deal.stage, now, True)]
 
 
 def sync_source(
@@ -481,11 +535,13 @@ def sync_source(
                 since = None if full else read_cursor(conn, source)
                 seen_t.create(conn, checkfirst=True)
                 conn.execute(seen_t.delete())
+                writer.stager.create()
                 writer.track_seen = True
                 conn.commit()
                 writing = False  # from here on, an exception outside the writer is the connector's
-                for item in bounded(connector.deals(since), source=source, seconds=deadline_s,
-                                    started=started_mono):
+                batches = getattr(connector, "batches", None)  # columnar where the connector offers it
+                stream = batches(since) if callable(batches) else connector.deals(since)
+                for item in bounded(stream, source=source, seconds=deadline_s, started=started_mono):
                     writing = True
                     if isinstance(item, Checkpoint):
                         writer.checkpoint(item)
@@ -493,18 +549,18 @@ def sync_source(
                         writer.add(item)
                     writing = False
             except KeyboardInterrupt:  # SIGINT or SIGTERM: close the run as failed, then stop
-                _keep_written(conn, writing)
+                _keep_written(conn, writing, writer)
                 result.status, result.error = "failed", "interrupted (SIGINT/SIGTERM)"
                 interrupted = True
             except RemoteError as exc:
-                _keep_written(conn, writing)
+                _keep_written(conn, writing, writer)
                 result.status, result.error = "failed", str(exc)
             except STORE_ERRORS as exc:  # the store went away (restart, killed connection, disk full)
                 _rollback_quietly(conn)
                 result.status, result.error = "failed", str(store_error(exc))
                 log.error("sync.store_failed", error=result.error)
             except Exception as exc:  # a bug must not stop other sources
-                _keep_written(conn, writing)
+                _keep_written(conn, writing, writer)
                 result.status, result.error = "failed", f"{type(exc).__name__}: {exc}"
                 log.exception("sync.crashed")
             else:
@@ -517,7 +573,8 @@ def sync_source(
             if result.error is not None and redact is not None:
                 result.error = redact(result.error)
             result.duration_s = round(time.perf_counter() - started, 3)
-            _close_run(engine, conn, run_pk, result, clock, drop_seen=writer.track_seen)
+            _close_run(engine, conn, run_pk, result, clock, drop_seen=writer.track_seen,
+                       stager=writer.stager)
         if interrupted:
             log.warning("sync.interrupted", source=source, run_id=run_id, seen=result.seen)
             raise KeyboardInterrupt

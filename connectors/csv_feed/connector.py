@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 from zoneinfo import ZoneInfo
 
+import pyarrow as pa
 import structlog
 
 from sales_velocity.connectors.base import (
@@ -83,6 +84,7 @@ from sales_velocity.connectors.base import (
     Stage,
     StreamItem,
 )
+from sales_velocity.connectors.csv_feed.columnar import ColumnarReader, scan_catalog, usable
 from sales_velocity.connectors.csv_feed.mapping import (
     MAX_ID_LENGTH,
     RowLayout,
@@ -263,6 +265,7 @@ class CsvFeedConnector:
             raise self._error(f"the first line is longer than max_row_kib = {self.settings.max_row_kib:g} "
                               f"({max_chars:,} characters): not a CSV header line")
         delimiter = self.settings.delimiter or detect_delimiter(first.rstrip("\r\n"), DELIMITERS)
+        self._delimiter = delimiter
         reader = csv.reader(itertools.chain([first], text), delimiter=delimiter)
         header = next(reader, None)
         if header is None or not any(h.strip() for h in header):
@@ -350,6 +353,18 @@ class CsvFeedConnector:
         Raises:
             CsvFeedError: before the first deal, when the file or its header is unusable.
         """
+        return self._stream(since, columnar=False)
+
+    def batches(self, since: str | None) -> Iterator[StreamItem | pa.Table]:
+        """``deals`` with the rows as Arrow batches (``sync.batch``) where the columnar reader reads them.
+
+        The sync engine pulls through this method: the same rows, rejects (same lines and
+        reasons) and checkpoints as ``deals``, but most deals come as one table per block
+        of the file instead of one record each (``csv_feed.columnar``).
+        """
+        return self._stream(since, columnar=True)
+
+    def _stream(self, since: str | None, *, columnar: bool) -> Iterator[StreamItem | pa.Table]:
         started = time.perf_counter()
         shift = self._shift_days()
         if (advice := self.rebase_warning()) is not None:
@@ -372,14 +387,26 @@ class CsvFeedConnector:
             parser = RowParser(self.settings, layout, shift)
             first_line: dict[str, int] = {}
             width = len(layout.headers)
-            for line, fields in rows:
-                item = self._read_row(parser, first_line, line, fields, width)
+            items: Iterable[Deal | Rejected | pa.Table]
+            if columnar and usable(self.settings, layout.headers, shift):
+                f.seek(0)  # Arrow reads the file from its first byte (the header again)
+                hashing = _HashingReader(f, self.settings.max_file_bytes, self._too_large)
+                reader = ColumnarReader(
+                    self.settings, parser,
+                    lambda line, fields: self._read_row(parser, first_line, line, fields, width),
+                    first_line, self._delimiter)
+                items = reader.batches(io.BufferedReader(hashing, buffer_size=1 << 20))
+            else:
+                items = (self._read_row(parser, first_line, line, fields, width) for line, fields in rows)
+            for item in items:
                 if isinstance(item, Deal):
                     deals += 1
-                else:
+                elif isinstance(item, Rejected):
                     rejected += 1
                     if len(first_reasons) < FIRST_REASONS:
                         first_reasons.append(item)
+                else:
+                    deals += len(item)
                 yield item
             while hashing.read(READ_CHUNK):  # hash any bytes the reader left unread
                 pass
@@ -493,6 +520,11 @@ class CsvFeedConnector:
         rows = 0
         with self._open() as f:
             layout, records = self._rows(f)
+            if usable(self.settings, layout.headers, 0):  # by column: the same catalog, in a fraction
+                f.seek(0)
+                stages, owners, rows = scan_catalog(f, layout, self._delimiter,
+                                                    self.settings.default_pipeline)
+                records = iter(())
             width = len(layout.headers)
             for _, fields in records:
                 rows += 1

@@ -204,3 +204,40 @@ class TestEngineBisects:
         assert set(stored(store, "fake")) == {str(n) for n in range(40) if n not in bad}
         assert set(rejects(store, "fake")) == {f"deal bad{n}" for n in bad}
         assert (result.rejected, result.seen, result.inserted) == (3, 37, 37)
+
+
+def _refuse_external_id(engine: sa.Engine, external_id: str) -> None:
+    """Make the store itself refuse to insert one deal (a trigger no connector can foresee)."""
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER refuse_one BEFORE INSERT ON deals "
+                f"WHEN NEW.external_id = '{external_id}' BEGIN SELECT RAISE(ABORT, 'refused by test'); END")
+        else:
+            conn.exec_driver_sql(
+                "ALTER TABLE deals ADD CONSTRAINT refuse_one "
+                f"CHECK (external_id <> '{external_id}') NOT VALID")
+
+
+class TestColumnarBatchBisects:
+    def test_a_row_the_store_refuses_in_a_csv_block_is_rejected_alone(
+        self, store: sa.Engine, tmp_path: Path
+    ) -> None:
+        """A CSV block (one Arrow batch) with a row the store refuses: only that row is rejected."""
+        path = tmp_path / "deals.csv"
+        path.write_text("id,title,amount,stage,owner\n"
+                        + "".join(f"{n},Deal {n},{n}00,Qualified,Kari\n" for n in range(1, 41)),
+                        encoding="utf-8")
+        _refuse_external_id(store, "17")
+        connector = CsvFeedConnector(CsvFeedSettings(name="csv", path=path, currency="NOK"))
+        result = sync_source(store, connector, now=lambda: T0)
+        assert result.status == "ok", result.error
+        assert set(stored(store, "csv")) == {str(n) for n in range(1, 41)} - {"17"}
+        assert (result.seen, result.inserted, result.rejected) == (39, 39, 1)
+        found = rejects(store, "csv")
+        assert list(found) == ["deal 17"]
+        assert found["deal 17"].startswith("the store refused it: ")
+        # the refused deal is still in the file: a complete pull must not mark anything deleted
+        with store.connect() as conn:
+            statuses = set(conn.execute(sa.select(deals_table.c.status)).scalars())
+        assert "deleted" not in statuses
