@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import sys
@@ -23,8 +22,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import structlog
 
 from bench.generator import build_catalog
 from bench.measure import (
@@ -96,8 +93,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _quiet_logs() -> None:
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    from bench.measure import quiet_logs
+
+    quiet_logs()
 
 
 def _crm(args: argparse.Namespace, work: Path, deals: int) -> dict[str, Any]:
@@ -111,6 +109,22 @@ def _crm(args: argparse.Namespace, work: Path, deals: int) -> dict[str, Any]:
         except ImportError as exc:
             out[name] = {"measured": False, "reason": f"connector or fake server missing: {exc}"}
     return out
+
+
+def _in_child(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """Run ``function(*args)`` in a freshly spawned Python process; return its figures.
+
+    A part measured there starts from an empty heap, so its peak memory is its own
+    (a forked child would inherit the parent's pages, and ``VmHWM`` with them).
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from bench.measure import quiet_logs
+
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=quiet_logs) as pool:
+        return pool.submit(function, *args).result()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -152,7 +166,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     changed_csv = write_pages(source, csv_deals, args.seed, args.page_size)
                 else:
                     changed_csv = changed
-                report["csv"] = csv_part(args.store, work, source, changed_csv["full"])  # before pandas
+                # in a child of its own: its peak RSS is its own, not the earlier parts' heap
+                report["csv"] = _in_child(csv_part, args.store, work, source, changed_csv["full"])
             from bench.baseline import compare, pandas_velocity
 
             Rss.reset()

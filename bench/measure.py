@@ -84,6 +84,16 @@ def open_store(url: str | None, workdir: Path, label: str = "main") -> Iterator[
         admin.dispose()
 
 
+def quiet_logs() -> None:
+    """Only errors from the code under test (its info lines would fill the benchmark's output)."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+
+
 class Rss:
     """Peak resident memory of this process, resettable per phase on Linux."""
 

@@ -24,6 +24,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import queue
+import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any, BinaryIO
@@ -54,6 +56,8 @@ _DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _TIME_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?"
 _OFFSET_RE = r"(Z|[+-](0[0-9]|1[0-9]|2[0-3]):[0-5][0-9])$"
 _FORMULA_RE = r"^'[=+\-@\t\r]"
+_SPECIAL_RE = r'["\\\x00-\x1f]'
+"""A quote, a backslash or a control character: what JSON escapes and line counting look for."""
 
 
 def usable(settings: CsvFeedSettings, headers: tuple[str, ...], shift_days: int) -> bool:
@@ -99,6 +103,7 @@ class ColumnarReader:
         self.delimiter = delimiter
         self.width = len(self.layout.headers)
         self._invalid: list[tuple[int, str]] = []
+        self._incoming: list[tuple[int, str]] = []
         self._ordinal = 1  # the next row's ordinal (Arrow counts the header as row 1)
         self._extra_lines = 0  # line breaks inside quoted cells so far
         self._header_seen = False
@@ -106,8 +111,13 @@ class ColumnarReader:
         self._raw_keys = [json.dumps(h, ensure_ascii=False) for h in names]
 
     def _on_invalid(self, row: Any) -> str:
-        self._invalid.append((int(row.number), str(row.text)))
+        # called on the thread that parses (``_read_ahead``); handed over with the block it is in
+        self._incoming.append((int(row.number), str(row.text)))
         return "skip"
+
+    def _take_incoming(self) -> list[tuple[int, str]]:
+        incoming, self._incoming = self._incoming, []
+        return incoming
 
     def batches(self, stream: BinaryIO) -> Iterator[Deal | Rejected | pa.Table]:
         """Yield the file's items in line order: rejected rows, row-path deals, then each block's table."""
@@ -120,8 +130,10 @@ class ColumnarReader:
             convert_options=pa_csv.ConvertOptions(
                 column_types={f"f{i}": pa.binary() for i in range(self.width)}),
         )
-        for batch in reader:
+        for batch, invalid in _read_ahead(reader, self._take_incoming):
+            self._invalid.extend(invalid)
             yield from self._block(batch)
+        self._invalid.extend(self._take_incoming())
         yield from self._block(None)
 
     # ------------------------------------------------------------------ lines
@@ -153,7 +165,7 @@ class ColumnarReader:
                 self._header_seen = True
                 header_text = [c[0].as_py() for c in columns]
                 self._extra_lines += sum(_breaks(v.decode("utf-8", "surrogateescape")) for v in header_text)
-                columns = [c.take(pa.array(range(1, rows), pa.int64())) for c in columns]  # unsliced
+                columns = [c.slice(1) for c in columns]
                 rows -= 1
                 self._ordinal = 2
         ordinals = self._ordinals(rows) if batch is not None else []
@@ -168,7 +180,11 @@ class ColumnarReader:
         else:
             strings = [t for t in texts if t is not None]
             fields = None
-        breaks = self._breaks(strings, fields, rows)
+        # the columns with a quote, a backslash or a control character (line breaks, NUL) anywhere:
+        # only they need the line-break count, the NUL check and JSON escapes
+        special = [bool(pc.any(pc.match_substring_regex(c, _SPECIAL_RE)).as_py()) for c in strings or ()]
+        breaks = self._breaks([c for c, odd in zip(strings, special, strict=True) if odd]
+                              if strings is not None else None, fields, rows)
         # the line of every valid row, and of every invalid one
         lines: list[int] = []
         row_ordinals = ordinals if ordinals is not None else range(self._ordinal - rows, self._ordinal)
@@ -202,7 +218,7 @@ class ColumnarReader:
             return
         if strings is None:
             return
-        table, needs, blank = self._columns(strings)
+        table, needs, blank = self._columns(strings, special)
         keep = []
         ids = table["external_id"].to_pylist()
         first_line = self.first_line
@@ -266,8 +282,11 @@ class ColumnarReader:
             value = pc.if_else(pc.equal(value, ""), stripped[i], value)
         return value, True
 
-    def _columns(self, strings: list[pa.Array]) -> tuple[pa.Table, pa.Array, pa.Array]:
-        """The block as a deal batch, with the rows the row parser must read, and the blank rows."""
+    def _columns(self, strings: list[pa.Array], special: list[bool]) -> tuple[pa.Table, pa.Array, pa.Array]:
+        """The block as a deal batch, with the rows the row parser must read, and the blank rows.
+
+        ``special[i]``: whether column ``i`` holds a quote, backslash or control character.
+        """
         s = self.s
         rows = len(strings[0])
         stripped = [pc.utf8_trim_whitespace(c) for c in strings]
@@ -286,8 +305,9 @@ class ColumnarReader:
         # what connectors.validate and the row reader's caps refuse goes to the row reader, which
         # rejects it with its reason: a NUL anywhere, a row longer than max_row_kib
         chars = None
-        for column in strings:
-            flag(pc.match_substring(column, "\x00"))
+        for column, odd in zip(strings, special, strict=True):
+            if odd:
+                flag(pc.match_substring(column, "\x00"))
             length = pc.utf8_length(column)
             chars = length if chars is None else pc.add(chars, length)
         if chars is not None:
@@ -346,7 +366,7 @@ class ColumnarReader:
             template, quote = s.link_template, urllib.parse.quote
             link = pa.array([template.format(id=quote(v, safe="")) for v in text["id"].to_pylist()],
                             pa.string())
-        raw = self._raw(strings)
+        raw = self._raw(strings, special)
         pipeline = pc.if_else(pc.equal(text["pipeline"], ""), pa.scalar(s.default_pipeline, pa.string()),
                               text["pipeline"])
         columns = {
@@ -473,16 +493,17 @@ class ColumnarReader:
         result = pc.take(pa.array(mapped, pa.string()), pc.index_in(value, value_set=distinct))
         return result, pc.is_null(result)
 
-    def _raw(self, strings: list[pa.Array]) -> pa.Array:
+    def _raw(self, strings: list[pa.Array], special: list[bool]) -> pa.Array:
         """The raw payload (header -> cell) as JSON text, as ``sync.batch`` encodes a row's dict."""
         pieces: list[Any] = []
         controls = None
-        for n, (key, column) in enumerate(zip(self._raw_keys, strings, strict=True)):
+        for n, (key, column, escape) in enumerate(zip(self._raw_keys, strings, special, strict=True)):
             pieces.append(("{" if n == 0 else ',') + key + ':"')
-            pieces.append(_json_text(column))
+            pieces.append(_json_text(column) if escape else column)
             pieces.append('"')
-            odd = pc.match_substring_regex(column, r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
-            controls = odd if controls is None else pc.or_(controls, odd)
+            if escape:
+                odd = pc.match_substring_regex(column, r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+                controls = odd if controls is None else pc.or_(controls, odd)
         pieces.append("}")
         raw = pc.binary_join_element_wise(*[pa.scalar(p) if isinstance(p, str) else p for p in pieces], "")
         if controls is not None and pc.any(controls).as_py():
@@ -492,6 +513,60 @@ class ColumnarReader:
                 values[i] = encode_json(dict(zip(headers, (c[i].as_py() for c in strings), strict=False)))
             raw = pa.array(values, pa.string())
         return raw
+
+
+_DONE = object()
+
+
+def _read_ahead(
+    reader: pa_csv.CSVStreamingReader, take_invalid: Callable[[], list[tuple[int, str]]],
+) -> Iterator[tuple[pa.RecordBatch, list[tuple[int, str]]]]:
+    """Arrow's blocks, each parsed on a thread while the one before is mapped (Arrow frees the GIL).
+
+    Each block comes with the invalid rows reported while it was parsed. Arrow's own
+    ``use_threads`` is not used: it reports invalid rows out of order, which breaks
+    their line numbers. At most one block waits; an error of the reader is raised
+    here; when the consumer stops early, the thread stops after its current block.
+    """
+    handoff: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                handoff.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def parse() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    batch = reader.read_next_batch()
+                except StopIteration:
+                    break
+                if not put((batch, take_invalid())):
+                    return
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(exc)
+            return
+        put(_DONE)
+
+    thread = threading.Thread(target=parse, name="csv-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = handoff.get()
+            if item is _DONE:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _breaks(text: str) -> int:
