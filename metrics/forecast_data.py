@@ -37,7 +37,7 @@ import contextlib
 import datetime as dt
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -213,7 +213,7 @@ def _batches(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[Sequence[Se
         cursor.close()
 
 
-def _prefetched(batches: Iterator[Sequence[Sequence[Any]]]) -> Iterator[Sequence[Sequence[Any]]]:
+def _prefetched(batches: Iterator[Sequence[Sequence[Any]]]) -> Generator[Sequence[Sequence[Any]], None, None]:
     """``batches``, fetched one ahead on a thread, so the database steps while Python sums.
 
     An exception of the fetch is raised here; stopping early stops the fetch.

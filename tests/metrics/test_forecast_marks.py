@@ -81,7 +81,7 @@ def by_hand(rows: list[dict[str, Any]], events: list[Event], points: int,
         created = day_of(row["created_at"])
         ended = {"open": None, "deleted": day_of(row["deleted_at"])}.get(row["status"],
                                                                          day_of(row["closed_at"]))
-        known = sorted((DAYS - 1 - before, stage, pipeline or row["pipeline_id"])
+        known: list[tuple[Any, ...]] = sorted((DAYS - 1 - before, stage, pipeline or row["pipeline_id"])
                        for ident, before, stage, pipeline in events
                        if ident == row["external_id"] and before >= 0)
         if not known and row["stage_entered_at"] is not None:
