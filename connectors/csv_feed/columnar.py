@@ -272,7 +272,7 @@ class ColumnarReader:
 
     # ------------------------------------------------------------------ the rules, by column
 
-    def _pick(self, stripped: list[pa.Array], name: str, rows: int) -> tuple[pa.Array, bool]:
+    def _pick(self, stripped: _Stripped, name: str, rows: int) -> tuple[pa.Array, bool]:
         """The first non-blank stripped cell of canonical column ``name`` ('' when none); whether mapped."""
         indices = self.layout.index.get(name, ())
         if not indices:
@@ -289,13 +289,8 @@ class ColumnarReader:
         """
         s = self.s
         rows = len(strings[0])
-        stripped = [pc.utf8_trim_whitespace(c) for c in strings]
-        blank = None
-        for column in stripped:
-            empty = pc.equal(column, "")
-            blank = empty if blank is None else pc.and_(blank, empty)
-        if blank is None:
-            blank = pa.array([True] * rows)
+        stripped = _Stripped(strings)
+        blank = blank_rows(strings, self.layout.index["id"][0])
         needs = pa.array([False] * rows)
 
         def flag(mask: pa.Array) -> None:
@@ -569,6 +564,38 @@ def _read_ahead(
         thread.join()
 
 
+class _Stripped:
+    """A block's columns with surrounding whitespace trimmed, each trimmed when first asked for."""
+
+    def __init__(self, strings: list[pa.Array]) -> None:
+        self._strings = strings
+        self._done: dict[int, pa.Array] = {}
+
+    def __getitem__(self, index: int) -> pa.Array:
+        if (column := self._done.get(index)) is None:
+            column = self._done[index] = pc.utf8_trim_whitespace(self._strings[index])
+        return column
+
+
+def blank_rows(strings: list[pa.Array], probe: int) -> pa.Array:
+    """Which rows have only blank (whitespace) cells; ``probe`` is a column that is rarely blank.
+
+    Only the rows whose ``probe`` cell is blank are looked at in every column, so a
+    block whose probe column (the id) is filled costs one column's check.
+    """
+    empty = pc.equal(pc.utf8_trim_whitespace(strings[probe]), "")
+    if not pc.any(empty).as_py():
+        return empty
+    candidates = pc.indices_nonzero(empty)
+    blank = pa.array([True] * len(candidates))
+    for column in strings:
+        blank = pc.and_(blank, pc.equal(pc.utf8_trim_whitespace(pc.take(column, candidates)), ""))
+    mask = [False] * len(strings[probe])
+    for row, is_blank in zip(candidates.to_pylist(), blank.to_pylist(), strict=True):
+        mask[row] = bool(is_blank)
+    return pa.array(mask, pa.bool_())
+
+
 def _breaks(text: str) -> int:
     return text.count("\n") + text.count("\r") - text.count("\r\n")
 
@@ -611,7 +638,7 @@ def scan_catalog(
     for batch in reader:
         columns = list(batch.columns)
         if first:
-            columns = [c.take(pa.array(range(1, batch.num_rows), pa.int64())) for c in columns]
+            columns = [c.slice(1) for c in columns]
             first = False
         try:
             strings = [c.cast(pa.string()) for c in columns]
@@ -624,17 +651,13 @@ def scan_catalog(
                     if not any("\udc80" <= ch <= "\udcff" for f in fields for ch in f):
                         _scan_row(fields, layout, default_pipeline, stages, owners)
             continue
-        stripped = [pc.utf8_trim_whitespace(c) for c in strings]
-        blank = None
-        for column in stripped:
-            empty = pc.equal(column, "")
-            blank = empty if blank is None else pc.and_(blank, empty)
-        if blank is None:
+        if not strings:
             continue
-        keep = pc.invert(blank)
+        stripped = _Stripped(strings)
+        keep = pc.invert(blank_rows(strings, layout.index["id"][0]))
         rows += pc.sum(pc.cast(keep, pa.int64())).as_py() or 0
 
-        def pick(name: str, stripped: list[pa.Array] = stripped, keep: pa.Array = keep) -> pa.Array:
+        def pick(name: str, stripped: _Stripped = stripped, keep: pa.Array = keep) -> pa.Array:
             indices = wanted[name]
             if not indices:
                 return pc.filter(pa.array([""] * len(keep), pa.string()), keep)

@@ -113,6 +113,25 @@ class TestCsvColumnarPath:
         lines = [r[0] for r in cols[2]]
         assert lines == ["line 7", "line 8", "line 9", "line 10"]  # A-1 spans lines 2-3, line 5 is blank
 
+    def test_blank_rows_and_rows_without_an_id_are_read_alike(self, store: sa.Engine, tmp_path: Path) -> None:
+        """Blank and whitespace-only rows are skipped, a row with only its id blank is rejected, both paths."""
+        path = tmp_path / "deals.csv"
+        path.write_text("id,title,amount,stage,owner\n"
+                        "B-1,one,10,Open,Kari\n"
+                        ",,,,\n"
+                        " , ,\t, , \n"
+                        ",no id,5,Open,Ola\n"
+                        "  ,,,,Per\n"
+                        "B-2,two,20,Open,Kari\n",
+                        encoding="utf-8", newline="")
+        rows, cols = both_ways(store, path)
+        assert rows == cols
+        assert sorted(cols[0]) == ["B-1", "B-2"]
+        assert [r[0] for r in cols[2]] == ["line 5", "line 6"]  # lines 3 and 4 are blank
+        connector = feed(path, "scan")
+        assert connector.check().startswith(f"{path.name}: 4 rows")  # the blank rows are not counted
+        assert sorted(o.external_id for o in connector.owners()) == ["Kari", "Ola", "Per"]
+
     def test_resync_of_an_unchanged_file_writes_nothing(self, store: sa.Engine, tmp_path: Path) -> None:
         """A full re-read of the same rows finds every deal unchanged."""
         path = CSV_DIR / "seed_example.csv"
