@@ -263,8 +263,8 @@ def _table(r: dict[str, Any]) -> str:
     ]
     if "driver_floor" in r:
         f = r["driver_floor"]
-        rows.append(("   driver floor", f"{f['us_per_deal']} us/deal = at most {f['ceiling_deals_per_s']:,} "
-                                       f"deals/s (bare executemany of {f['deals']:,} encoded rows); "
+        rows.append(("   bulk floor", f"{f['us_per_deal']} us/deal = at most {f['ceiling_deals_per_s']:,} "
+                                     f"deals/s (ready Arrow batches of {f['deals']:,} deals into staging); "
                                        f"ingest is {r['ratios']['ingest_over_driver_floor']}x the floor"))
     for key, label in (("resync_no_change", "2. re-sync, no change (full)"),
                        ("resync_1pct_full", "2. re-sync, 1 % changed (full)"),

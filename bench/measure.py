@@ -162,39 +162,49 @@ def ingest(engine: sa.Engine, catalog: Catalog, pages_file: Path, count: int) ->
 
 
 def driver_floor(url: str | None, workdir: Path, pages_file: Path, limit: int) -> dict[str, Any]:
-    """The least time the database driver alone takes to store the same deals: the ingest's floor.
+    """The least time the bulk path takes to hand the same deals to the store: the ingest's floor.
 
-    The first ``limit`` deals are mapped and encoded exactly as the engine does it
-    (untimed), then only the driver's ``executemany`` of a plain ``INSERT`` into an
-    empty ``deals`` table and its commits are timed, page by page, on a scratch
-    store. No ingest, however it is written, can store a deal faster than this on
-    this machine and schema; ``ceiling_deals_per_s`` is that bound.
+    The first ``limit`` deals are made into ready Arrow batches of 10,000 exactly as
+    the engine makes them (untimed: ``deals_to_batch`` and ``finish_batch``), then
+    only their load into the staging table (``COPY`` on PostgreSQL, one
+    ``executemany`` on SQLite: ``sync.staging.Stager``) and the commits are timed,
+    on a scratch store. No ingest through this path stores a deal faster than
+    that; ``ceiling_deals_per_s`` is the bound.
     """
     from bench.pages import to_deal
-    from sales_velocity.sync.rows import RowEncoder
+    from sales_velocity.sync.batch import deals_to_batch, finish_batch
+    from sales_velocity.sync.engine import DEFAULT_BATCH_SIZE
+    from sales_velocity.sync.staging import Stager
 
     seconds = 0.0
     stored = 0
-    with open_store(url, workdir, "floor") as engine:
-        encoder = RowEncoder(engine.dialect.name)
-        stamp = encoder.timestamp(NOW)
-        raw = engine.raw_connection()
-        try:
-            cursor = raw.cursor()
-            for page in read_pages(pages_file):
-                rows = []
-                for row in page[: limit - stored]:
-                    values, digest = encoder.deal(to_deal(row))
-                    rows.append((*values, digest, stamp, stamp, None))
-                started = time.perf_counter()
-                cursor.executemany(encoder.insert_deals_sql, rows)
-                raw.commit()
-                seconds += time.perf_counter() - started
-                stored += len(rows)
-                if stored >= limit:
-                    break
-        finally:
-            raw.close()
+    with open_store(url, workdir, "floor") as engine, engine.connect() as conn:
+        stager = Stager(conn, "floor", None)
+        stager.create()
+        conn.commit()
+        pending: list[Any] = []
+
+        def load(deals: list[Any]) -> float:
+            table = finish_batch(deals_to_batch(deals))
+            started = time.perf_counter()
+            stager._clear()
+            stager._load(table)
+            conn.commit()
+            return time.perf_counter() - started
+
+        for page in read_pages(pages_file):
+            pending.extend(to_deal(row) for row in page[: limit - stored - len(pending)])
+            if len(pending) >= DEFAULT_BATCH_SIZE:
+                seconds += load(pending)
+                stored += len(pending)
+                pending = []
+            if stored + len(pending) >= limit:
+                break
+        if pending:
+            seconds += load(pending)
+            stored += len(pending)
+        stager.drop()
+        conn.commit()
     per_deal = seconds / max(stored, 1)
     return {"deals": stored, "seconds": round(seconds, 3), "us_per_deal": round(per_deal * 1e6, 1),
             "ceiling_deals_per_s": round(1 / per_deal) if per_deal else None}

@@ -114,7 +114,7 @@ class TestCsvColumnarPath:
         assert lines == ["line 7", "line 8", "line 9", "line 10"]  # A-1 spans lines 2-3, line 5 is blank
 
     def test_blank_rows_and_rows_without_an_id_are_read_alike(self, store: sa.Engine, tmp_path: Path) -> None:
-        """Blank and whitespace-only rows are skipped, a row with only its id blank is rejected, both paths."""
+        """Blank and whitespace-only rows are skipped, a row with a blank id is rejected, on both paths."""
         path = tmp_path / "deals.csv"
         path.write_text("id,title,amount,stage,owner\n"
                         "B-1,one,10,Open,Kari\n"
