@@ -159,6 +159,10 @@ class _Writer:
         """The buffered deals the held-back checkpoint covers."""
         self.defer = False
 
+    def bind_run(self, run_pk: int) -> None:
+        """Tie what this writer writes (rejects, field changes) to the run row ``run_pk``."""
+        self.run_pk = self.stager.run_pk = run_pk
+
     def commit(self) -> None:
         """Commit what is written (deals, and the cursor of the last checkpoint)."""
         self.conn.commit()
@@ -510,21 +514,24 @@ def sync_source(
     started_mono = time.monotonic()
     with structlog.contextvars.bound_contextvars(source=source, run_id=run_id):
         with engine.connect() as conn:
-            run_pk = int(conn.execute(  # type: ignore[index]
-                sync_runs_table.insert().values(
-                    run_id=run_id, source=source, full=full, started_at=clock(), status="running",
-                    host=socket.gethostname()[:255], pid=os.getpid(),
-                )
-            ).inserted_primary_key[0])
-            conn.commit()
-            writer = _Writer(conn, source, run_pk, clock, batch_size, progress)
+            # everything slow to set up comes before the run row: from its commit on, a signal
+            # (SIGTERM from Docker or Kubernetes) lands inside the try below and closes the run
+            writer = _Writer(conn, source, 0, clock, batch_size, progress)
             if not declares_fields(connector):
                 writer.fields = FieldTracker()
             result = writer.result
             result.run_id, result.full = run_id, full
             writing = True  # a failure while the catalog is written rolls it back
             interrupted = False
+            run_pk = int(conn.execute(  # type: ignore[index]
+                sync_runs_table.insert().values(
+                    run_id=run_id, source=source, full=full, started_at=clock(), status="running",
+                    host=socket.gethostname()[:255], pid=os.getpid(),
+                )
+            ).inserted_primary_key[0])
+            writer.bind_run(run_pk)
             try:
+                conn.commit()
                 due = full or catalog_due(conn, source, clock(), catalog_max_age)
                 conn.commit()  # end the read before the network: no lock held while the CRM answers
                 if due:
