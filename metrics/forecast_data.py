@@ -45,6 +45,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from sales_velocity.metrics.forecast_arrays import ArrayAccumulator
 from sales_velocity.metrics.forecast_marks import _FIELD, _SEP, SCALE, Accumulator, Cell, Days
 from sales_velocity.metrics.history import matters_from
 from sales_velocity.metrics.movement import MovementScope
@@ -151,17 +152,23 @@ def _deal_query(first_day: dt.date, zone: ZoneInfo, scope: MovementScope, dialec
 
 
 def read_forecast_data(engine: sa.Engine, settings: MetricsSettings, as_of: dt.date, *, history_days: int,
-                       horizons: Sequence[int], scope: MovementScope) -> ForecastData:
+                       horizons: Sequence[int], scope: MovementScope,
+                       python_marks: bool = False) -> ForecastData:
     """Stream the deals of ``scope`` once; sum them on the grid of ``history_days`` days ending ``as_of``.
 
     Values are summed as integers of 1/10,000 of the base currency (each
     converted amount rounded half up to that), so sums are exact and fast.
+    The marks are computed with numpy a chunk of :data:`CHUNK` deals at a time
+    (``metrics.forecast_arrays``); ``python_marks``: one deal at a time in plain
+    Python (``metrics.forecast_marks``, the reference the tests compare with).
     """
     zone = settings.zone
     days = history_days
     first_day = as_of - dt.timedelta(days=days - 1)
     hs = tuple(sorted(set(horizons)))
-    acc = Accumulator(days, hs, Days(first_day, days, zone))
+    to_day = Days(first_day, days, zone)
+    acc: Accumulator | ArrayAccumulator = (Accumulator(days, hs, to_day) if python_marks
+                                           else ArrayAccumulator(days, hs, to_day))
     rates = {code: Decimal(rate) for code, rate in settings.rates.items()}
     base = settings.currency
     probabilities: dict[tuple[str, str, str], Decimal] = {}
@@ -171,7 +178,8 @@ def read_forecast_data(engine: sa.Engine, settings: MetricsSettings, as_of: dt.d
                                   .where(s.probability.is_not(None))):
             probabilities[(stage.source, stage.pipeline_id, stage.external_id)] = Decimal(stage.probability)
         query = _deal_query(first_day, zone, scope, conn.dialect.name)
-        add = acc.add
+        chunk: list[Sequence[Any]] = []
+        values: list[int] = []
         for batch in _prefetched(_batches(conn, query)):
             for row in batch:
                 units = row[5]
@@ -185,13 +193,29 @@ def read_forecast_data(engine: sa.Engine, settings: MetricsSettings, as_of: dt.d
                         acc.left_out += 1
                         continue
                     units = int((units * rate).to_integral_value(ROUND_HALF_UP))
-                add(row, units)
+                chunk.append(row)
+                values.append(units)
+            if len(chunk) >= CHUNK:
+                _add(acc, chunk, values)
+                chunk, values = [], []
+        _add(acc, chunk, values)
     return ForecastData(first_day, days, acc.points, acc.offset, hs, **acc.finish(),
                         probabilities=probabilities)
 
 
 BATCH = 5000
 """Rows fetched at a time."""
+CHUNK = 100_000
+"""Deals summed at a time with numpy (about 100 MB at most at the peak)."""
+
+
+def _add(acc: Accumulator | ArrayAccumulator, rows: list[Sequence[Any]], values: list[int]) -> None:
+    """The marks of ``rows`` (of ``values``): all at once, or one by one for the Python reference."""
+    if isinstance(acc, ArrayAccumulator):
+        acc.add_rows(rows, values)
+        return
+    for row, value in zip(rows, values, strict=True):
+        acc.add(row, value)
 
 
 def _batches(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[Sequence[Sequence[Any]]]:

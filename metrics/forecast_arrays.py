@@ -1,0 +1,258 @@
+"""The forecast's per-deal marks (``metrics.forecast_marks``) computed with numpy, a chunk of deals at a time.
+
+The same sums as :class:`~sales_velocity.metrics.forecast_marks.Accumulator`,
+bit for bit: every deal's stays (the stretches of grid days it spends in one
+stage, as :func:`~sales_velocity.metrics.forecast_marks.visits` finds them)
+are found for a whole chunk with array operations (``searchsorted`` over the
+local midnights, a sort of the stage events by deal, day and stage id), split
+into the three age buckets, and their ``+value``/``-value`` marks added into
+per-(cell, point) difference arrays with ``np.add.at``. A chunk is summed in
+int64 when the sum of its absolute values cannot overflow (else in Python
+integers, ``dtype=object``); the totals over chunks are Python integers, so
+every sum is exact. Cells keep the order in which the Python code first marks
+them (deal, stay, bucket): the order of ``open_value`` and the other dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from sales_velocity.metrics.forecast_marks import _FIELD, _SEP, MIDDLE, YOUNG, Cell, Days
+from sales_velocity.metrics.history import NEVER
+
+__all__ = ["ArrayAccumulator"]
+
+Ints = npt.NDArray[np.int64]
+Objects = npt.NDArray[np.object_]
+_SAFE = 1 << 60
+"""A chunk's sum of absolute values below this (times the few marks per entry) fits in int64."""
+
+
+def _objects(values: Sequence[Any]) -> Objects:
+    """``values`` as a one-dimensional object array (tuples stay elements)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+class ArrayAccumulator:
+    """The marks of every deal, added a chunk of rows at a time (:meth:`add_rows`); see the module docstring."""
+
+    def __init__(self, days: int, horizons: tuple[int, ...], to_day: Days) -> None:
+        self.days, self.horizons = days, horizons
+        self.offset = (days - 1) % 7
+        self.points = (days - 1) // 7 + 1
+        self.starts = np.array(to_day.starts, dtype=np.int64)
+        self.first, self.end = to_day.first, to_day.end
+        self.longest = max(horizons)
+        self.qceil = np.array([-((self.offset - a) // 7) for a in range(days + 1)], dtype=np.int64)
+        self.won_by_day: Objects = np.zeros(days, dtype=object)
+        self.created_by_day: Objects = np.zeros(days, dtype=object)
+        self.won_lag: Objects = np.zeros((days, self.longest + 2), dtype=object)
+        self.won_deals = 0
+        self.first_created: int | None = None
+        self.left_out = 0
+        self.stage_ids: dict[tuple[str, str | None, str | None], int] = {}
+        """(source, pipeline, stage) -> its number; cell ``3 * number + bucket``."""
+        self.marks: Objects = np.zeros((0, 2 + len(horizons), self.points + 1), dtype=object)
+        """Per cell: open value marks, open count marks, then won-within marks per horizon."""
+        self.seen: dict[int, tuple[int, int]] = {}
+        """Cell -> (chunk, first mark's order in it): the Python code's first-seen order."""
+        self.chunks = 0
+
+    def _to_day(self, seconds: Ints) -> Ints:
+        """:class:`Days` over an array of epoch seconds."""
+        day = np.searchsorted(self.starts, seconds, side="right") - 1
+        day = np.where(seconds < self.first, -((self.first - seconds + 86399) // 86400), day)
+        return np.where(seconds >= self.end, NEVER, day)
+
+    @staticmethod
+    def _seconds(column: Sequence[Any]) -> tuple[Ints, npt.NDArray[np.bool_]]:
+        """Epoch seconds (0 for ``None``) and where they are ``None``."""
+        missing = np.fromiter((v is None for v in column), dtype=bool, count=len(column))
+        values = np.fromiter((0 if v is None else v for v in column), dtype=np.int64, count=len(column))
+        return values, missing
+
+    def add_rows(self, rows: Sequence[Sequence[Any]], values: Sequence[int]) -> None:
+        """The marks of ``rows`` (as selected by ``forecast_data``'s deal query), of values ``values``."""
+        if not rows:
+            return
+        n = len(rows)
+        source, pipeline_id, stage_id, status, archived, _, _, created_s, ended_s, entered_s, events = zip(
+            *rows, strict=True)
+        total = sum(abs(v) for v in values)
+        kind: Any = np.int64 if total < _SAFE else object
+        value = np.array(values, dtype=kind) if kind is np.int64 else _objects(values)
+        status_a = _objects(status)
+        created_raw, no_created = self._seconds(created_s)
+        created = np.where(no_created, -1, self._to_day(created_raw))
+        ended_raw, no_end = self._seconds(ended_s)
+        is_open = status_a == "open"
+        ended = np.where(is_open, NEVER, self._to_day(ended_raw))
+        no_end &= ~is_open
+        won = (status_a == "won") & ~no_end & (ended >= 0) & (ended < NEVER)
+        self.won_deals += int(won.sum())
+        np.add.at(self.won_by_day, ended[won], value[won])
+        known = created[created < NEVER]
+        if known.size:
+            low = int(known.min())
+            if self.first_created is None or low < self.first_created:
+                self.first_created = low
+        made = ~no_created & (created >= 0) & (created < NEVER)
+        np.add.at(self.created_by_day, created[made], value[made])
+        lagged = made & won
+        lag = np.clip(ended[lagged] - created[lagged], 0, self.longest + 1)
+        np.add.at(self.won_lag, (created[lagged], lag), value[lagged])
+        start = np.maximum(created, 0)
+        end = np.minimum(ended, self.days)
+        live = (np.fromiter(archived, dtype=bool, count=n) == 0) & ~no_end & (start < end)
+        first_entered = np.where(no_created, start, created)
+        won_from = np.full((len(self.horizons), n), self.points + 1, dtype=np.int64)
+        for k, h in enumerate(self.horizons):
+            won_from[k, won] = -((self.offset - ended[won] + h) // 7)
+        deal, lo, hi, entered, pipeline, stage, order = self._stays(
+            live, start, end, first_entered, pipeline_id, stage_id, entered_s, events)
+        self._mark_stays(source, deal, lo, hi, entered, pipeline, stage, order, value, won_from, kind)
+        self.chunks += 1
+
+    def _events(self, live: npt.NDArray[np.bool_], pipeline_id: Sequence[Any], stage_id: Sequence[Any],
+                entered_s: Sequence[Any], events: Sequence[Any]) -> tuple[Ints, Ints, Objects, Objects, Ints]:
+        """Every known stage event of the live deals: deal, day, stage, pipeline, rank of the stage id.
+
+        The joined events of a deal, or else its current stage from
+        ``stage_entered_at`` on; events after the as-of date left out.
+        """
+        joined = [i for i, text in enumerate(events) if text and live[i]]
+        texts = [events[i] for i in joined]
+        counts = [text.count(_SEP) + 1 for text in texts]
+        fields = _FIELD.join(_SEP.join(texts).split(_SEP)).split(_FIELD) if texts else []
+        text_deal = np.repeat(np.array(joined, dtype=np.int64), counts)
+        text_when = np.array(fields[0::3], dtype=np.str_).astype(np.int64) if texts else np.zeros(0, np.int64)
+        text_stage = _objects(fields[1::3])
+        text_pipeline = _objects(fields[2::3])
+        pipelines = _objects(pipeline_id)
+        blank = text_pipeline == ""
+        text_pipeline[blank] = pipelines[text_deal[blank]]
+        stages_sorted, rank = np.unique(np.array(fields[1::3], dtype=np.str_), return_inverse=True)
+        del stages_sorted
+        current = [i for i, text in enumerate(events) if not text and live[i] and entered_s[i] is not None]
+        deal = np.concatenate((text_deal, np.array(current, dtype=np.int64)))
+        when = np.concatenate((text_when, np.array([entered_s[i] for i in current], dtype=np.int64)))
+        stage = np.concatenate((text_stage, _objects([stage_id[i] for i in current])))
+        pipeline = np.concatenate((text_pipeline, pipelines[current]))
+        ranks = np.concatenate((rank.reshape(-1).astype(np.int64), np.zeros(len(current), dtype=np.int64)))
+        day = self._to_day(when)
+        keep = day < NEVER
+        return deal[keep], day[keep], stage[keep], pipeline[keep], ranks[keep]
+
+    def _stays(self, live: npt.NDArray[np.bool_], start: Ints, end: Ints, first_entered: Ints,
+               pipeline_id: Sequence[Any], stage_id: Sequence[Any], entered_s: Sequence[Any],
+               events: Sequence[Any]) -> tuple[Ints, Ints, Ints, Ints, Objects, Objects, Ints]:
+        """Each live deal's stays ``[lo, hi)``: deal, lo, hi, entered day, pipeline, stage, order in the chunk.
+
+        As :func:`~sales_velocity.metrics.forecast_marks.visits`: events sorted
+        by (day, stage id, pipeline), the first unknown stage from ``start``,
+        each event's stage from ``max(day, start)``, up to ``end``; empty ones dropped.
+        """
+        deal, day, stage, pipeline, rank = self._events(live, pipeline_id, stage_id, entered_s, events)
+        pipe_rank = np.unique(np.array(["" if p is None else p for p in pipeline], dtype=np.str_),
+                              return_inverse=True)[1].reshape(-1)
+        by = np.lexsort((pipe_rank, rank, day, deal))
+        deal, day, stage, pipeline = deal[by], day[by], stage[by], pipeline[by]
+        boundary = np.maximum(day, start[deal])
+        inside = boundary < end[deal]
+        deal, day, stage, pipeline, boundary = (
+            deal[inside], day[inside], stage[inside], pipeline[inside], boundary[inside])
+        owners = np.flatnonzero(live)
+        per_deal = np.bincount(deal, minlength=len(live))[owners].astype(np.int64)
+        block = np.cumsum(per_deal + 1) - (per_deal + 1)
+        slot = np.searchsorted(owners, deal)
+        first_event = np.cumsum(per_deal) - per_deal
+        step = np.arange(len(deal), dtype=np.int64) - first_event[slot] + 1
+        size = len(owners) + len(deal)
+        at = block[slot] + step
+        s_deal = np.empty(size, dtype=np.int64)
+        s_lo = np.empty(size, dtype=np.int64)
+        s_entered = np.empty(size, dtype=np.int64)
+        s_step = np.zeros(size, dtype=np.int64)
+        s_stage = np.full(size, None, dtype=object)
+        s_pipeline = np.empty(size, dtype=object)
+        s_deal[block], s_lo[block], s_entered[block] = owners, start[owners], first_entered[owners]
+        s_pipeline[block] = _objects(pipeline_id)[owners]
+        s_deal[at], s_lo[at], s_entered[at], s_step[at] = deal, boundary, day, step
+        s_stage[at], s_pipeline[at] = stage, pipeline
+        s_hi = np.empty(size, dtype=np.int64)
+        s_hi[:-1] = s_lo[1:]
+        s_hi[block[1:] - 1] = end[owners[:-1]]
+        if size:
+            s_hi[-1] = end[owners[-1]]
+        kept = s_hi > s_lo
+        order = s_deal * (4 * (int(s_step.max(initial=0)) + 2)) + 4 * s_step
+        return (s_deal[kept], s_lo[kept], s_hi[kept], s_entered[kept], s_pipeline[kept], s_stage[kept],
+                order[kept])
+
+    def _mark_stays(self, source: Sequence[str], deal: Ints, lo: Ints, hi: Ints, entered: Ints,
+                    pipeline: Objects, stage: Objects, order: Ints, value: Any, won_from: Ints,
+                    kind: Any) -> None:
+        """The marks of each stay, split into its age buckets, added into :attr:`marks`."""
+        ids = self.stage_ids
+        sources = _objects(source)[deal].tolist()
+        number = np.array([ids.setdefault(key, len(ids)) for key in
+                           zip(sources, pipeline.tolist(), stage.tolist(), strict=True)], dtype=np.int64)
+        cells = 3 * len(ids)
+        kinds, width = 2 + len(self.horizons), self.points + 1
+        local = np.zeros(cells * kinds * width, dtype=kind)
+        young, middle = np.clip(entered + YOUNG, lo, hi), np.clip(entered + MIDDLE, lo, hi)
+        firsts: list[tuple[Ints, Ints]] = []
+        for bucket, a, b in ((0, lo, young), (1, young, middle), (2, middle, hi)):  # each within [lo, hi]
+            q_lo, q_hi = self.qceil[a], self.qceil[b]
+            some = (a < b) & (q_lo < q_hi)
+            cell = 3 * number[some] + bucket
+            q_lo, q_hi, who = q_lo[some], q_hi[some], deal[some]
+            firsts.append((cell, order[some] + bucket))
+            row = cell * kinds * width
+            v = value[who]
+            np.add.at(local, row + q_lo, v)
+            np.add.at(local, row + q_hi, -v)
+            np.add.at(local, row + width + q_lo, 1)
+            np.add.at(local, row + width + q_hi, -1)
+            for k in range(len(self.horizons)):
+                from_q = np.maximum(won_from[k, who], q_lo)
+                hit = from_q < q_hi
+                at = row[hit] + (2 + k) * width
+                np.add.at(local, at + from_q[hit], v[hit])
+                np.add.at(local, at + q_hi[hit], -v[hit])
+        if cells > len(self.marks):
+            grown = np.zeros((cells, kinds, width), dtype=object)
+            grown[:len(self.marks)] = self.marks
+            self.marks = grown
+        self.marks += local.reshape(cells, kinds, width).astype(object)
+        cell = np.concatenate([c for c, _ in firsts])
+        key = np.concatenate([o for _, o in firsts])
+        by = np.lexsort((key, cell))
+        cell, key = cell[by], key[by]
+        lead = np.ones(len(cell), dtype=bool)
+        lead[1:] = cell[1:] != cell[:-1]
+        for c, o in zip(cell[lead].tolist(), key[lead].tolist(), strict=True):
+            self.seen.setdefault(c, (self.chunks, o))
+
+    def finish(self) -> dict[str, Any]:
+        """The running sums in Decimal, as the keyword arguments of ``ForecastData`` past the grid's."""
+        from sales_velocity.metrics.forecast_marks import Accumulator
+
+        names = list(self.stage_ids)
+        done = Accumulator.__new__(Accumulator)
+        done.days, done.horizons, done.offset, done.points = self.days, self.horizons, self.offset, self.points
+        done.won_by_day, done.created_by_day = self.won_by_day.tolist(), self.created_by_day.tolist()
+        done.won_lag = {(int(d), int(g)): int(self.won_lag[d, g]) for d, g in zip(*np.nonzero(self.won_lag))}
+        done.won_deals, done.first_created, done.left_out = self.won_deals, self.first_created, self.left_out
+        cells: dict[Cell, list[list[int]]] = {}
+        for c in sorted(self.seen, key=self.seen.__getitem__):
+            number, bucket = divmod(c, 3)
+            cells[(*names[number], bucket)] = [list(map(int, row)) for row in self.marks[c].tolist()]
+        done.cells = cells
+        return done.finish()
