@@ -63,6 +63,9 @@ class ArrayAccumulator:
         self.seen: dict[int, tuple[int, int]] = {}
         """Cell -> (chunk, first mark's order in it): the Python code's first-seen order."""
         self.chunks = 0
+        self.names: list[Any] = []
+        self.codes: dict[Any, int] = {}
+        """Every source, pipeline and stage id (and ``None``) seen, numbered."""
 
     def _to_day(self, seconds: Ints) -> Ints:
         """:class:`Days` over an array of epoch seconds."""
@@ -71,30 +74,37 @@ class ArrayAccumulator:
         return np.where(seconds >= self.end, NEVER, day)
 
     @staticmethod
-    def _seconds(column: Sequence[Any]) -> tuple[Ints, npt.NDArray[np.bool_]]:
-        """Epoch seconds (0 for ``None``) and where they are ``None``."""
-        missing = np.fromiter((v is None for v in column), dtype=bool, count=len(column))
-        values = np.fromiter((0 if v is None else v for v in column), dtype=np.int64, count=len(column))
+    def _seconds(column: Objects) -> tuple[Ints, npt.NDArray[np.bool_]]:
+        """Epoch seconds (0 for ``None``) and where they are ``None`` (exact: below 2**53)."""
+        missing = np.equal(column, None)
+        values = np.where(missing, 0, column.astype(np.float64)).astype(np.int64)
         return values, missing
+
+    def _codes(self, column: Sequence[Any]) -> Ints:
+        """The number of each value of ``column`` (ids and ``None``) in :attr:`names`."""
+        codes = self.codes
+        for name in set(column) - codes.keys():
+            codes[name] = len(self.names)
+            self.names.append(name)
+        return np.fromiter(map(codes.__getitem__, column), dtype=np.int64, count=len(column))
 
     def add_rows(self, rows: Sequence[Sequence[Any]], values: Sequence[int]) -> None:
         """The marks of ``rows`` (as selected by ``forecast_data``'s deal query), of values ``values``."""
         if not rows:
             return
         n = len(rows)
-        source, pipeline_id, stage_id, status, archived, _, _, created_s, ended_s, entered_s, events = zip(
-            *rows, strict=True)
-        total = sum(abs(v) for v in values)
-        kind: Any = np.int64 if total < _SAFE else object
+        table: Objects = np.empty((n, 11), dtype=object)
+        table[:] = rows
+        kind: Any = np.int64 if sum(map(abs, values)) < _SAFE else object
         value = np.array(values, dtype=kind) if kind is np.int64 else _objects(values)
-        status_a = _objects(status)
-        created_raw, no_created = self._seconds(created_s)
+        status = table[:, 3]
+        created_raw, no_created = self._seconds(table[:, 7])
         created = np.where(no_created, -1, self._to_day(created_raw))
-        ended_raw, no_end = self._seconds(ended_s)
-        is_open = status_a == "open"
+        ended_raw, no_end = self._seconds(table[:, 8])
+        is_open = status == "open"
         ended = np.where(is_open, NEVER, self._to_day(ended_raw))
         no_end &= ~is_open
-        won = (status_a == "won") & ~no_end & (ended >= 0) & (ended < NEVER)
+        won = (status == "won") & ~no_end & (ended >= 0) & (ended < NEVER)
         self.won_deals += int(won.sum())
         np.add.at(self.won_by_day, ended[won], value[won])
         known = created[created < NEVER]
@@ -109,59 +119,57 @@ class ArrayAccumulator:
         np.add.at(self.won_lag, (created[lagged], lag), value[lagged])
         start = np.maximum(created, 0)
         end = np.minimum(ended, self.days)
-        live = (np.fromiter(archived, dtype=bool, count=n) == 0) & ~no_end & (start < end)
+        live = ~table[:, 4].astype(bool) & ~no_end & (start < end)
         first_entered = np.where(no_created, start, created)
         won_from = np.full((len(self.horizons), n), self.points + 1, dtype=np.int64)
         for k, h in enumerate(self.horizons):
             won_from[k, won] = -((self.offset - ended[won] + h) // 7)
-        deal, lo, hi, entered, pipeline, stage, order = self._stays(
-            live, start, end, first_entered, pipeline_id, stage_id, entered_s, events)
-        self._mark_stays(source, deal, lo, hi, entered, pipeline, stage, order, value, won_from, kind)
+        stays = self._stays(table, live, start, end, first_entered)
+        self._mark_stays(self._codes(table[:, 0].tolist()), *stays, value, won_from, kind)
         self.chunks += 1
 
-    def _events(self, live: npt.NDArray[np.bool_], pipeline_id: Sequence[Any], stage_id: Sequence[Any],
-                entered_s: Sequence[Any], events: Sequence[Any]) -> tuple[Ints, Ints, Objects, Objects, Ints]:
-        """Every known stage event of the live deals: deal, day, stage, pipeline, rank of the stage id.
+    def _events(self, table: Objects, live: npt.NDArray[np.bool_],
+                pipeline_id: Ints) -> tuple[Ints, Ints, Ints, Ints]:
+        """Every known stage event of the live deals: deal, day, stage and pipeline (numbers in :attr:`names`).
 
         The joined events of a deal, or else its current stage from
         ``stage_entered_at`` on; events after the as-of date left out.
         """
-        joined = [i for i, text in enumerate(events) if text and live[i]]
-        texts = [events[i] for i in joined]
+        events = table[:, 10]
+        has = events.astype(bool)
+        joined = np.flatnonzero(has & live)
+        texts = events[joined].tolist()
         counts = [text.count(_SEP) + 1 for text in texts]
         fields = _FIELD.join(_SEP.join(texts).split(_SEP)).split(_FIELD) if texts else []
-        text_deal = np.repeat(np.array(joined, dtype=np.int64), counts)
-        text_when = np.array(fields[0::3], dtype=np.str_).astype(np.int64) if texts else np.zeros(0, np.int64)
-        text_stage = _objects(fields[1::3])
-        text_pipeline = _objects(fields[2::3])
-        pipelines = _objects(pipeline_id)
-        blank = text_pipeline == ""
-        text_pipeline[blank] = pipelines[text_deal[blank]]
-        stages_sorted, rank = np.unique(np.array(fields[1::3], dtype=np.str_), return_inverse=True)
-        del stages_sorted
-        current = [i for i, text in enumerate(events) if not text and live[i] and entered_s[i] is not None]
-        deal = np.concatenate((text_deal, np.array(current, dtype=np.int64)))
-        when = np.concatenate((text_when, np.array([entered_s[i] for i in current], dtype=np.int64)))
-        stage = np.concatenate((text_stage, _objects([stage_id[i] for i in current])))
-        pipeline = np.concatenate((text_pipeline, pipelines[current]))
-        ranks = np.concatenate((rank.reshape(-1).astype(np.int64), np.zeros(len(current), dtype=np.int64)))
+        text_deal = np.repeat(joined, counts)
+        text_when = np.fromiter(map(int, fields[0::3]), dtype=np.int64, count=len(fields) // 3)
+        text_stage = self._codes(fields[1::3])
+        text_pipeline = self._codes(fields[2::3])
+        blank = text_pipeline == self._codes([""])[0]
+        text_pipeline[blank] = pipeline_id[text_deal[blank]]
+        current = np.flatnonzero(~has & live & np.not_equal(table[:, 9], None))
+        deal = np.concatenate((text_deal, current))
+        when = np.concatenate((text_when, self._seconds(table[current, 9])[0]))
+        stage = np.concatenate((text_stage, self._codes(table[current, 2].tolist())))
+        pipeline = np.concatenate((text_pipeline, pipeline_id[current]))
         day = self._to_day(when)
         keep = day < NEVER
-        return deal[keep], day[keep], stage[keep], pipeline[keep], ranks[keep]
+        return deal[keep], day[keep], stage[keep], pipeline[keep]
 
-    def _stays(self, live: npt.NDArray[np.bool_], start: Ints, end: Ints, first_entered: Ints,
-               pipeline_id: Sequence[Any], stage_id: Sequence[Any], entered_s: Sequence[Any],
-               events: Sequence[Any]) -> tuple[Ints, Ints, Ints, Ints, Objects, Objects, Ints]:
+    def _stays(self, table: Objects, live: npt.NDArray[np.bool_], start: Ints, end: Ints,
+               first_entered: Ints) -> tuple[Ints, Ints, Ints, Ints, Ints, Ints, Ints]:
         """Each live deal's stays ``[lo, hi)``: deal, lo, hi, entered day, pipeline, stage, order in the chunk.
 
         As :func:`~sales_velocity.metrics.forecast_marks.visits`: events sorted
         by (day, stage id, pipeline), the first unknown stage from ``start``,
         each event's stage from ``max(day, start)``, up to ``end``; empty ones dropped.
         """
-        deal, day, stage, pipeline, rank = self._events(live, pipeline_id, stage_id, entered_s, events)
-        pipe_rank = np.unique(np.array(["" if p is None else p for p in pipeline], dtype=np.str_),
-                              return_inverse=True)[1].reshape(-1)
-        by = np.lexsort((pipe_rank, rank, day, deal))
+        pipeline_id = self._codes(table[:, 1].tolist())
+        deal, day, stage, pipeline = self._events(table, live, pipeline_id)
+        names = self.names
+        rank = np.empty(len(names), dtype=np.int64)
+        rank[sorted(range(len(names)), key=lambda c: "" if names[c] is None else names[c])] = np.arange(len(names))
+        by = np.lexsort((rank[pipeline], rank[stage], day, deal))
         deal, day, stage, pipeline = deal[by], day[by], stage[by], pipeline[by]
         boundary = np.maximum(day, start[deal])
         inside = boundary < end[deal]
@@ -171,21 +179,15 @@ class ArrayAccumulator:
         per_deal = np.bincount(deal, minlength=len(live))[owners].astype(np.int64)
         block = np.cumsum(per_deal + 1) - (per_deal + 1)
         slot = np.searchsorted(owners, deal)
-        first_event = np.cumsum(per_deal) - per_deal
-        step = np.arange(len(deal), dtype=np.int64) - first_event[slot] + 1
+        step = np.arange(len(deal), dtype=np.int64) - (np.cumsum(per_deal) - per_deal)[slot] + 1
         size = len(owners) + len(deal)
         at = block[slot] + step
-        s_deal = np.empty(size, dtype=np.int64)
-        s_lo = np.empty(size, dtype=np.int64)
-        s_entered = np.empty(size, dtype=np.int64)
-        s_step = np.zeros(size, dtype=np.int64)
-        s_stage = np.full(size, None, dtype=object)
-        s_pipeline = np.empty(size, dtype=object)
+        s_deal, s_lo, s_entered, s_step, s_stage, s_pipeline, s_hi = (
+            np.zeros(size, dtype=np.int64) for _ in range(7))
         s_deal[block], s_lo[block], s_entered[block] = owners, start[owners], first_entered[owners]
-        s_pipeline[block] = _objects(pipeline_id)[owners]
+        s_pipeline[block], s_stage[block] = pipeline_id[owners], self._codes([None])[0]
         s_deal[at], s_lo[at], s_entered[at], s_step[at] = deal, boundary, day, step
         s_stage[at], s_pipeline[at] = stage, pipeline
-        s_hi = np.empty(size, dtype=np.int64)
         s_hi[:-1] = s_lo[1:]
         s_hi[block[1:] - 1] = end[owners[:-1]]
         if size:
@@ -195,14 +197,17 @@ class ArrayAccumulator:
         return (s_deal[kept], s_lo[kept], s_hi[kept], s_entered[kept], s_pipeline[kept], s_stage[kept],
                 order[kept])
 
-    def _mark_stays(self, source: Sequence[str], deal: Ints, lo: Ints, hi: Ints, entered: Ints,
-                    pipeline: Objects, stage: Objects, order: Ints, value: Any, won_from: Ints,
-                    kind: Any) -> None:
+    def _mark_stays(self, source: Ints, deal: Ints, lo: Ints, hi: Ints, entered: Ints, pipeline: Ints,
+                    stage: Ints, order: Ints, value: Any, won_from: Ints, kind: Any) -> None:
         """The marks of each stay, split into its age buckets, added into :attr:`marks`."""
-        ids = self.stage_ids
-        sources = _objects(source)[deal].tolist()
-        number = np.array([ids.setdefault(key, len(ids)) for key in
-                           zip(sources, pipeline.tolist(), stage.tolist(), strict=True)], dtype=np.int64)
+        ids, names, width = self.stage_ids, self.names, len(self.names)
+        key, inverse = np.unique((source[deal] * width + pipeline) * width + stage, return_inverse=True)
+        numbers = []
+        for k in key.tolist():
+            rest, s = divmod(k, width)
+            src, pipe = divmod(rest, width)
+            numbers.append(ids.setdefault((names[src], names[pipe], names[s]), len(ids)))
+        number = np.array(numbers, dtype=np.int64)[inverse.reshape(-1)]
         cells = 3 * len(ids)
         kinds, width = 2 + len(self.horizons), self.points + 1
         local = np.zeros(cells * kinds * width, dtype=kind)
