@@ -16,6 +16,8 @@ them (deal, stay, bucket): the order of ``open_value`` and the other dicts.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from decimal import ROUND_HALF_UP, Decimal
+from itertools import repeat
 from typing import Any
 
 import numpy as np
@@ -42,8 +44,9 @@ def _objects(values: Sequence[Any]) -> Objects:
 class ArrayAccumulator:
     """The marks of every deal, added a chunk of rows at a time (:meth:`add_rows`); see the module docstring."""
 
-    def __init__(self, days: int, horizons: tuple[int, ...], to_day: Days) -> None:
-        self.days, self.horizons = days, horizons
+    def __init__(self, days: int, horizons: tuple[int, ...], to_day: Days, base: str,
+                 rates: dict[str, Decimal]) -> None:
+        self.days, self.horizons, self.base, self.rates = days, horizons, base, rates
         self.offset = (days - 1) % 7
         self.points = (days - 1) // 7 + 1
         self.starts = np.array(to_day.starts, dtype=np.int64)
@@ -88,13 +91,38 @@ class ArrayAccumulator:
             self.names.append(name)
         return np.fromiter(map(codes.__getitem__, column), dtype=np.int64, count=len(column))
 
-    def add_rows(self, rows: Sequence[Sequence[Any]], values: Sequence[int]) -> None:
-        """The marks of ``rows`` (as selected by ``forecast_data``'s deal query), of values ``values``."""
+    def _values(self, table: Objects) -> tuple[Objects, list[int]]:
+        """The rows with a value in the base currency, and their values (:attr:`left_out` counts the others).
+
+        As ``forecast_data`` does for the Python marks: an amount in another
+        currency converted at its rate, rounded half up to a unit.
+        """
+        units, currency = table[:, 5], table[:, 6]
+        ok = np.not_equal(units, None)
+        converted = units.copy()
+        base, rates = self.base, self.rates
+        for i in np.flatnonzero(ok & np.not_equal(currency, None) & (currency != base)).tolist():
+            code = currency[i].upper()
+            if code == base:
+                continue
+            rate = rates.get(code)
+            if rate is None:
+                ok[i] = False
+                continue
+            converted[i] = int((units[i] * rate).to_integral_value(ROUND_HALF_UP))
+        self.left_out += len(table) - int(ok.sum())
+        return table[ok], converted[ok].tolist()
+
+    def add_rows(self, rows: Sequence[Sequence[Any]]) -> None:
+        """The marks of ``rows`` (as selected by ``forecast_data``'s deal query)."""
         if not rows:
             return
-        n = len(rows)
-        table: Objects = np.empty((n, 11), dtype=object)
-        table[:] = rows
+        whole: Objects = np.empty((len(rows), 11), dtype=object)
+        whole[:] = rows
+        table, values = self._values(whole)
+        n = len(values)
+        if not n:
+            return
         kind: Any = np.int64 if sum(map(abs, values)) < _SAFE else object
         value = np.array(values, dtype=kind) if kind is np.int64 else _objects(values)
         status = table[:, 3]
@@ -139,8 +167,8 @@ class ArrayAccumulator:
         has = events.astype(bool)
         joined = np.flatnonzero(has & live)
         texts = events[joined].tolist()
-        counts = [text.count(_SEP) + 1 for text in texts]
-        fields = _FIELD.join(_SEP.join(texts).split(_SEP)).split(_FIELD) if texts else []
+        counts = np.fromiter(map(str.count, texts, repeat(_SEP)), dtype=np.int64, count=len(texts)) + 1
+        fields = _FIELD.join(texts).replace(_SEP, _FIELD).split(_FIELD) if texts else []
         text_deal = np.repeat(joined, counts)
         text_when = np.fromiter(map(int, fields[0::3]), dtype=np.int64, count=len(fields) // 3)
         text_stage = self._codes(fields[1::3])

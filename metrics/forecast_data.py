@@ -167,10 +167,10 @@ def read_forecast_data(engine: sa.Engine, settings: MetricsSettings, as_of: dt.d
     first_day = as_of - dt.timedelta(days=days - 1)
     hs = tuple(sorted(set(horizons)))
     to_day = Days(first_day, days, zone)
-    acc: Accumulator | ArrayAccumulator = (Accumulator(days, hs, to_day) if python_marks
-                                           else ArrayAccumulator(days, hs, to_day))
     rates = {code: Decimal(rate) for code, rate in settings.rates.items()}
     base = settings.currency
+    acc: Accumulator | ArrayAccumulator = (Accumulator(days, hs, to_day) if python_marks
+                                           else ArrayAccumulator(days, hs, to_day, base, rates))
     probabilities: dict[tuple[str, str, str], Decimal] = {}
     with engine.connect() as conn, small_page_cache(conn):
         s = stages_table.c
@@ -178,27 +178,18 @@ def read_forecast_data(engine: sa.Engine, settings: MetricsSettings, as_of: dt.d
                                   .where(s.probability.is_not(None))):
             probabilities[(stage.source, stage.pipeline_id, stage.external_id)] = Decimal(stage.probability)
         query = _deal_query(first_day, zone, scope, conn.dialect.name)
-        chunk: list[Sequence[Any]] = []
-        values: list[int] = []
-        for batch in _prefetched(_batches(conn, query)):
-            for row in batch:
-                units = row[5]
-                if units is None:
-                    acc.left_out += 1
-                    continue
-                code = row[6]
-                if code is not None and code != base and code.upper() != base:
-                    rate = rates.get(code.upper())
-                    if rate is None:
-                        acc.left_out += 1
-                        continue
-                    units = int((units * rate).to_integral_value(ROUND_HALF_UP))
-                chunk.append(row)
-                values.append(units)
-            if len(chunk) >= CHUNK:
-                _add(acc, chunk, values)
-                chunk, values = [], []
-        _add(acc, chunk, values)
+        batches = _prefetched(_batches(conn, query))
+        if isinstance(acc, ArrayAccumulator):
+            chunk: list[Sequence[Any]] = []
+            for batch in batches:
+                chunk.extend(batch)
+                if len(chunk) >= CHUNK:
+                    acc.add_rows(chunk)
+                    chunk = []
+            acc.add_rows(chunk)
+        else:
+            for batch in batches:
+                _add_python(acc, batch, base, rates)
     return ForecastData(first_day, days, acc.points, acc.offset, hs, **acc.finish(),
                         probabilities=probabilities)
 
@@ -209,13 +200,21 @@ CHUNK = 100_000
 """Deals summed at a time with numpy (about 100 MB at most at the peak)."""
 
 
-def _add(acc: Accumulator | ArrayAccumulator, rows: list[Sequence[Any]], values: list[int]) -> None:
-    """The marks of ``rows`` (of ``values``): all at once, or one by one for the Python reference."""
-    if isinstance(acc, ArrayAccumulator):
-        acc.add_rows(rows, values)
-        return
-    for row, value in zip(rows, values, strict=True):
-        acc.add(row, value)
+def _add_python(acc: Accumulator, batch: Sequence[Sequence[Any]], base: str, rates: dict[str, Decimal]) -> None:
+    """The marks of ``batch``, one deal at a time (amounts converted to the base currency, see ``read``)."""
+    for row in batch:
+        units = row[5]
+        if units is None:
+            acc.left_out += 1
+            continue
+        code = row[6]
+        if code is not None and code != base and code.upper() != base:
+            rate = rates.get(code.upper())
+            if rate is None:
+                acc.left_out += 1
+                continue
+            units = int((units * rate).to_integral_value(ROUND_HALF_UP))
+        acc.add(row, units)
 
 
 def _batches(conn: sa.Connection, query: sa.Select[Any]) -> Iterator[Sequence[Sequence[Any]]]:
