@@ -30,6 +30,8 @@ __all__ = ["ArrayAccumulator"]
 
 Ints = npt.NDArray[np.int64]
 Objects = npt.NDArray[np.object_]
+_NONE: Any = None
+"""``None`` as an operand of an element-wise comparison."""
 _SAFE = 1 << 60
 """A chunk's sum of absolute values below this (times the few marks per entry) fits in int64."""
 
@@ -42,7 +44,7 @@ def _objects(values: Sequence[Any]) -> Objects:
 
 
 class ArrayAccumulator:
-    """The marks of every deal, added a chunk of rows at a time (:meth:`add_rows`); see the module docstring."""
+    """The marks of every deal, added a chunk of rows at a time (:meth:`add_rows`); see the module doc."""
 
     def __init__(self, days: int, horizons: tuple[int, ...], to_day: Days, base: str,
                  rates: dict[str, Decimal]) -> None:
@@ -79,7 +81,7 @@ class ArrayAccumulator:
     @staticmethod
     def _seconds(column: Objects) -> tuple[Ints, npt.NDArray[np.bool_]]:
         """Epoch seconds (0 for ``None``) and where they are ``None`` (exact: below 2**53)."""
-        missing = np.equal(column, None)
+        missing = np.equal(column, _NONE)
         values = np.where(missing, 0, column.astype(np.float64)).astype(np.int64)
         return values, missing
 
@@ -98,10 +100,10 @@ class ArrayAccumulator:
         currency converted at its rate, rounded half up to a unit.
         """
         units, currency = table[:, 5], table[:, 6]
-        ok = np.not_equal(units, None)
+        ok = np.not_equal(units, _NONE)
         converted = units.copy()
         base, rates = self.base, self.rates
-        for i in np.flatnonzero(ok & np.not_equal(currency, None) & (currency != base)).tolist():
+        for i in np.flatnonzero(ok & np.not_equal(currency, _NONE) & (currency != base)).tolist():
             code = currency[i].upper()
             if code == base:
                 continue
@@ -158,7 +160,7 @@ class ArrayAccumulator:
 
     def _events(self, table: Objects, live: npt.NDArray[np.bool_],
                 pipeline_id: Ints) -> tuple[Ints, Ints, Ints, Ints]:
-        """Every known stage event of the live deals: deal, day, stage and pipeline (numbers in :attr:`names`).
+        """Every known stage event of the live deals: deal, day, stage, pipeline (numbered in :attr:`names`).
 
         The joined events of a deal, or else its current stage from
         ``stage_entered_at`` on; events after the as-of date left out.
@@ -175,7 +177,7 @@ class ArrayAccumulator:
         text_pipeline = self._codes(fields[2::3])
         blank = text_pipeline == self._codes([""])[0]
         text_pipeline[blank] = pipeline_id[text_deal[blank]]
-        current = np.flatnonzero(~has & live & np.not_equal(table[:, 9], None))
+        current = np.flatnonzero(~has & live & np.not_equal(table[:, 9], _NONE))
         deal = np.concatenate((text_deal, current))
         when = np.concatenate((text_when, self._seconds(table[current, 9])[0]))
         stage = np.concatenate((text_stage, self._codes(table[current, 2].tolist())))
@@ -186,7 +188,7 @@ class ArrayAccumulator:
 
     def _stays(self, table: Objects, live: npt.NDArray[np.bool_], start: Ints, end: Ints,
                first_entered: Ints) -> tuple[Ints, Ints, Ints, Ints, Ints, Ints, Ints]:
-        """Each live deal's stays ``[lo, hi)``: deal, lo, hi, entered day, pipeline, stage, order in the chunk.
+        """Each live deal's stays ``[lo, hi)``: deal, lo, hi, entered day, pipeline, stage, order in chunk.
 
         As :func:`~sales_velocity.metrics.forecast_marks.visits`: events sorted
         by (day, stage id, pipeline), the first unknown stage from ``start``,
@@ -196,7 +198,8 @@ class ArrayAccumulator:
         deal, day, stage, pipeline = self._events(table, live, pipeline_id)
         names = self.names
         rank = np.empty(len(names), dtype=np.int64)
-        rank[sorted(range(len(names)), key=lambda c: "" if names[c] is None else names[c])] = np.arange(len(names))
+        by_name = sorted(range(len(names)), key=lambda c: "" if names[c] is None else names[c])
+        rank[by_name] = np.arange(len(names))
         by = np.lexsort((rank[pipeline], rank[stage], day, deal))
         deal, day, stage, pipeline = deal[by], day[by], stage[by], pipeline[by]
         boundary = np.maximum(day, start[deal])
@@ -279,9 +282,10 @@ class ArrayAccumulator:
 
         names = list(self.stage_ids)
         done = Accumulator.__new__(Accumulator)
-        done.days, done.horizons, done.offset, done.points = self.days, self.horizons, self.offset, self.points
+        done.days, done.horizons = self.days, self.horizons
+        done.offset, done.points = self.offset, self.points
         done.won_by_day, done.created_by_day = self.won_by_day.tolist(), self.created_by_day.tolist()
-        done.won_lag = {(int(d), int(g)): int(self.won_lag[d, g]) for d, g in zip(*np.nonzero(self.won_lag))}
+        done.won_lag = {(int(d), int(g)): int(self.won_lag[d, g]) for d, g in np.argwhere(self.won_lag)}
         done.won_deals, done.first_created, done.left_out = self.won_deals, self.first_created, self.left_out
         cells: dict[Cell, list[list[int]]] = {}
         for c in sorted(self.seen, key=self.seen.__getitem__):

@@ -200,7 +200,8 @@ CHUNK = 100_000
 """Deals summed at a time with numpy (about 100 MB at most at the peak)."""
 
 
-def _add_python(acc: Accumulator, batch: Sequence[Sequence[Any]], base: str, rates: dict[str, Decimal]) -> None:
+def _add_python(acc: Accumulator, batch: Sequence[Sequence[Any]], base: str,
+                rates: dict[str, Decimal]) -> None:
     """The marks of ``batch``, one deal at a time (amounts converted to the base currency, see ``read``)."""
     for row in batch:
         units = row[5]
