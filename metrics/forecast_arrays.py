@@ -32,6 +32,8 @@ Ints = npt.NDArray[np.int64]
 Objects = npt.NDArray[np.object_]
 _NONE: Any = None
 """``None`` as an operand of an element-wise comparison."""
+_EXACT = 10 ** 27
+"""Below this, an amount times a rate's coefficient is exact in Decimal's 28 digits."""
 _SAFE = 1 << 60
 """A chunk's sum of absolute values below this (times the few marks per entry) fits in int64."""
 
@@ -49,6 +51,8 @@ class ArrayAccumulator:
     def __init__(self, days: int, horizons: tuple[int, ...], to_day: Days, base: str,
                  rates: dict[str, Decimal]) -> None:
         self.days, self.horizons, self.base, self.rates = days, horizons, base, rates
+        self.ratios: dict[str, tuple[int, int] | None] = {}
+        """Currency code as stored -> :meth:`_ratio`."""
         self.offset = (days - 1) % 7
         self.points = (days - 1) // 7 + 1
         self.starts = np.array(to_day.starts, dtype=np.int64)
@@ -93,26 +97,57 @@ class ArrayAccumulator:
             self.names.append(name)
         return np.fromiter(map(codes.__getitem__, column), dtype=np.int64, count=len(column))
 
+    def _ratio(self, code: str) -> tuple[int, int] | None:
+        """Currency ``code``'s rate as integers ``(p, q)`` (``p/q`` exactly); ``None`` for the base currency.
+
+        ``(0, 0)`` when there is no rate (the deal is left out).
+        """
+        upper = code.upper()
+        if upper == self.base:
+            return None
+        rate = self.rates.get(upper)
+        if rate is None:
+            return (0, 0)
+        _, digits, exponent = rate.as_tuple()
+        coefficient = int("".join(map(str, digits)))
+        exponent = int(exponent)  # a finite rate (``MetricsSettings``)
+        if exponent >= 0:
+            return (coefficient * 10 ** exponent, 1)
+        return (coefficient, 10 ** -exponent)
+
     def _values(self, table: Objects) -> tuple[Objects, list[int]]:
         """The rows with a value in the base currency, and their values (:attr:`left_out` counts the others).
 
         As ``forecast_data`` does for the Python marks: an amount in another
-        currency converted at its rate, rounded half up to a unit.
+        currency converted at its rate, rounded half up (away from zero) to a
+        unit; in integers while the Decimal product is exact (under 28 digits),
+        else in Decimal as there.
         """
         units, currency = table[:, 5], table[:, 6]
         ok = np.not_equal(units, _NONE)
         converted = units.copy()
-        base, rates = self.base, self.rates
-        for i in np.flatnonzero(ok & np.not_equal(currency, _NONE) & (currency != base)).tolist():
-            code = currency[i].upper()
-            if code == base:
+        ratios = self.ratios
+        other = np.flatnonzero(ok & np.not_equal(currency, _NONE) & (currency != self.base))
+        for i, code, unit in zip(other.tolist(), currency[other].tolist(), units[other].tolist(),
+                                 strict=True):
+            if code in ratios:
+                ratio = ratios[code]
+            else:
+                ratio = ratios[code] = self._ratio(code)
+            if ratio is None:
                 continue
-            rate = rates.get(code)
-            if rate is None:
+            p, q = ratio
+            if not q:
                 ok[i] = False
-                continue
-            converted[i] = int((units[i] * rate).to_integral_value(ROUND_HALF_UP))
+            elif type(unit) is int and abs(unit) * p < _EXACT:
+                whole = (2 * abs(unit) * p + q) // (2 * q)
+                converted[i] = whole if unit >= 0 else -whole
+            else:
+                rate = self.rates[code.upper()]
+                converted[i] = int((unit * rate).to_integral_value(ROUND_HALF_UP))
         self.left_out += len(table) - int(ok.sum())
+        if ok.all():
+            return table, converted.tolist()
         return table[ok], converted[ok].tolist()
 
     def add_rows(self, rows: Sequence[Sequence[Any]]) -> None:

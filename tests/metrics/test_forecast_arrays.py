@@ -1,4 +1,4 @@
-"""The numpy marks (``metrics.forecast_arrays``) against the Python ones (``forecast_marks``): identical sums."""
+"""The numpy marks (``metrics.forecast_arrays``) against the Python marks (``forecast_marks``): same sums."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ from tests.metrics.test_velocity_rows import deal, insert_deals
 AS_OF = dt.date(2026, 11, 26)
 DAYS = 200
 HORIZONS = (7, 30, 90)
-SETTINGS = MetricsSettings(timezone="Europe/Berlin", currency="EUR", rates={"USD": "0.9", "SEK": "0.0871"})
+SETTINGS = MetricsSettings(timezone="Europe/Berlin", currency="EUR",
+                           rates={"USD": "0.9", "SEK": "0.0871", "HLF": "0.5", "BIG": "1.234567890123456789"})
 ZONE_NOON = dt.datetime(AS_OF.year, AS_OF.month, AS_OF.day, 12, tzinfo=dt.UTC)
 
 
@@ -45,11 +46,13 @@ def random_store(rng: random.Random, deals: int) -> tuple[list[dict[str, Any]], 
         row = deal(f"d{n}", status=status, created=created,
                    closed=ended if status in ("won", "lost") and rng.random() < 0.95 else None,
                    deleted_at=ended if status == "deleted" else None,
-                   amount=None if rng.random() < 0.03 else Decimal(rng.randint(0, 10**7)) / 100,
-                   currency=rng.choice((None, "EUR", "eur", "USD", "usd", "SEK", "XYZ")),
+                   amount=None if rng.random() < 0.03 else Decimal(rng.randint(-10**5, 10**7)) / 100,
+                   currency=rng.choice((None, "EUR", "eur", "USD", "usd", "SEK", "XYZ", "hlf")),
                    pipeline=rng.choice(("p", "q", None)), source=rng.choice(("crm", "crm", "other")),
                    archived=rng.random() < 0.05)
         row["updated_at"] = ZONE_NOON
+        if row["currency"] == "hlf" and row["amount"] is not None:  # odd units: x.5, rounded away from 0
+            row["amount"] = Decimal(rng.randint(-500, 500) * 2 + 1) / 10000
         if rng.random() < 0.4:
             row.update(stage_id=rng.choice(("A", "B", None)), stage_entered_at=moment(rng))
         rows.append(row)
@@ -60,7 +63,7 @@ def random_store(rng: random.Random, deals: int) -> tuple[list[dict[str, Any]], 
             if (stage, when) not in seen:
                 seen.add((stage, when))
                 events.append({"source": row["source"], "external_id": row["external_id"],
-                               "pipeline_id": rng.choice(("p", "q", "r", None if row["pipeline_id"] else "p")),
+                               "pipeline_id": rng.choice(("p", "q", "r", row["pipeline_id"] and None)),
                                "stage_id": stage,
                                "entered_at": when, "observed": False})
     return rows, events
@@ -94,7 +97,9 @@ def test_numpy_marks_equal_python_marks_on_a_random_store(store: sa.Engine, chun
     with store.begin() as conn:
         conn.execute(sa.insert(stage_events_table), events)
     arrays, python = both(store)
-    assert python.open_value and python.left_out and python.won_deals
+    assert python.open_value
+    assert python.left_out
+    assert python.won_deals
     assert_identical(arrays, python)
 
 
@@ -102,7 +107,8 @@ def test_numpy_marks_exact_beyond_int64(store: sa.Engine) -> None:
     """Amounts whose sum passes 2**63 units are summed in Python integers, still equal to the Python marks."""
     big = Decimal(9 * 10**13)  # 9 * 10**17 units each: fits a store integer, 20 of them do not fit int64
     rows = [deal(f"b{n}", status="won" if n % 2 else "open", created=ZONE_NOON - dt.timedelta(days=60 + n),
-                 closed=ZONE_NOON - dt.timedelta(days=n) if n % 2 else None, amount=big, pipeline="p")
+                 closed=ZONE_NOON - dt.timedelta(days=n) if n % 2 else None, amount=big, pipeline="p",
+                 currency=("EUR", "USD", "BIG", "HLF")[n % 4])  # BIG: past Decimal's 28 digits, rounded there
             for n in range(20)]
     for row in rows:
         row["updated_at"] = ZONE_NOON
