@@ -63,7 +63,8 @@ def random_store(rng: random.Random, deals: int) -> tuple[list[dict[str, Any]], 
             if (stage, when) not in seen:
                 seen.add((stage, when))
                 events.append({"source": row["source"], "external_id": row["external_id"],
-                               "pipeline_id": rng.choice(("p", "q", "r", row["pipeline_id"] and None)),
+                               "pipeline_id": rng.choice(("p", "q", "r",
+                                                          None if row["pipeline_id"] else "p")),
                                "stage_id": stage,
                                "entered_at": when, "observed": False})
     return rows, events
