@@ -45,6 +45,17 @@ def _objects(values: Sequence[Any]) -> Objects:
     return out
 
 
+def _order(deal: Ints, day: Ints, stage: Ints, pipeline: Ints, names: int) -> Ints:
+    """The order of the events by deal, day, stage rank, pipeline rank: one int64 key while it fits."""
+    if not len(deal):
+        return np.zeros(0, dtype=np.int64)
+    low = int(day.min())
+    span = int(day.max()) - low + 1
+    if (int(deal.max()) + 1) * span * names * names >= 1 << 62:
+        return np.lexsort((pipeline, stage, day, deal))
+    return np.argsort(((deal * span + (day - low)) * names + stage) * names + pipeline, kind="stable")
+
+
 class ArrayAccumulator:
     """The marks of every deal, added a chunk of rows at a time (:meth:`add_rows`); see the module doc."""
 
@@ -235,7 +246,7 @@ class ArrayAccumulator:
         rank = np.empty(len(names), dtype=np.int64)
         by_name = sorted(range(len(names)), key=lambda c: "" if names[c] is None else names[c])
         rank[by_name] = np.arange(len(names))
-        by = np.lexsort((rank[pipeline], rank[stage], day, deal))
+        by = _order(deal, day, rank[stage], rank[pipeline], len(names))
         deal, day, stage, pipeline = deal[by], day[by], stage[by], pipeline[by]
         boundary = np.maximum(day, start[deal])
         inside = boundary < end[deal]
