@@ -23,8 +23,10 @@ stage of its last stage event on or before ``T``; without events, its current
 stage from ``stage_entered_at`` on, and "unknown" before (age counted from the
 creation).
 
-Nothing is held per deal: each deal adds a few ``+value``/``-value`` marks to
-difference arrays over the grid's points (``metrics.forecast_marks``). The deals
+Nothing is kept per deal: each deal adds a few ``+value``/``-value`` marks to
+difference arrays over the grid's points, computed with numpy for a chunk of
+:data:`CHUNK` deals at a time (``metrics.forecast_arrays``; the plain-Python
+reference, one deal at a time, is ``metrics.forecast_marks``). The deals
 arrive as a stream of batches, so memory does not grow with the store: on
 SQLite plain tuples from the driver's cursor (no row objects), elsewhere
 SQLAlchemy's ``yield_per``; a thread fetches the next batch while the current
