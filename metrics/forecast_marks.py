@@ -5,9 +5,11 @@ grid's points (one per stretch of points in one cell: source, pipeline, stage
 at ``T``, age-in-stage bucket at ``T``), and the sums are running totals of
 those marks; new deals are summed by creation day and by (creation day, days
 to the win). Values are integers of 1/:data:`SCALE` of the base currency, so
-every sum is exact. This is the hot loop of ``velocity forecast`` (one call of
-:meth:`Accumulator.add` per deal): it is written for speed, with the three
-age buckets of a stretch split by hand and the day lookups inlined.
+every sum is exact. One call of :meth:`Accumulator.add` per deal, written for
+speed (the three age buckets of a stretch split by hand, the day lookups
+inlined); ``velocity forecast`` now computes the same sums with numpy
+(``metrics.forecast_arrays``), and this is the reference it is tested against
+(``read_forecast_data(..., python_marks=True)``).
 """
 
 from __future__ import annotations
