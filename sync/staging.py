@@ -177,6 +177,10 @@ class Stager:
         self._load(table)
         params = {"now": now_value, "source": self.source, "run": self.run_pk}
         if stored:  # a batch of deals the store has never seen has no stored values to read
+            if not self.sqlite:
+                # PostgreSQL keeps no statistics of a TEMP table: without them it plans the joins
+                # with deals (field changes) as hash joins over every deal, once per batch
+                conn.exec_driver_sql("ANALYZE sync_stage")
             conn.exec_driver_sql(sql.old_values)
         total, existing, same_count = conn.exec_driver_sql(sql.counts).one()
         counts.inserted = int(total) - int(existing)
