@@ -35,6 +35,7 @@ from bench.measure import (
     ingest,
     interpreter_calibration_us,
     open_store,
+    quiet_logs,
     recompute,
     resync,
     timed,
@@ -92,12 +93,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _quiet_logs() -> None:
-    from bench.measure import quiet_logs
-
-    quiet_logs()
-
-
 def _crm(args: argparse.Namespace, work: Path, deals: int) -> dict[str, Any]:
     from bench.fakes import run_hubspot, run_pipedrive
 
@@ -119,8 +114,6 @@ def _in_child(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, 
     """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
-
-    from bench.measure import quiet_logs
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                              initializer=quiet_logs) as pool:
@@ -322,7 +315,7 @@ def _table(r: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table, then the JSON line."""
     args = _parse(argv)
-    _quiet_logs()
+    quiet_logs()
     report = run(args)
     print(_table(report))
     sys.stdout.flush()

@@ -228,14 +228,12 @@ class _Writer:
             self.rejected_ids = []
         if not self.deals or self.defer:
             return
-        batch = self.deals
+        batch = list(self.deals.values())
         self.deals = {}
-        if self._isolate_bad_rows(batch):
-            if self.rejects or self.rejected_ids:
-                self.flush()  # write the rejects of the rows the store refused
-            return
         self.uncommitted += len(batch)
-        self.write_batch(deals_to_batch(list(batch.values())))
+        self._write_isolated(batch)
+        if self.rejects or self.rejected_ids:
+            self.flush()  # write the rejects of the rows the store refused
 
     def write_batch(self, table: pa.Table) -> None:
         """Write one batch of deals set-based (``sync.staging``); the caller commits.
@@ -256,72 +254,34 @@ class _Writer:
                                               strict=True):
                 self.known.check_ids(pipeline, stage, owner)
 
-    def _write_isolated(self, table: pa.Table) -> None:
-        """Write a columnar batch in a savepoint; a batch the store refuses is halved down to its bad rows.
+    def _write_isolated(self, part: pa.Table | list[Deal]) -> None:
+        """Write a batch (a table, or buffered deals) in a savepoint; on a data error, bisect it.
 
-        The rows the store refuses become ``Rejected`` with the store's reason, as
-        ``_isolate_bad_rows`` does for buffered records.
+        A batch the store refuses is halved, recursively, down to the single rows it
+        refuses, which become ``Rejected`` with the store's reason (written by the
+        next ``flush``, never inside a savepoint that may roll back). Connectors
+        validate records first (``connectors.validate``); this is the net for what
+        they could not foresee.
         """
         result = self.result
         counts = (result.inserted, result.updated, result.unchanged)
         try:
             with self.conn.begin_nested():
-                self.write_batch(table)
+                self.write_batch(part if isinstance(part, pa.Table) else deals_to_batch(part))
             return
         except STORE_DATA_ERRORS as exc:
             error = exc
         result.inserted, result.updated, result.unchanged = counts
-        if len(table) == 1:
-            key = str(table["external_id"][0].as_py())
+        if len(part) == 1:
+            key = str(part["external_id"][0].as_py()) if isinstance(part, pa.Table) else part[0].external_id
             reason = str(getattr(error, "orig", None) or error).splitlines()[0][:300]
             log.warning("sync.row_refused", external_id=key, error=reason)
             result.seen -= 1
             self.add(Rejected(f"deal {key}", f"the store refused it: {reason}", key))
             return
-        half = len(table) // 2
-        self._write_isolated(table.slice(0, half))
-        self._write_isolated(table.slice(half))
-
-    def _isolate_bad_rows(self, batch: dict[str, Deal]) -> bool:
-        """Write ``batch`` in a savepoint; on a data error, bisect it and reject the rows refused.
-
-        Returns ``False`` when the caller should write ``batch`` itself (the
-        savepoint's body: ``flush`` again), ``True`` when it is written here (halves,
-        recursively, down to the single rows the store refuses, which become
-        ``Rejected`` with the store's reason). Connectors validate records first
-        (``connectors.validate``); this is the net for what they could not foresee.
-        """
-        if getattr(self, "_inside_savepoint", False):
-            return False
-        result = self.result
-        counts = (result.inserted, result.updated, result.unchanged, self.uncommitted)
-        # rejects found so far are written after the bisection, never inside a savepoint that may roll back
-        pending, pending_ids = self.rejects, self.rejected_ids
-        self.rejects, self.rejected_ids = [], []
-        self._inside_savepoint = True
-        try:
-            with self.conn.begin_nested():
-                self.deals = batch
-                self.flush()
-            return True
-        except STORE_DATA_ERRORS as exc:
-            error = exc
-        finally:
-            self._inside_savepoint = False
-            self.rejects, self.rejected_ids = pending + self.rejects, pending_ids + self.rejected_ids
-        result.inserted, result.updated, result.unchanged, self.uncommitted = counts
-        if len(batch) == 1:
-            (key, _), = batch.items()
-            reason = str(getattr(error, "orig", None) or error).splitlines()[0][:300]
-            log.warning("sync.row_refused", external_id=key, error=reason)
-            result.seen -= 1
-            self.add(Rejected(f"deal {key}", f"the store refused it: {reason}", key))
-            return True
-        items = list(batch.items())
-        half = len(items) // 2
-        for part in (items[:half], items[half:]):
-            self._isolate_bad_rows(dict(part))
-        return True
+        half = len(part) // 2
+        self._write_isolated(part[:half])
+        self._write_isolated(part[half:])
 
     def checkpoint(self, checkpoint: Checkpoint) -> None:
         """Write what is buffered and the cursor in one transaction; commit it when due.
@@ -397,7 +357,7 @@ class _Writer:
         return int(result.rowcount or 0)
 
 
-def _keep_written(conn: sa.Connection, writing: bool, writer: _Writer | None = None) -> None:
+def _keep_written(conn: sa.Connection, writing: bool, writer: _Writer) -> None:
     """After a failed pull: commit what the writer wrote, unless the writer itself failed.
 
     When the connector fails, the open transaction holds only whole writes (deals
@@ -409,8 +369,7 @@ def _keep_written(conn: sa.Connection, writing: bool, writer: _Writer | None = N
         _rollback_quietly(conn)
         return
     try:
-        if writer is not None:
-            writer.keep_covered()
+        writer.keep_covered()
         conn.commit()
     except STORE_ERRORS:  # the store went away too: what was not committed is pulled again next time
         _rollback_quietly(conn)

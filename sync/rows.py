@@ -1,9 +1,9 @@
-"""The ingest hot path: ``Deal`` records encoded straight into driver parameters.
+"""Driver-level encoding: timestamps, money and flags as the driver stores them, and whole deals.
 
-The engine writes deals with ``executemany`` on plain SQL and driver-level
-parameters, skipping SQLAlchemy's per-value type processing, which dominated the
-ingest profile (see ``bench/README.md``). ``RowEncoder`` therefore produces
-exactly what the column types in ``sync.store`` would have stored:
+The engine's batches carry their own encoding (``sync.batch``, ``sync.staging``);
+this module keeps the driver-level pieces they share (timestamps as the driver
+stores them, the seen-ids insert) and ``RowEncoder.deal``, a deal encoded into
+driver parameters exactly as the column types in ``sync.store`` would store it:
 
 * ``Money``: integer 1/10,000 units on SQLite, ``Decimal`` for ``NUMERIC`` elsewhere;
 * ``UTCDateTime``: naive UTC text ``YYYY-MM-DD HH:MM:SS.ffffff`` on SQLite (the
@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -56,11 +55,6 @@ class RowEncoder:
         )
         self.upsert_deals_sql = (
             f"{self.insert_deals_sql} ON CONFLICT (source, external_id) DO UPDATE SET {updates}"
-        )
-        self.insert_events_sql = (
-            "INSERT INTO deal_stage_events (source, external_id, pipeline_id, stage_id, entered_at, "
-            f"observed) VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, {mark}) "
-            "ON CONFLICT (source, external_id, stage_id, entered_at) DO NOTHING"
         )
         self.insert_seen_sql = (
             f"INSERT INTO sync_seen_ids (external_id) VALUES ({mark}) ON CONFLICT DO NOTHING"
@@ -113,26 +107,3 @@ class RowEncoder:
         history = ";".join(f"{v.stage}@{v.entered_at.timestamp()}" for v in deal.stage_history)
         digest = hashlib.md5(f"{row!r}{history}".encode(), usedforsecurity=False).hexdigest()
         return row, digest
-
-    def event(self, deal: Deal, stage: str, entered_at: dt.datetime, observed: bool) -> tuple[Any, ...]:
-        """Encode one ``deal_stage_events`` row."""
-        return (deal.source, deal.external_id, deal.pipeline, stage, self.timestamp(entered_at),
-                self.flag(observed))
-
-    def existing_sql(self, count: int, extra: str = "") -> str:
-        """``SELECT`` of the stored hash, stage and deletion time of ``count`` ids of one source.
-
-        ``extra`` names more columns to read after those four (the change recorder's).
-        """
-        if self.sqlite:
-            marks = ", ".join(["?"] * count)
-            where = f"external_id IN ({marks})"
-        else:
-            where = "external_id = ANY(%s)"
-        more = f", {extra}" if extra else ""
-        return (f"SELECT external_id, content_hash, stage_id, deleted_at{more} FROM deals "
-                f"WHERE source = {self.mark} AND {where}")
-
-    def existing_params(self, source: str, ids: Sequence[str]) -> tuple[Any, ...]:
-        """Parameters for ``existing_sql``."""
-        return (source, *ids) if self.sqlite else (source, list(ids))
