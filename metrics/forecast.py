@@ -33,7 +33,6 @@ from sales_velocity.metrics.backtest import (
     errors_known_at,
     score,
 )
-from sales_velocity.metrics.concurrent import read_concurrently
 from sales_velocity.metrics.forecast_data import ForecastData, read_forecast_data
 from sales_velocity.metrics.forecast_methods import (
     BASELINES,
@@ -143,8 +142,8 @@ def compute_forecast(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
                      periods: Sequence[Period] = ()) -> Forecast:
     """The forecast for ``horizons`` days after ``as_of``, every method, and its 52-week backtest.
 
-    Reads only: the deals once (``metrics.forecast_data``) and the history
-    rebuild once (``metrics.history``) for velocity x days at every point.
+    Reads only: the deals once (``metrics.forecast_data``), velocity x days
+    at every point included.
     For each of ``periods`` (targets containing ``as_of``) the rest of the
     period is forecast at ``as_of`` only, by the default method.
     """
@@ -154,16 +153,16 @@ def compute_forecast(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
     all_hs = tuple(sorted(set(hs) | set(extra_horizons)))
     longest_period = max(((as_of - p.first).days + 1 for p in periods), default=0)
     history_days = max(7 * (BACKTEST_POINTS - 1 + TRAINING_POINTS) + max(all_hs) + 7, longest_period)
-    # The deal scan and the history rebuild (velocity at every candidate point; the
-    # rebuild's reports do not depend on its range) are independent: on two
-    # connections side by side, each one's SQL runs while the other's Python does.
+    # Velocity at every candidate point is summed in the same pass over the deals
+    # (``metrics.forecast_velocity``); a point whose window starts before the grid
+    # (a window longer than the grid's extra history) is rebuilt (``metrics.history``).
     candidates = [as_of - dt.timedelta(days=7 * k) for k in range(BACKTEST_POINTS)]
     with reading_only():
-        data, velocities = read_concurrently(engine, [
-            lambda: read_forecast_data(engine, settings, as_of, history_days=history_days, horizons=all_hs,
-                                       scope=scope),
-            lambda: _velocities(engine, settings, candidates, scope),
-        ])
+        data = read_forecast_data(engine, settings, as_of, history_days=history_days, horizons=all_hs,
+                                  scope=scope, velocity_days=candidates)
+        velocities = dict(data.velocities)
+        rest = [day for day in candidates if day not in velocities]
+        velocities.update(_velocities(engine, settings, rest, scope))
     points = _backtest_points(data, settings)
     model = DealModel(data)
     last = data.points - 1
@@ -208,8 +207,6 @@ def compute_forecast(engine: sa.Engine, settings: MetricsSettings, as_of: dt.dat
     if not data.probabilities:
         notes.append("The CRM has no stage probabilities: no CRM weighted baseline.")
     velocity = velocities.get(as_of)
-    if velocity is None and as_of not in velocities:
-        velocity = _velocities(engine, settings, [as_of], scope).get(as_of)
     result_horizons = []
     for h in hs:
         by_method = {m: (v.quantize(CENT, ROUND_HALF_UP) if v is not None else None)

@@ -15,7 +15,7 @@ them (deal, stay, bucket): the order of ``open_value`` and the other dicts.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from decimal import ROUND_HALF_UP, Decimal
 from itertools import repeat
 from typing import Any
@@ -26,7 +26,7 @@ import numpy.typing as npt
 from sales_velocity.metrics.forecast_marks import _FIELD, _SEP, MIDDLE, YOUNG, Cell, Days
 from sales_velocity.metrics.history import NEVER
 
-__all__ = ["ArrayAccumulator"]
+__all__ = ["ArrayAccumulator", "day_indices", "table_of"]
 
 Ints = npt.NDArray[np.int64]
 Objects = npt.NDArray[np.object_]
@@ -43,6 +43,26 @@ def _objects(values: Sequence[Any]) -> Objects:
     out = np.empty(len(values), dtype=object)
     out[:] = values
     return out
+
+
+def table_of(rows: Sequence[Sequence[Any]]) -> Objects:
+    """``rows`` (equally long) as a two-dimensional object array, a row per row."""
+    table: Objects = np.empty((len(rows), len(rows[0]) if rows else 0), dtype=object)
+    table[:] = rows
+    return table
+
+
+def day_indices(to_day: Days) -> Callable[[Ints], Ints]:
+    """:class:`Days` over an array of epoch seconds."""
+    starts = np.array(to_day.starts, dtype=np.int64)
+    first, end = to_day.first, to_day.end
+
+    def days(seconds: Ints) -> Ints:
+        day = np.searchsorted(starts, seconds, side="right") - 1
+        day = np.where(seconds < first, -((first - seconds + 86399) // 86400), day)
+        return np.where(seconds >= end, NEVER, day)
+
+    return days
 
 
 def _order(deal: Ints, day: Ints, stage: Ints, pipeline: Ints, names: int) -> Ints:
@@ -66,8 +86,7 @@ class ArrayAccumulator:
         """Currency code as stored -> :meth:`_ratio`."""
         self.offset = (days - 1) % 7
         self.points = (days - 1) // 7 + 1
-        self.starts = np.array(to_day.starts, dtype=np.int64)
-        self.first, self.end = to_day.first, to_day.end
+        self.to_day = day_indices(to_day)
         self.longest = max(horizons)
         self.qceil = np.array([-((self.offset - a) // 7) for a in range(days + 1)], dtype=np.int64)
         self.won_by_day: Objects = np.zeros(days, dtype=object)
@@ -86,12 +105,6 @@ class ArrayAccumulator:
         self.names: list[Any] = []
         self.codes: dict[Any, int] = {}
         """Every source, pipeline and stage id (and ``None``) seen, numbered."""
-
-    def _to_day(self, seconds: Ints) -> Ints:
-        """:class:`Days` over an array of epoch seconds."""
-        day = np.searchsorted(self.starts, seconds, side="right") - 1
-        day = np.where(seconds < self.first, -((self.first - seconds + 86399) // 86400), day)
-        return np.where(seconds >= self.end, NEVER, day)
 
     @staticmethod
     def _seconds(column: Objects) -> tuple[Ints, npt.NDArray[np.bool_]]:
@@ -161,24 +174,23 @@ class ArrayAccumulator:
             return table, converted.tolist()
         return table[ok], converted[ok].tolist()
 
-    def add_rows(self, rows: Sequence[Sequence[Any]]) -> None:
-        """The marks of ``rows`` (as selected by ``forecast_data``'s deal query)."""
+    def add_rows(self, rows: Sequence[Sequence[Any]]) -> Objects:
+        """The marks of ``rows`` (``forecast_data``'s deal query); returns the rows as an object array."""
+        whole = table_of(rows)
         if not rows:
-            return
-        whole: Objects = np.empty((len(rows), 11), dtype=object)
-        whole[:] = rows
+            return whole
         table, values = self._values(whole)
         n = len(values)
         if not n:
-            return
+            return whole
         kind: Any = np.int64 if sum(map(abs, values)) < _SAFE else object
         value = np.array(values, dtype=kind) if kind is np.int64 else _objects(values)
         status = table[:, 3]
         created_raw, no_created = self._seconds(table[:, 7])
-        created = np.where(no_created, -1, self._to_day(created_raw))
+        created = np.where(no_created, -1, self.to_day(created_raw))
         ended_raw, no_end = self._seconds(table[:, 8])
         is_open = status == "open"
-        ended = np.where(is_open, NEVER, self._to_day(ended_raw))
+        ended = np.where(is_open, NEVER, self.to_day(ended_raw))
         no_end &= ~is_open
         won = (status == "won") & ~no_end & (ended >= 0) & (ended < NEVER)
         self.won_deals += int(won.sum())
@@ -203,6 +215,7 @@ class ArrayAccumulator:
         stays = self._stays(table, live, start, end, first_entered)
         self._mark_stays(self._codes(table[:, 0].tolist()), *stays, value, won_from, kind)
         self.chunks += 1
+        return whole
 
     def _events(self, table: Objects, live: npt.NDArray[np.bool_],
                 pipeline_id: Ints) -> tuple[Ints, Ints, Ints, Ints]:
@@ -228,7 +241,7 @@ class ArrayAccumulator:
         when = np.concatenate((text_when, self._seconds(table[current, 9])[0]))
         stage = np.concatenate((text_stage, self._codes(table[current, 2].tolist())))
         pipeline = np.concatenate((text_pipeline, pipeline_id[current]))
-        day = self._to_day(when)
+        day = self.to_day(when)
         keep = day < NEVER
         return deal[keep], day[keep], stage[keep], pipeline[keep]
 

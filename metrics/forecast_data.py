@@ -47,12 +47,14 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from sales_velocity.metrics.forecast_arrays import ArrayAccumulator
+from sales_velocity.metrics.forecast_arrays import ArrayAccumulator, day_indices, table_of
 from sales_velocity.metrics.forecast_marks import _FIELD, _SEP, SCALE, Accumulator, Cell, Days
+from sales_velocity.metrics.forecast_velocity import VelocitySums
 from sales_velocity.metrics.history import matters_from
 from sales_velocity.metrics.movement import MovementScope
 from sales_velocity.metrics.settings import MetricsSettings
 from sales_velocity.metrics.sql import EpochSeconds, JoinedText, small_page_cache
+from sales_velocity.metrics.velocity import cycle_seconds, scope_labels
 from sales_velocity.metrics.window import close_time
 from sales_velocity.sync.store import deals_table, stage_events_table, stages_table
 
@@ -86,6 +88,8 @@ class ForecastData:
     new_created: dict[int, list[Decimal]] = field(default_factory=dict)
     new_won: dict[int, list[Decimal]] = field(default_factory=dict)
     probabilities: dict[tuple[str, str, str], Decimal] = field(default_factory=dict)
+    velocities: dict[dt.date, Decimal | None] = field(default_factory=dict)
+    """The scope's velocity per day on the asked days whose window lies on the grid."""
 
     def day_of(self, point: int) -> int:
         """The grid day of point ``point``."""
@@ -119,6 +123,8 @@ def _deal_query(first_day: dt.date, zone: ZoneInfo, scope: MovementScope, dialec
     """One row per deal that can matter on the grid: its times as epoch seconds, and its stage events.
 
     The amount comes as an integer of 1/:data:`SCALE` units (SQLite stores it so).
+    Past the marks' columns, for the velocity (``metrics.forecast_velocity``): a
+    won deal's cycle seconds, and the owner for an owner scope (else ``NULL``).
     """
     d, e = deals_table.c, stage_events_table.c
     close = close_time()
@@ -148,6 +154,8 @@ def _deal_query(first_day: dt.date, zone: ZoneInfo, scope: MovementScope, dialec
             units.label("units"), d.currency,
             EpochSeconds(d.created_at).label("created"), ended.label("ended"),
             EpochSeconds(d.stage_entered_at).label("stage_entered"), events.label("events"),
+            sa.case((d.status == "won", cycle_seconds()), else_=sa.null()).label("cycle"),
+            (d.owner_id if scope.kind == "owner" else sa.null()).label("owner"),
         )
         .where(could_matter, _scope_filter(scope))
     )
@@ -155,7 +163,7 @@ def _deal_query(first_day: dt.date, zone: ZoneInfo, scope: MovementScope, dialec
 
 def read_forecast_data(engine: sa.Engine, settings: MetricsSettings, as_of: dt.date, *, history_days: int,
                        horizons: Sequence[int], scope: MovementScope,
-                       python_marks: bool = False) -> ForecastData:
+                       velocity_days: Sequence[dt.date] = (), python_marks: bool = False) -> ForecastData:
     """Stream the deals of ``scope`` once; sum them on the grid of ``history_days`` days ending ``as_of``.
 
     Values are summed as integers of 1/10,000 of the base currency (each
@@ -173,8 +181,10 @@ def read_forecast_data(engine: sa.Engine, settings: MetricsSettings, as_of: dt.d
     base = settings.currency
     acc: Accumulator | ArrayAccumulator = (Accumulator(days, hs, to_day) if python_marks
                                            else ArrayAccumulator(days, hs, to_day, base, rates))
+    sums = VelocitySums(first_day, days, day_indices(to_day))
     probabilities: dict[tuple[str, str, str], Decimal] = {}
     with engine.connect() as conn, small_page_cache(conn):
+        labels = scope_labels(conn)
         s = stages_table.c
         for stage in conn.execute(sa.select(s.source, s.pipeline_id, s.external_id, s.probability)
                                   .where(s.probability.is_not(None))):
@@ -186,14 +196,16 @@ def read_forecast_data(engine: sa.Engine, settings: MetricsSettings, as_of: dt.d
             for batch in batches:
                 chunk.extend(batch)
                 if len(chunk) >= CHUNK:
-                    acc.add_rows(chunk)
+                    sums.add_rows(acc.add_rows(chunk))
                     chunk = []
-            acc.add_rows(chunk)
+            sums.add_rows(acc.add_rows(chunk))
         else:
             for batch in batches:
                 _add_python(acc, batch, base, rates)
+                sums.add_rows(table_of(batch))
+    velocities = sums.velocities(velocity_days, settings.window_days, labels, settings, scope)
     return ForecastData(first_day, days, acc.points, acc.offset, hs, **acc.finish(),
-                        probabilities=probabilities)
+                        probabilities=probabilities, velocities=velocities)
 
 
 BATCH = 5000

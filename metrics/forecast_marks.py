@@ -84,7 +84,8 @@ class Accumulator:
     def add(self, row: Sequence[Any], value: int) -> None:
         """One deal's marks (``row`` as selected by ``forecast_data``'s deal query)."""
         to_day, days = self.to_day, self.days
-        source, pipeline_id, stage_id, status, archived, _, _, created_s, ended_s, entered_s, events = row
+        source, pipeline_id, stage_id, status, archived, _, _, created_s, ended_s, entered_s, events = (
+            row[:11])
         no_created = created_s is None
         created = -1 if no_created else to_day(created_s)
         if status == "open":

@@ -53,7 +53,9 @@ from sales_velocity.metrics.velocity import VelocityReport, cycle_seconds, repor
 from sales_velocity.metrics.window import close_time, day_start
 from sales_velocity.sync.store import UTCDateTime, deals_table, snapshots_table
 
-__all__ = ["NEVER", "RebuildResult", "fill_history", "rebuild_reports", "rebuild_snapshots"]
+__all__ = [
+    "NEVER", "GroupKey", "GroupSums", "RebuildResult", "fill_history", "rebuild_reports", "rebuild_snapshots",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -76,7 +78,7 @@ class RebuildResult:
 
 
 @dataclass(slots=True)
-class _Group:
+class GroupSums:
     """One group's sums on one day, shaped like a row of the velocity scan."""
 
     source: str
@@ -299,7 +301,7 @@ def rebuild_reports(engine: sa.Engine, settings: MetricsSettings, first: dt.date
             if n:
                 line[day] += n
 
-    per_day: list[list[_Group]] = [[] for _ in range(count)]
+    per_day: list[list[GroupSums]] = [[] for _ in range(count)]
     wanted = None if only is None else {(day - first).days for day in only}
     for key in set(closed) | set(delta):
         _slide(key, closed.get(key), amounts.get(key), delta.get(key), window, days, per_day, wanted)
@@ -311,7 +313,7 @@ def rebuild_reports(engine: sa.Engine, settings: MetricsSettings, first: dt.date
 
 
 def _slide(key: GroupKey, closed: list[tuple[int, ...] | None] | None, amounts: list[Decimal] | None,
-           delta: list[int] | None, window: int, days: int, per_day: list[list[_Group]],
+           delta: list[int] | None, window: int, days: int, per_day: list[list[GroupSums]],
            wanted: set[int] | None = None) -> None:
     """One group's sums on each rebuilt day (each ``wanted`` one): the running open count and sliding sums."""
     sums = [0] * 6
@@ -333,7 +335,7 @@ def _slide(key: GroupKey, closed: list[tuple[int, ...] | None] | None, amounts: 
         if wanted is not None and t - window + 1 not in wanted:
             continue
         won, lost, no_amount, amount_deals, cycle_deals, cycle_seconds = sums
-        per_day[t - window + 1].append(_Group(
+        per_day[t - window + 1].append(GroupSums(
             *key, opportunities=open_now, won=won, lost=lost, no_amount=no_amount, amount_deals=amount_deals,
             amount_sum=amount, cycle_deals=cycle_deals, cycle_seconds=Decimal(cycle_seconds),
         ))
