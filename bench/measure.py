@@ -392,6 +392,15 @@ def forecast(engine: sa.Engine) -> dict[str, Any]:
     }
 
 
+def forecast_alone(url: str) -> dict[str, Any]:
+    """:func:`forecast` on the store at ``url``, opened here: for a fresh process (``_in_child``)."""
+    engine = make_engine(url)
+    try:
+        return forecast(engine)
+    finally:
+        engine.dispose()
+
+
 def workdir() -> tempfile.TemporaryDirectory[str]:
     """A scratch directory for the page file and SQLite stores."""
     return tempfile.TemporaryDirectory(prefix="velocity-bench-")
