@@ -248,7 +248,8 @@ def visits(joined: str | None, entered_s: int | None, stage_id: str | None, pipe
             day = to_day(int(when))
             if day < NEVER:  # after the as-of date: not known yet
                 events.append((day, event_stage, event_pipeline or pipeline_id))
-        events.sort()
+        # by day, stage, pipeline; no pipeline sorts as "" (a deal without one may mix both on a day)
+        events.sort(key=lambda event: (event[0], event[1] or "", event[2] or ""))
     elif entered_s is not None:
         entered = to_day(entered_s)
         if entered < NEVER:
