@@ -30,7 +30,7 @@ import structlog
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sales_velocity.connectors import build_connector
-from sales_velocity.connectors.base import Connector
+from sales_velocity.connectors.base import ClockedConnector, Connector, SizedConnector
 from sales_velocity.kernel.config import TimeZoneName, expand_env, secret_values, validation_problems
 from sales_velocity.kernel.configfile import ENV_CONFIG, choose_store_url, find_config, read_toml
 from sales_velocity.kernel.console import SyncProgress
@@ -323,10 +323,10 @@ def _sync_one(ctx: Context, engine: sa.Engine, connector: Connector, *, full: bo
         if not lease:
             return _refused(connector.name, lease)
         close_interrupted(engine, connector.name, by=ctx.run_id)
-        if callable(use_clock := getattr(connector, "use_clock", None)):
-            use_clock(ctx.now)  # "today" for date-shifting sources is the run's own clock
+        if isinstance(connector, ClockedConnector):
+            connector.use_clock(ctx.now)  # "today" for date-shifting sources is the run's own clock
         with SyncProgress(connector.name) as bar:
-            if bar.enabled and hasattr(connector, "expected_deals"):
+            if bar.enabled and isinstance(connector, SizedConnector):
                 bar.total(connector.expected_deals())
             return sync_source(engine, connector, full=full, run_id=ctx.run_id,
                                now=ctx.now, batch_size=ctx.config.sync.batch_size,

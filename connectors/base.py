@@ -19,6 +19,11 @@ The stream a connector returns from ``deals(since)`` carries three kinds of item
   checkpoint means the pull so far held *every* live deal of the source (a full
   export or a full sweep); deals the store has that were not in it are gone.
 
+Besides the contract a connector may offer capabilities, each a small protocol
+that callers test for with ``isinstance``: ``ColumnarConnector`` (``batches``:
+deals as Arrow tables), ``ClockedConnector`` (``use_clock``: "today" from the
+run's clock) and ``SizedConnector`` (``expected_deals``: for a progress bar).
+
 A connector raises the errors of ``sales_velocity.kernel.errors``: a
 ``FatalAPIError`` fails its source for this run, a ``RetriableAPIError`` that
 outlived its retries too; the other sources go on.
@@ -27,15 +32,20 @@ outlived its retries too; the other sources go on.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 __all__ = [
     "Checkpoint",
+    "ClockedConnector",
+    "ColumnarConnector",
     "Connector",
     "ConnectorFactory",
     "Deal",
@@ -44,6 +54,7 @@ __all__ = [
     "Owner",
     "Pipeline",
     "Rejected",
+    "SizedConnector",
     "SourceSettings",
     "Stage",
     "StageVisit",
@@ -254,6 +265,42 @@ class Connector(Protocol):
 
     def check(self) -> str:
         """Make one cheap read-only call; return a short description of what answered."""
+        ...
+
+
+# What a connector may offer besides the contract; callers test for it with ``isinstance``.
+
+
+@runtime_checkable
+class ColumnarConnector(Protocol):
+    """A connector that can hand most deals over as Arrow tables (the CSV feed).
+
+    ``batches(since)`` is ``deals(since)`` with runs of deals as one
+    ``pyarrow.Table`` each, in the columns of ``sales_velocity.sync.batch``: the
+    same deals, rejects and checkpoints. The sync engine pulls through it when
+    a connector has it.
+    """
+
+    def batches(self, since: str | None) -> Iterator[StreamItem | pa.Table]:
+        """Stream as ``deals(since)`` does, deals mostly as Arrow tables."""
+        ...
+
+
+@runtime_checkable
+class ClockedConnector(Protocol):
+    """A connector whose records depend on "today" (the demo feed's date shift)."""
+
+    def use_clock(self, now: Callable[[], dt.datetime]) -> None:
+        """Take "now" from ``now`` (the scheduler hands over its run's clock before a pull)."""
+        ...
+
+
+@runtime_checkable
+class SizedConnector(Protocol):
+    """A connector that can tell about how many deals a pull will read (for a progress bar)."""
+
+    def expected_deals(self) -> int | None:
+        """About how many deals a pull reads; ``None`` when it cannot tell."""
         ...
 
 

@@ -51,7 +51,7 @@ import pyarrow as pa
 import sqlalchemy as sa
 import structlog
 
-from sales_velocity.connectors.base import Checkpoint, Connector, Deal, Rejected
+from sales_velocity.connectors.base import Checkpoint, ColumnarConnector, Connector, Deal, Rejected
 from sales_velocity.kernel.errors import RemoteError
 from sales_velocity.sync.batch import deals_to_batch, is_batch
 from sales_velocity.sync.catalog import KnownCatalog, catalog_due, dialect_insert, load_known, refresh_catalog
@@ -505,8 +505,9 @@ def sync_source(
                 writer.track_seen = True
                 conn.commit()
                 writing = False  # from here on, an exception outside the writer is the connector's
-                batches = getattr(connector, "batches", None)  # columnar where the connector offers it
-                stream = batches(since) if callable(batches) else connector.deals(since)
+                # Arrow tables where the connector offers them
+                stream = (connector.batches(since) if isinstance(connector, ColumnarConnector)
+                          else connector.deals(since))
                 for item in bounded(stream, source=source, seconds=deadline_s, started=started_mono):
                     writing = True
                     if isinstance(item, Checkpoint):

@@ -17,7 +17,17 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from sales_velocity.connectors.base import Checkpoint, Deal, SourceSettings, StageVisit, StreamItem
+from sales_velocity.connectors.base import (
+    Checkpoint,
+    ClockedConnector,
+    ColumnarConnector,
+    Connector,
+    Deal,
+    SizedConnector,
+    SourceSettings,
+    StageVisit,
+    StreamItem,
+)
 from sales_velocity.connectors.csv_feed import CsvFeedConnector, CsvFeedSettings
 from sales_velocity.sync.batch import deals_to_batch, finish_batch
 from sales_velocity.sync.engine import sync_source
@@ -166,6 +176,36 @@ class BatchConnector:
 def deal(key: str, **fields: Any) -> Deal:
     """A deal of the ``arrow`` source in stage s1, created at T0."""
     return Deal(source="arrow", external_id=key, stage="s1", created_at=T0, **fields)
+
+
+class ColumnarOnly(BatchConnector):
+    """Records from ``deals``, other deals as one Arrow table from ``batches``: which one is pulled shows."""
+
+    def deals(self, since: str | None) -> Iterator[StreamItem | pa.Table]:  # noqa: D102
+        yield deal("from-deals")
+        yield Checkpoint("c1", complete=True)
+
+    def batches(self, since: str | None) -> Iterator[StreamItem | pa.Table]:  # noqa: D102
+        yield deals_to_batch(self.items)
+        yield Checkpoint("c1", complete=True)
+
+
+class TestCapabilities:
+    def test_the_csv_feed_declares_its_optional_capabilities(self) -> None:
+        """The feed is a Connector and columnar, clocked and sized; a plain connector is none of those."""
+        csv = feed(CSV_DIR / "seed_example.csv", "cols")
+        plain = BatchConnector([])
+        capabilities = (ColumnarConnector, ClockedConnector, SizedConnector)
+        assert isinstance(csv, Connector)
+        assert isinstance(plain, Connector)
+        assert [isinstance(csv, c) for c in capabilities] == [True, True, True]
+        assert [isinstance(plain, c) for c in capabilities] == [False, False, False]
+
+    def test_the_engine_pulls_through_batches_where_offered(self, store: sa.Engine) -> None:
+        """A connector with ``batches`` is pulled through it, not through ``deals``."""
+        result = sync_source(store, ColumnarOnly([deal("from-batches")]), now=lambda: NOW)
+        assert (result.status, result.inserted) == ("ok", 1)
+        assert list(stored(store, "arrow")[0]) == ["from-batches"]
 
 
 class TestBatches:
