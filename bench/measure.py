@@ -375,8 +375,8 @@ def drilldown(engine: sa.Engine) -> dict[str, Any]:
 def forecast(engine: sa.Engine) -> dict[str, Any]:
     """``velocity forecast`` as the command runs it: 30/60/90 days and its 52-week backtest (53 points).
 
-    One streamed pass over the deals (``metrics.forecast_data``) plus one history
-    rebuild for velocity x days at every point. Peak RSS of the phase.
+    One streamed pass over the deals (``metrics.forecast_data``), velocity x days
+    at every point included. Peak RSS of the phase.
     """
     from sales_velocity.metrics.forecast import compute_forecast
 
