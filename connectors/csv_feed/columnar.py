@@ -46,10 +46,29 @@ from sales_velocity.connectors.csv_feed.mapping import (
 from sales_velocity.connectors.csv_feed.settings import DATE_COLUMNS, CsvFeedSettings
 from sales_velocity.sync.batch import BATCH_SCHEMA, HISTORY_TYPE, TIMESTAMP, encode_json
 
-__all__ = ["BLOCK_SIZE", "ColumnarReader", "scan_catalog", "usable"]
+__all__ = ["BLOCK_SIZE", "ColumnarReader", "RecordTooLong", "scan_catalog", "straddles", "usable"]
 
-BLOCK_SIZE = 4 << 20
-"""Bytes Arrow parses at a time (about 15,000 rows of a canonical export)."""
+BLOCK_SIZE = 1 << 20
+"""Bytes Arrow parses at a time (about 4,500 rows of a canonical export).
+
+Arrow's streaming reader reads up to 32 blocks ahead of its consumer, so this is
+also what bounds the file's bytes held in memory (32 MiB). A record may span two
+blocks, not more: a longer one (a cell of megabytes, or an unclosed quote that
+runs on) raises :class:`RecordTooLong`, and the rest of the file is read row by row.
+"""
+
+
+class RecordTooLong(Exception):
+    """Arrow met a record longer than its blocks allow; ``line``: where the rows not yet read start."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(f"a record at or after line {line} is longer than the columnar reader's blocks")
+        self.line = line
+
+
+def straddles(exc: BaseException) -> bool:
+    """Whether ``exc`` is Arrow's error for a record longer than two blocks."""
+    return isinstance(exc, pa.ArrowInvalid) and "straddl" in str(exc)
 
 _NAIVE = pa.timestamp("us")
 _DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
@@ -120,19 +139,31 @@ class ColumnarReader:
         return incoming
 
     def batches(self, stream: BinaryIO) -> Iterator[Deal | Rejected | pa.Table]:
-        """Yield the file's items in line order: rejected rows, row-path deals, then each block's table."""
-        reader = pa_csv.open_csv(
-            stream,
-            read_options=pa_csv.ReadOptions(use_threads=False, block_size=BLOCK_SIZE,
-                                            autogenerate_column_names=True),
-            parse_options=pa_csv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
-                                              ignore_empty_lines=False, invalid_row_handler=self._on_invalid),
-            convert_options=pa_csv.ConvertOptions(
-                column_types={f"f{i}": pa.binary() for i in range(self.width)}),
-        )
-        for batch, invalid in _read_ahead(reader, self._take_incoming):
-            self._invalid.extend(invalid)
-            yield from self._block(batch)
+        """Yield the file's items in line order: rejected rows, row-path deals, then each block's table.
+
+        Raises:
+            RecordTooLong: after the items before it, at a record Arrow cannot
+                hold in two blocks; the caller reads on from its ``line``.
+        """
+        try:
+            reader = pa_csv.open_csv(
+                stream,
+                read_options=pa_csv.ReadOptions(use_threads=False, block_size=BLOCK_SIZE,
+                                                autogenerate_column_names=True),
+                parse_options=pa_csv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
+                                                  ignore_empty_lines=False,
+                                                  invalid_row_handler=self._on_invalid),
+                convert_options=pa_csv.ConvertOptions(
+                    column_types={f"f{i}": pa.binary() for i in range(self.width)}),
+            )
+            for batch, invalid in _read_ahead(reader, self._take_incoming):
+                self._invalid.extend(invalid)
+                yield from self._block(batch)
+        except pa.ArrowInvalid as exc:
+            if not straddles(exc):
+                raise
+            # every row before the next one was yielded; invalid rows held back are read again
+            raise RecordTooLong(self._ordinal + self._extra_lines if self._header_seen else 1) from exc
         self._invalid.extend(self._take_incoming())
         yield from self._block(None)
 

@@ -84,7 +84,13 @@ from sales_velocity.connectors.base import (
     Stage,
     StreamItem,
 )
-from sales_velocity.connectors.csv_feed.columnar import ColumnarReader, scan_catalog, usable
+from sales_velocity.connectors.csv_feed.columnar import (
+    ColumnarReader,
+    RecordTooLong,
+    scan_catalog,
+    straddles,
+    usable,
+)
 from sales_velocity.connectors.csv_feed.mapping import (
     MAX_ID_LENGTH,
     RowLayout,
@@ -135,6 +141,9 @@ class MissingColumnsError(CsvFeedError):
 
 
 # --------------------------------------------------------------------------- reading
+
+CSV_FIELD_LIMIT = 131_072
+"""Python's csv module's default field size limit: the least the row reader allows."""
 
 
 class _HashingReader(io.RawIOBase):
@@ -266,6 +275,13 @@ class CsvFeedConnector:
                               f"({max_chars:,} characters): not a CSV header line")
         delimiter = self.settings.delimiter or detect_delimiter(first.rstrip("\r\n"), DELIMITERS)
         self._delimiter = delimiter
+        # Python's csv module refuses fields over 128 KiB by default; a row may hold up to
+        # max_row_kib (the columnar path reads such fields), so the limit is raised to this
+        # source's max_row_kib where that is more. A longer field is a csv.Error, rejected as
+        # a row over max_row_kib (``_read_row``). The limit is the process's: set before
+        # every record is read.
+        limit = max(max_chars + 1, CSV_FIELD_LIMIT)
+        csv.field_size_limit(limit)
         reader = csv.reader(itertools.chain([first], text), delimiter=delimiter)
         header = next(reader, None)
         if header is None or not any(h.strip() for h in header):
@@ -282,6 +298,7 @@ class CsvFeedConnector:
         def rows() -> Iterator[tuple[int, list[str] | csv.Error]]:
             last = reader.line_num
             while True:
+                csv.field_size_limit(limit)
                 try:
                     fields: list[str] | csv.Error = next(reader)
                 except StopIteration:
@@ -388,14 +405,9 @@ class CsvFeedConnector:
             first_line: dict[str, int] = {}
             width = len(layout.headers)
             items: Iterable[Deal | Rejected | pa.Table]
+            hashed = [hashing]  # the reader that sees every byte (a new one if the file is read again)
             if columnar and usable(self.settings, layout.headers, shift):
-                f.seek(0)  # Arrow reads the file from its first byte (the header again)
-                hashing = _HashingReader(f, self.settings.max_file_bytes, self._too_large)
-                reader = ColumnarReader(
-                    self.settings, parser,
-                    lambda line, fields: self._read_row(parser, first_line, line, fields, width),
-                    first_line, self._delimiter)
-                items = reader.batches(io.BufferedReader(hashing, buffer_size=1 << 20))
+                items = self._by_column(f, parser, first_line, hashed)
             else:
                 items = (self._read_row(parser, first_line, line, fields, width) for line, fields in rows)
             for item in items:
@@ -408,9 +420,9 @@ class CsvFeedConnector:
                 else:
                     deals += len(item)
                 yield item
-            while hashing.read(READ_CHUNK):  # hash any bytes the reader left unread
+            while hashed[0].read(READ_CHUNK):  # hash any bytes the reader left unread
                 pass
-            cursor = self._cursor(hashing.sha.hexdigest(), shift)
+            cursor = self._cursor(hashed[0].sha.hexdigest(), shift)
         # A file that is mostly unreadable (say, a wrong date_format), or one with a header and
         # no rows (an export cut short), must not delete the deals the store has: the pull only
         # counts as complete when it read deals, and more of them than it rejected.
@@ -436,6 +448,37 @@ class CsvFeedConnector:
             yield Checkpoint(cursor=since, complete=False, failure=failure)
             return
         yield Checkpoint(cursor=cursor, complete=complete)
+
+    def _by_column(self, f: BinaryIO, parser: RowParser, first_line: dict[str, int],
+                   hashed: list[_HashingReader]) -> Iterator[Deal | Rejected | pa.Table]:
+        """The file's items by column (``csv_feed.columnar``); row by row from a record too long for it on.
+
+        Arrow reads the file again from its first byte (the header too), through a
+        new hashing reader put in ``hashed``; so does the row reader after a
+        record Arrow cannot hold, skipping the rows already read.
+        """
+        width = len(parser.layout.headers)
+
+        def read_row(line: int, fields: list[str] | csv.Error) -> Deal | Rejected:
+            return self._read_row(parser, first_line, line, fields, width)
+
+        f.seek(0)
+        hashed[0] = _HashingReader(f, self.settings.max_file_bytes, self._too_large)
+        reader = ColumnarReader(self.settings, parser, read_row, first_line, self._delimiter)
+        try:
+            yield from reader.batches(io.BufferedReader(hashed[0], buffer_size=1 << 20))
+            return
+        except RecordTooLong as exc:
+            resume = exc.line
+        log.warning("csv_feed.long_record", source=self.name, path=str(self.path), line=resume,
+                    advice="a record too long to read by column (a huge cell, or a quote left open): "
+                           "the rest of the file is read row by row")
+        f.seek(0)
+        hashed[0] = _HashingReader(f, self.settings.max_file_bytes, self._too_large)
+        _, rows = self._rows(io.BufferedReader(hashed[0]))
+        for line, fields in rows:
+            if line >= resume:
+                yield read_row(line, fields)
 
     def _failure(self, deals: int, rejected: int, first: Sequence[Rejected]) -> str:
         """Why a mostly rejected pull failed, with its first reasons."""
@@ -476,6 +519,9 @@ class CsvFeedConnector:
     ) -> Deal | Rejected:
         where = f"line {line}"
         if isinstance(fields, csv.Error):
+            if str(fields).startswith("field larger than field limit"):
+                return Rejected(where, f"is longer than max_row_kib = {self.settings.max_row_kib:g} "
+                                f"(a field of more than {self.settings.max_row_chars:,} characters)")
             return Rejected(where, f"cannot be split into fields ({fields})")
         if len(fields) > self.settings.max_columns:
             return Rejected(where, f"has {len(fields):,} fields, more than max_columns = "
@@ -522,9 +568,18 @@ class CsvFeedConnector:
             layout, records = self._rows(f)
             if usable(self.settings, layout.headers, 0):  # by column: the same catalog, in a fraction
                 f.seek(0)
-                stages, owners, rows = scan_catalog(f, layout, self._delimiter,
-                                                    self.settings.default_pipeline)
-                records = iter(())
+                try:
+                    stages, owners, rows = scan_catalog(f, layout, self._delimiter,
+                                                        self.settings.default_pipeline)
+                    records = iter(())
+                except pa.ArrowInvalid as exc:  # a record too long for Arrow: all of it row by row
+                    if not straddles(exc):
+                        raise
+                    f.seek(0)
+                    # through a reader of its own, the first one kept: its text wrapper would close ``f``
+                    kept = records  # noqa: F841
+                    layout, records = self._rows(io.BufferedReader(
+                        _HashingReader(f, self.settings.max_file_bytes, self._too_large)))
             width = len(layout.headers)
             for _, fields in records:
                 rows += 1

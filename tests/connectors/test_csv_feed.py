@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 from structlog.testing import capture_logs
@@ -511,12 +512,23 @@ class TestRejects:
         assert '..." is not a number' in reason
 
     def test_overlong_field_is_a_bad_row(self, tmp_path: Path) -> None:
-        """A field over the CSV reader's size limit rejects that row; the next rows are read."""
+        """A field over max_row_kib rejects that row, as a row over it; the next rows are read."""
+        path = write(tmp_path, f"id,stage,title\nX-1,Demo,{'a' * 200_000}\nX-2,Demo,ok\n")
+        deals, rejects, _ = pull(feed(path, max_row_kib=150))
+        assert [d.external_id for d in deals] == ["X-2"]
+        assert [(r.where, r.reason) for r in rejects] == [
+            ("line 2", "is longer than max_row_kib = 150 (a field of more than 153,600 characters)")]
+
+    def test_a_field_over_the_csv_modules_default_limit_is_read(self, tmp_path: Path) -> None:
+        """A 200,000-character cell is within the default max_row_kib (1 MiB): read, by row and by column."""
         path = write(tmp_path, f"id,stage,title\nX-1,Demo,{'a' * 200_000}\nX-2,Demo,ok\n")
         deals, rejects, _ = pull(feed(path))
-        assert [d.external_id for d in deals] == ["X-2"]
-        assert rejects[0].where == "line 2"
-        assert "field larger than field limit" in rejects[0].reason
+        assert ([d.external_id for d in deals], rejects) == (["X-1", "X-2"], [])
+        assert deals[0].title == "a" * 200_000
+        by_column = [item for item in feed(path).batches(None) if not isinstance(item, Checkpoint)]
+        ids = [row for table in by_column if isinstance(table, pa.Table)
+               for row in table.column("external_id").to_pylist()]
+        assert ids == ["X-1", "X-2"]
 
     def test_row_that_is_not_utf8_is_a_bad_row(self, tmp_path: Path) -> None:
         """A row with bytes that are not UTF-8 is rejected with advice; the others are kept."""

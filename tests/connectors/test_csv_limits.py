@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 
-from sales_velocity.connectors.base import Deal, Rejected
+from sales_velocity.connectors.base import Checkpoint, Deal, Rejected
 from sales_velocity.connectors.csv_feed import CsvFeedConnector, CsvFeedError, format_rejects
 from sales_velocity.sync.engine import sync_source
 from sales_velocity.sync.store import deals_table
@@ -177,3 +178,84 @@ def test_a_wide_row_does_not_stop_the_sync(store: sa.Engine, tmp_path: Path) -> 
     assert all(len(raw) == 5 for raw in raws)
 
 
+
+
+def by_column(connector: CsvFeedConnector) -> tuple[list[str], list[tuple[str, str]], Checkpoint]:
+    """The columnar stream (``batches``) as ids read, rejects (where, reason) and its checkpoint."""
+    ids: list[str] = []
+    rejects: list[tuple[str, str]] = []
+    checkpoint: Checkpoint | None = None
+    for item in connector.batches(None):
+        if isinstance(item, Checkpoint):
+            checkpoint = item
+        elif isinstance(item, Rejected):
+            rejects.append((item.where, item.reason))
+        elif isinstance(item, Deal):
+            ids.append(item.external_id)
+        else:
+            ids.extend(item.column("external_id").to_pylist())
+    assert checkpoint is not None
+    return ids, rejects, checkpoint
+
+
+def by_row(connector: CsvFeedConnector) -> tuple[list[str], list[tuple[str, str]], Checkpoint]:
+    """The row path's stream (``deals``), shaped like :func:`by_column`."""
+    items = list(connector.deals(None))
+    assert isinstance(items[-1], Checkpoint)
+    return ([i.external_id for i in items if isinstance(i, Deal)],
+            [(i.where, i.reason) for i in items if isinstance(i, Rejected)], items[-1])
+
+
+def quoted_rows(first: int, n: int) -> str:
+    """``n`` rows from id ``first`` whose titles hold a quoted line break (each row spans two lines)."""
+    return "".join(f'{i},"Deal {i}\nsecond line",{i}00,Qualified,Kari\n' for i in range(first, first + n))
+
+
+class TestRecordsTooLongForColumns:
+    """Arrow holds a record in at most two of its 1 MiB blocks; past that the rest is read row by row."""
+
+    def test_a_huge_cell_early_is_read_on_row_by_row(self, tmp_path: Path) -> None:
+        """A 3 MB cell on line 3: the row is rejected with the row path's reason, the rows around it kept."""
+        path = tmp_path / "huge.csv"
+        path.write_text(HEADER + good_rows(1) + f"2,{'x' * 3_000_000},200,Qualified,Kari\n"
+                        + "3,Deal 3,300,Qualified,Kari\n", encoding="utf-8")
+        ids, rejects, checkpoint = by_column(feed(path))
+        assert ids == ["1", "3"]
+        assert rejects == [("line 3", "is longer than max_row_kib = 1024 "
+                                      "(a field of more than 1,048,576 characters)")]
+        assert (ids, rejects, checkpoint) == by_row(feed(path))
+
+    def test_a_quote_left_open_after_blocks_of_rows(self, tmp_path: Path) -> None:
+        """An unclosed quote after 2.5 MB of two-line rows: every line and reason as on the row path."""
+        after = "".join(f"{i},Deal {i},1,Qualified,Kari\n" for i in range(70_000, 170_000))
+        body = quoted_rows(1, 60_000) + '60001,"never closed,100,Qualified,Kari\n' + after
+        path = tmp_path / "open_quote.csv"
+        path.write_text(HEADER + body, encoding="utf-8")
+        assert path.stat().st_size > 5 << 20
+        with capture_logs() as logs:
+            ids, rejects, checkpoint = by_column(feed(path))
+        assert ids[:60_000] == [str(i) for i in range(1, 60_001)]
+        assert rejects[0] == ("line 120002", "is longer than max_row_kib = 1024 "
+                                             "(a field of more than 1,048,576 characters)")
+        assert (ids, rejects, checkpoint) == by_row(feed(path))
+        assert [e["line"] for e in logs if e["event"] == "csv_feed.long_record"] != []
+
+    def test_the_catalog_scan_reads_such_a_file_row_by_row(self, tmp_path: Path) -> None:
+        """The catalog of a file with a record Arrow cannot hold is the row path's."""
+        path = tmp_path / "catalog.csv"
+        path.write_text(HEADER + good_rows(2) + f"3,{'x' * 3_000_000},300,Won,Ola\n"
+                        + "4,Deal 4,400,Lost,Per\n", encoding="utf-8")
+        pipelines = feed(path).pipelines()
+        assert [[s.name for s in p.stages] for p in pipelines] == [["Qualified", "Lost"]]
+        assert sorted(o.external_id for o in feed(path).owners()) == ["Kari", "Per"]
+
+    def test_a_sync_of_such_a_file_keeps_the_good_rows(self, store: sa.Engine, tmp_path: Path) -> None:
+        """Through the engine: the good rows stored, the long one rejected, the run ok."""
+        path = tmp_path / "sync.csv"
+        path.write_text(HEADER + quoted_rows(1, 15_000) + f"15001,{'x' * 3_000_000},1,Qualified,Kari\n"
+                        + good_rows(2).replace("1,Deal 1", "15002,Deal").replace("2,Deal 2", "15003,Deal"),
+                        encoding="utf-8")
+        result = sync_source(store, feed(path), now=lambda: T0)
+        assert (result.status, result.inserted, result.rejected) == ("ok", 15_002, 1)
+        with store.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(deals_table)).scalar() == 15_002
