@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
 
 from sales_velocity.connectors.base import Deal, Rejected
+from sales_velocity.connectors.csv_feed.first_lines import FirstLines
 from sales_velocity.connectors.csv_feed.mapping import (
     DATETIME_COLUMNS,
     ID_COLUMNS,
@@ -111,7 +112,7 @@ class ColumnarReader:
 
     def __init__(
         self, settings: CsvFeedSettings, parser: RowParser,
-        read_row: Callable[[int, list[str]], Deal | Rejected], first_line: dict[str, int],
+        read_row: Callable[[int, list[str]], Deal | Rejected], first_line: FirstLines,
         delimiter: str,
     ) -> None:
         self.s = settings
@@ -253,18 +254,27 @@ class ColumnarReader:
         keep = []
         ids = table["external_id"].to_pylist()
         first_line = self.first_line
-        for i, (key, slow, empty) in enumerate(zip(ids, needs.to_pylist(), blank.to_pylist(), strict=True)):
-            if empty:
-                continue
-            line = lines[i]
-            if slow:
-                out.append(self.read_row(line, [s[i].as_py() for s in strings]))
-                continue
-            first = first_line.setdefault(key, line)
-            if first != line:
-                out.append(Rejected(f"line {line}", f"duplicate id {key}, first seen on line {first}", key))
-                continue
-            keep.append(i)
+        # the ids seen before this block, looked up at once; the block's own ids one by one, in order
+        digests, prior = first_line.prior(ids)
+        try:
+            for i, (key, slow, empty) in enumerate(zip(ids, needs.to_pylist(), blank.to_pylist(),
+                                                       strict=True)):
+                if empty:
+                    continue
+                line = lines[i]
+                if slow:
+                    out.append(self.read_row(line, [s[i].as_py() for s in strings]))
+                    continue
+                first = prior[i]
+                if first is None:
+                    first = first_line.add(digests[i], line, searched=True)
+                if first != line:
+                    out.append(Rejected(f"line {line}", f"duplicate id {key}, first seen on line {first}",
+                                        key))
+                    continue
+                keep.append(i)
+        finally:
+            first_line.release()
         out.sort(key=_line_key)
         yield from out
         if keep:

@@ -91,6 +91,7 @@ from sales_velocity.connectors.csv_feed.columnar import (
     straddles,
     usable,
 )
+from sales_velocity.connectors.csv_feed.first_lines import FirstLines
 from sales_velocity.connectors.csv_feed.mapping import (
     MAX_ID_LENGTH,
     RowLayout,
@@ -402,7 +403,7 @@ class CsvFeedConnector:
             layout, rows = self._rows(io.BufferedReader(hashing))
             self._provided = frozenset(layout.index)
             parser = RowParser(self.settings, layout, shift)
-            first_line: dict[str, int] = {}
+            first_line = FirstLines()
             width = len(layout.headers)
             items: Iterable[Deal | Rejected | pa.Table]
             hashed = [hashing]  # the reader that sees every byte (a new one if the file is read again)
@@ -449,7 +450,7 @@ class CsvFeedConnector:
             return
         yield Checkpoint(cursor=cursor, complete=complete)
 
-    def _by_column(self, f: BinaryIO, parser: RowParser, first_line: dict[str, int],
+    def _by_column(self, f: BinaryIO, parser: RowParser, first_line: FirstLines,
                    hashed: list[_HashingReader]) -> Iterator[Deal | Rejected | pa.Table]:
         """The file's items by column (``csv_feed.columnar``); row by row from a record too long for it on.
 
@@ -514,7 +515,7 @@ class CsvFeedConnector:
         return self._provided
 
     def _read_row(
-        self, parser: RowParser, first_line: dict[str, int], line: int, fields: list[str] | csv.Error,
+        self, parser: RowParser, first_line: FirstLines, line: int, fields: list[str] | csv.Error,
         width: int,
     ) -> Deal | Rejected:
         where = f"line {line}"
