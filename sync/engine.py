@@ -67,6 +67,7 @@ from sales_velocity.sync.store import (
     sync_rejects_table,
     sync_runs_table,
     sync_state_table,
+    temp_tables_on_disk,
 )
 
 __all__ = ["SyncResult", "read_cursor", "sync_source"]
@@ -472,7 +473,7 @@ def sync_source(
     started = time.perf_counter()
     started_mono = time.monotonic()
     with structlog.contextvars.bound_contextvars(source=source, run_id=run_id):
-        with engine.connect() as conn:
+        with engine.connect() as conn, temp_tables_on_disk(conn):
             # everything slow to set up comes before the run row: from its commit on, a signal
             # (SIGTERM from Docker or Kubernetes) lands inside the try below and closes the run
             writer = _Writer(conn, source, 0, clock, batch_size, progress)

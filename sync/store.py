@@ -97,6 +97,7 @@ __all__ = [
     "sync_rejects_table",
     "sync_runs_table",
     "sync_state_table",
+    "temp_tables_on_disk",
     "upgrade",
 ]
 
@@ -612,6 +613,27 @@ def _sqlite_on_connect(dbapi_conn: DBAPIConnection, _record: ConnectionPoolEntry
     cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB of page cache: indexes of a million deals
     cursor.execute("PRAGMA temp_store=MEMORY")
     cursor.close()
+
+
+@contextmanager
+def temp_tables_on_disk(conn: Connection) -> Iterator[None]:
+    """On SQLite, the connection's temporary tables in a temporary file for the block, then in memory again.
+
+    A sync keeps every id it saw and its staging rows in TEMP tables; at a
+    million deals those take tens of MB in memory, where a file costs the OS's
+    page cache, not the process. The change deletes the connection's TEMP
+    objects (SQLite does so), so it comes before they are made and after they are
+    used. Elsewhere: nothing.
+    """
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    raw: Any = conn.connection.dbapi_connection
+    raw.execute("PRAGMA temp_store=FILE")  # the driver's own connection: no transaction begun
+    try:
+        yield
+    finally:
+        raw.execute("PRAGMA temp_store=MEMORY")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Any]:

@@ -11,7 +11,14 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from sales_velocity.kernel.errors import StoreError
-from sales_velocity.sync.store import Base, check_schema, deals_table, make_engine, upgrade
+from sales_velocity.sync.store import (
+    Base,
+    check_schema,
+    deals_table,
+    make_engine,
+    temp_tables_on_disk,
+    upgrade,
+)
 
 
 class TestSchema:
@@ -90,3 +97,16 @@ class TestFastPath:
             assert stored[name] == getattr(deal, field), name
         assert stored["first_seen_at"] == moment
         assert stored["content_hash"] == digest
+
+
+class TestTempTablesOnDisk:
+    def test_temp_tables_go_to_a_file_for_the_block_only(self, sqlite_store: sa.Engine) -> None:
+        """In the block temp_store is FILE (1) and a TEMP table works there; after it, MEMORY (2)."""
+        with sqlite_store.connect() as conn:
+            with temp_tables_on_disk(conn):
+                assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 1
+                conn.exec_driver_sql("CREATE TEMP TABLE scratch (n INTEGER)")
+                conn.exec_driver_sql("INSERT INTO scratch VALUES (1), (2)")
+                assert conn.exec_driver_sql("SELECT count(*) FROM scratch").scalar() == 2
+                conn.rollback()
+            assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 2
