@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench.generator import build_catalog
 from bench.measure import (
@@ -32,7 +32,7 @@ from bench.measure import (
     driver_floor,
     forecast_alone,
     history_rebuild,
-    ingest,
+    ingest_alone,
     interpreter_calibration_us,
     open_store,
     quiet_logs,
@@ -42,6 +42,8 @@ from bench.measure import (
     traced_ingest,
 )
 from bench.pages import write_pages
+
+T = TypeVar("T")
 
 BUDGETS = {
     "ingest_deals_per_s_min": 50_000,
@@ -106,7 +108,7 @@ def _crm(args: argparse.Namespace, work: Path, deals: int) -> dict[str, Any]:
     return out
 
 
-def _in_child(function: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+def _in_child(function: Callable[..., T], *args: Any) -> T:
     """Run ``function(*args)`` in a freshly spawned Python process; return its figures.
 
     A part measured there starts from an empty heap, so its peak memory is its own
@@ -139,7 +141,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seconds, changed = timed(lambda: write_pages(pages, args.deals, args.seed, args.page_size))
         report["generate_s"] = round(seconds, 2)
         with open_store(args.store, work) as engine:
-            report["ingest"] = ingest(engine, catalog, pages, args.deals)
+            # each measured part whose memory counts runs in a child of its own (its peak RSS its own)
+            report["ingest"] = _in_child(ingest_alone, engine.url.render_as_string(hide_password=False),
+                                         pages, args.deals)
             report["resync_no_change"] = resync(engine, catalog, pages, changed=None, incremental=False)
             report["resync_1pct_full"] = resync(engine, catalog, pages, changed=changed["full"],
                                                 incremental=False)
@@ -152,7 +156,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             report["forecast"] = _in_child(forecast_alone, engine.url.render_as_string(hide_password=False))
             csv_deals = args.deals if args.csv_deals is None else min(args.csv_deals, args.deals)
             if csv_deals:
-                from bench.csv_part import csv_part
+                from bench.csv_part import csv_part, write_exports
 
                 source = pages
                 if csv_deals < args.deals:
@@ -161,7 +165,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else:
                     changed_csv = changed
                 # in a child of its own: its peak RSS is its own, not the earlier parts' heap
-                report["csv"] = _in_child(csv_part, args.store, work, source, changed_csv["full"])
+                rows = _in_child(write_exports, work, source, changed_csv["full"])  # untimed
+                report["csv"] = _in_child(csv_part, args.store, work, rows)
             from bench.baseline import compare, pandas_velocity
 
             Rss.reset()

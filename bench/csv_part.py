@@ -98,17 +98,23 @@ def _floor(engine: sa.Engine, path: Path) -> dict[str, Any]:
     return {"seconds": round(seconds, 3), "rows": rows}
 
 
-def csv_part(url: str | None, workdir: Path, pages_file: Path, changed: list[DealRow]) -> dict[str, Any]:
-    """Run part 6; return its figures (seconds, ratios to ``pandas.read_csv``, peak RSS)."""
-    import pandas as pd  # type: ignore[import-untyped]
+def write_exports(workdir: Path, pages_file: Path, changed: list[DealRow]) -> int:
+    """Part 6's two files (untimed): the export, and a copy with ``changed`` rows; the rows written."""
+    count = write_csv(workdir / "export.csv", read_pages(pages_file))
+    write_csv(workdir / "export-1pct.csv", read_pages(pages_file), {row[1]: row for row in changed})
+    return count
 
+
+def csv_part(url: str | None, workdir: Path, count: int) -> dict[str, Any]:
+    """Run part 6 on the files of :func:`write_exports`; return its figures (seconds, ratios, peak RSS).
+
+    pandas is imported only for ``read_csv``, after the syncs (the sync does not need it).
+    """
     from bench.measure import Rss, open_store, timed
     from sales_velocity.sync.engine import sync_source
 
     first = workdir / "export.csv"
     second = workdir / "export-1pct.csv"
-    count = write_csv(first, read_pages(pages_file))
-    write_csv(second, read_pages(pages_file), {row[1]: row for row in changed})
     out: dict[str, Any] = {"rows": count, "file_mb": round(first.stat().st_size / 1e6, 1)}
     live = workdir / "live.csv"
     shutil.copyfile(first, live)
@@ -128,6 +134,8 @@ def csv_part(url: str | None, workdir: Path, pages_file: Path, changed: list[Dea
                               "updated": result.updated, "unchanged": result.unchanged}
         Rss.reset()
         out["floor"] = {**_floor(engine, first), "peak_rss_mb": Rss.peak_mb()}
+    import pandas as pd  # type: ignore[import-untyped]
+
     Rss.reset()  # last: pandas' heap must not count in the sync's peaks
     seconds, frame = timed(lambda: pd.read_csv(first))
     out["pandas_read_csv"] = {"seconds": round(seconds, 3), "peak_rss_mb": Rss.peak_mb(), "rows": len(frame)}

@@ -161,6 +161,17 @@ def ingest(engine: sa.Engine, catalog: Catalog, pages_file: Path, count: int) ->
     }
 
 
+def ingest_alone(url: str, pages_file: Path, count: int) -> dict[str, Any]:
+    """:func:`ingest` into the store at ``url``, opened here: for a fresh process (``_in_child``)."""
+    from bench.generator import build_catalog
+
+    engine = make_engine(url)
+    try:
+        return ingest(engine, build_catalog(), pages_file, count)
+    finally:
+        engine.dispose()
+
+
 def driver_floor(url: str | None, workdir: Path, pages_file: Path, limit: int) -> dict[str, Any]:
     """The least time the bulk path takes to hand the same deals to the store: the ingest's floor.
 

@@ -53,7 +53,7 @@ import structlog
 
 from sales_velocity.connectors.base import Checkpoint, ColumnarConnector, Connector, Deal, Rejected
 from sales_velocity.kernel.errors import RemoteError
-from sales_velocity.sync.batch import deals_to_batch, is_batch
+from sales_velocity.sync.batch import deals_to_batch, is_batch, returning_memory_pool
 from sales_velocity.sync.catalog import KnownCatalog, catalog_due, dialect_insert, load_known, refresh_catalog
 from sales_velocity.sync.changes import changes_from_select
 from sales_velocity.sync.deadline import bounded
@@ -63,11 +63,11 @@ from sales_velocity.sync.staging import Stager
 from sales_velocity.sync.store import (
     STORE_ERRORS,
     deals_table,
+    lean_sync_connection,
     store_error,
     sync_rejects_table,
     sync_runs_table,
     sync_state_table,
-    temp_tables_on_disk,
 )
 
 __all__ = ["SyncResult", "read_cursor", "sync_source"]
@@ -473,7 +473,8 @@ def sync_source(
     started = time.perf_counter()
     started_mono = time.monotonic()
     with structlog.contextvars.bound_contextvars(source=source, run_id=run_id):
-        with engine.connect() as conn, temp_tables_on_disk(conn):
+        returning_memory_pool()  # batches come and go: freed buffers back to the system
+        with engine.connect() as conn, lean_sync_connection(conn):
             # everything slow to set up comes before the run row: from its commit on, a signal
             # (SIGTERM from Docker or Kubernetes) lands inside the try below and closes the run
             writer = _Writer(conn, source, 0, clock, batch_size, progress)

@@ -29,6 +29,7 @@ def test_blocks_answer_as_a_dict() -> None:
         keys = [f"k{rng.randrange(150_000)}" for _ in range(4_000)]
         digests, prior = compact.prior(keys)
         for i, key in enumerate(keys):
+            got: int | None
             if i % 7 == 0:  # a row the row rules read: asked one at a time, inside the block
                 got = compact.setdefault(key, line)
             else:

@@ -29,7 +29,7 @@ from sales_velocity.connectors.base import (
     StreamItem,
 )
 from sales_velocity.connectors.csv_feed import CsvFeedConnector, CsvFeedSettings
-from sales_velocity.sync.batch import deals_to_batch, finish_batch
+from sales_velocity.sync.batch import deals_to_batch, finish_batch, returning_memory_pool
 from sales_velocity.sync.engine import sync_source
 from sales_velocity.sync.store import deals_table, stage_events_table, sync_rejects_table
 
@@ -237,3 +237,24 @@ class TestBatches:
         ]))
         assert table["amount"].to_pylist() == [0, 2]
         assert table["stage_crm_at"].to_pylist() == [later, None]
+
+
+class TestMemoryPool:
+    def test_buffers_come_from_jemalloc_where_it_is_built(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """With no pool chosen in the environment, Arrow allocates from jemalloc (it returns memory)."""
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+        try:
+            pa.jemalloc_memory_pool()
+        except NotImplementedError:
+            pytest.skip("this pyarrow build has no jemalloc")
+        assert returning_memory_pool() == "jemalloc"
+
+    def test_a_pool_chosen_in_the_environment_is_kept(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """ARROW_DEFAULT_MEMORY_POOL is the user's choice: the pool stays as it is."""
+        before = pa.default_memory_pool()
+        pa.set_memory_pool(pa.system_memory_pool())
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")
+        try:
+            assert returning_memory_pool() == "system"
+        finally:
+            pa.set_memory_pool(before)

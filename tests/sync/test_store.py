@@ -15,8 +15,8 @@ from sales_velocity.sync.store import (
     Base,
     check_schema,
     deals_table,
+    lean_sync_connection,
     make_engine,
-    temp_tables_on_disk,
     upgrade,
 )
 
@@ -99,14 +99,18 @@ class TestFastPath:
         assert stored["content_hash"] == digest
 
 
-class TestTempTablesOnDisk:
-    def test_temp_tables_go_to_a_file_for_the_block_only(self, sqlite_store: sa.Engine) -> None:
-        """In the block temp_store is FILE (1) and a TEMP table works there; after it, MEMORY (2)."""
+class TestLeanSyncConnection:
+    def test_temp_tables_on_disk_and_a_small_cache_for_the_block_only(self, sqlite_store: sa.Engine) -> None:
+        """In the block: temp_store FILE (1), a TEMP table works, 16 MiB of cache; after it, as before."""
         with sqlite_store.connect() as conn:
-            with temp_tables_on_disk(conn):
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -65536
+            conn.rollback()
+            with lean_sync_connection(conn):
                 assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 1
+                assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -16384
                 conn.exec_driver_sql("CREATE TEMP TABLE scratch (n INTEGER)")
                 conn.exec_driver_sql("INSERT INTO scratch VALUES (1), (2)")
                 assert conn.exec_driver_sql("SELECT count(*) FROM scratch").scalar() == 2
                 conn.rollback()
             assert conn.exec_driver_sql("PRAGMA temp_store").scalar() == 2
+            assert conn.exec_driver_sql("PRAGMA cache_size").scalar() == -65536
